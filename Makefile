@@ -1,0 +1,37 @@
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: help install test test-fast lint format run bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install:  ## create .venv and install spurgen (editable) with its dev extras
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade "pip>=24" --quiet
+	$(PY) -m pip install -e ".[dev]"
+
+test:  ## run every test, slow ones included (offline, CPU)
+	$(PY) -m pytest -q
+
+test-fast:  ## run the tests not marked slow
+	$(PY) -m pytest -q -m "not slow"
+
+lint:  ## ruff check and format check
+	$(PY) -m ruff check spurgen tests experiments
+	$(PY) -m ruff format --check spurgen tests experiments
+
+format:  ## ruff format and fix
+	$(PY) -m ruff format spurgen tests experiments
+	$(PY) -m ruff check --fix spurgen tests experiments
+
+run:  ## the embedded tiny default: train -> generate -> evaluate on CPU
+	$(PY) -m spurgen.run
+
+bench:  ## benchmark suite (writes BENCHMARKS.md)
+	$(PY) experiments/bench.py
+
+clean:  ## remove run outputs and caches
+	rm -rf outputs multirun .pytest_cache

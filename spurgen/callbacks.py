@@ -1,0 +1,57 @@
+"""Callbacks decide when and where images go; the module knows how to make them (log_images)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+
+from spurgen.pipeline import image_grid, save_png_atomic
+
+
+class SampleImages(L.Callback):
+    """Every `every_n_steps` steps (0: never) and at the end of training: sample from the instance prompt
+    with fixed seeds, save a grid to samples/, and send it to W&B when that logger is on."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        prompt: str,
+        every_n_steps: int,
+        num_samples: int,
+        steps: int,
+        guidance: float,
+        resolution: int,
+        negative_prompt: str | None = None,
+        seed: int = 0,
+        meta: dict | None = None,
+    ):
+        self.out_dir = Path(out_dir)
+        self.prompt, self.every_n_steps, self.num_samples = prompt, every_n_steps, num_samples
+        self.steps, self.guidance, self.resolution = steps, guidance, resolution
+        self.negative_prompt = negative_prompt
+        self.seeds = [seed * 10_000 + i for i in range(num_samples)]  # validation has its own seeds
+        self.meta = meta or {}
+
+    def _sample(self, trainer: L.Trainer, module, name: str) -> None:
+        if self.num_samples == 0 or not trainer.is_global_zero:
+            return
+        images = module.log_images(
+            [self.prompt] * self.num_samples, self.seeds, self.steps, self.guidance, self.resolution,
+            self.negative_prompt,
+        )
+        grid = image_grid(images)
+        save_png_atomic(grid, self.out_dir / f"{name}.png", {**self.meta, "prompt": self.prompt})
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("samples/instance_prompt", [grid], step=trainer.global_step,
+                                 caption=[f"{name}: {self.prompt}"])
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step > 0:
+            self._sample(trainer, module, f"step_{step:06d}")
+
+    def on_train_end(self, trainer, module) -> None:
+        self._sample(trainer, module, "final_grid")

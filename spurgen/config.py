@@ -1,0 +1,240 @@
+"""Typed, validated configuration.
+
+YAML under conf/ is what people edit; these dataclasses type it (registered in Hydra's ConfigStore as
+`spurgen_schema`), so a misspelled key or a value of the wrong type fails at composition, naming the key.
+`validate()` adds the checks types cannot express (ranges, a concept noun when training) and runs before
+any model is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from spurgen.errors import ConfigError
+
+# Bump whenever a default of the objective changes (METHOD.md: results from different definitions are never
+# mixed silently). Written into pipeline/spurgen.json, metadata and metrics of every run.
+METHOD_VERSION = "1"
+
+
+class Distance(str, Enum):
+    cosine = "cosine"
+    mse = "mse"
+
+
+class ReferenceTarget(str, Enum):
+    mean = "mean"  # normalised mean of the reference features (METHOD.md default)
+    nearest = "nearest"  # the closest reference, per sample
+    paired = "paired"  # the reference image paired with the instance sample
+
+
+@dataclass
+class TargetConfig:
+    """The ImageNet class k and its spurious feature; the `class` group is placed here."""
+
+    index: int = MISSING
+    name: str | None = None  # from the ImageNet label list when null
+    concept: str | None = None  # spurious concept noun used in prompts ("flower"); needed to train
+    feature: str | None = None  # human description of the spurious feature
+    component: int | None = None  # Spurious ImageNet neural-PCA component; null = the only one
+    synonyms: list[str] = field(default_factory=list)  # class names for the negative prompt
+    reference_files: list[str] | None = None  # explicit reference file names inside the folder, if any
+
+
+@dataclass
+class SFSLConfig:
+    """Open choices of L_SFSL (METHOD.md, 'Open choices')."""
+
+    _target_: str = "spurgen.losses.SpuriousFeatureSimilarityLoss"
+    distance: Distance = Distance.cosine
+    reference: ReferenceTarget = ReferenceTarget.mean
+    layer: str = "pool"  # "pool" = input of the final fc; or a module name whose output is average-pooled
+    t_max: int = 500  # only instance samples with t <= t_max get the term
+    decode_size: int | None = None  # null: decode at full resolution, then resize for f
+    every_n_steps: int = 1
+
+
+@dataclass
+class LossConfig:
+    _target_: str = "spurgen.losses.SpurgenObjective"
+    lambda_prior: float = 1.0
+    lambda_sfsl: float = "${lambda_sfsl}"  # type: ignore[assignment]
+    sfsl: SFSLConfig = field(default_factory=SFSLConfig)
+
+
+@dataclass
+class DataConfig:
+    reference_dir: str | None = None  # a plain folder of reference images
+    spurious_imagenet_dir: str | None = None  # a Spurious ImageNet images/ folder (class index + component)
+    demo_references: bool = False  # allow the packaged demo images when no folder is given (tiny model only)
+    num_references: int = 5
+    num_class_images: int = 100
+    resolution: int | None = None  # null: from the model config
+    identifier: str = "sks"  # the unique identifier token [V]
+    instance_prompt: str = "a photo of a ${data.identifier} ${target.concept}"
+    class_prompt: str = "a photo of a ${target.concept}"
+    class_images_dir: str | None = None  # null: the cache (SPURGEN_CACHE or ~/.cache/spurgen)
+    class_image_steps: int = 50
+    class_image_guidance: float = 7.5
+    class_image_batch_size: int = 4
+    batch_size: int = 1  # instance images per step (as many prior images are added)
+    num_workers: int = 0
+    center_crop: bool = True
+
+
+@dataclass
+class TrainConfig:
+    lr_unet: float = 5e-6
+    lr_text_encoder: float = 5e-6
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    train_text_encoder: bool = True
+    checkpoint_every_n_steps: int = 200
+    keep_last_n: int = 2
+    sample_every_n_steps: int = 200  # 0 disables intermediate validation samples
+    num_samples: int = 4
+    sample_steps: int = 25
+    sample_guidance: float = 7.5
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "csv"  # wandb | csv | none
+    project: str = "spurgen"
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    mode: str = "auto"  # auto (offline without credentials or network) | online | offline | disabled
+
+
+@dataclass
+class SpurgenConfig:
+    target: TargetConfig = field(default_factory=TargetConfig)
+    model: Any = MISSING  # built with hydra.utils.instantiate (_target_)
+    feature_extractor: Any = MISSING
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)  # any lightning.Trainer argument
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    lambda_sfsl: float = 0.1
+    seed: int = 0
+    stages: list[str] = field(default_factory=lambda: ["train"])
+    run_dir: str = "${hydra:runtime.output_dir}"
+    resume: str | None = None
+    method_version: str = METHOD_VERSION
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="spurgen_schema", node=SpurgenConfig)
+
+
+KNOWN_STAGES = ("train", "generate", "evaluate")
+
+
+def _nonneg(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None or value < 0:
+        raise ConfigError(key, f"must be a number >= 0, got {value!r}")
+
+
+def _positive(cfg: DictConfig, key: str, allow_none: bool = False) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None and allow_none:
+        return
+    if value is None or value <= 0:
+        raise ConfigError(key, f"must be > 0, got {value!r}")
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check what types cannot; fill target.name from ImageNet. Raises ConfigError naming the key."""
+    from spurgen import imagenet
+
+    index = OmegaConf.select(cfg, "target.index", throw_on_missing=False)
+    if OmegaConf.is_missing(cfg.target, "index"):
+        raise ConfigError("target.index", "missing: with class=imagenet give target.index=<0..999>")
+    if not 0 <= index < imagenet.NUM_CLASSES:
+        raise ConfigError("target.index", f"ImageNet class index must be in 0..999, got {index}")
+    if not cfg.target.name:
+        cfg.target.name = imagenet.short_name(index)
+    if not cfg.target.synonyms:
+        cfg.target.synonyms = imagenet.synonyms(index)
+
+    for key in ("lambda_sfsl", "loss.lambda_prior", "loss.lambda_sfsl"):
+        _nonneg(cfg, key)
+    for key in ("loss.sfsl.t_max", "loss.sfsl.every_n_steps", "data.num_references", "data.batch_size"):
+        _positive(cfg, key)
+    _positive(cfg, "loss.sfsl.decode_size", allow_none=True)
+    _positive(cfg, "data.resolution", allow_none=True)
+    for key in ("data.num_class_images", "train.lr_unet", "train.lr_text_encoder", "train.keep_last_n"):
+        _nonneg(cfg, key)
+    for key in ("train.checkpoint_every_n_steps", "train.sample_every_n_steps", "train.num_samples"):
+        _nonneg(cfg, key)
+    if cfg.loss.sfsl.layer == "":
+        raise ConfigError("loss.sfsl.layer", "must be 'pool' or a module name")
+    if len(cfg.data.identifier.strip()) == 0 or " " in cfg.data.identifier:
+        raise ConfigError("data.identifier", f"must be one token without spaces, got {cfg.data.identifier!r}")
+
+    for stage in cfg.stages:
+        if stage not in KNOWN_STAGES:
+            raise ConfigError("stages", f"unknown stage {stage!r}; known: {', '.join(KNOWN_STAGES)}")
+    if "train" in cfg.stages and not (cfg.target.concept and str(cfg.target.concept).strip()):
+        raise ConfigError(
+            "target.concept",
+            f"class {cfg.target.name!r} (index {index}) has no spurious concept noun; training needs one "
+            "for the prompts, e.g. target.concept=flower",
+        )
+    if cfg.logger.kind not in ("wandb", "csv", "none"):
+        raise ConfigError("logger.kind", f"must be wandb, csv or none, got {cfg.logger.kind!r}")
+    _validate_trainer_keys(cfg)
+    return cfg
+
+
+def _validate_trainer_keys(cfg: DictConfig) -> None:
+    import inspect
+
+    import lightning
+
+    allowed = set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"}
+    managed = {"logger", "callbacks", "default_root_dir"}  # spurgen builds these itself
+    for key in cfg.trainer:
+        if key in managed:
+            raise ConfigError(f"trainer.{key}", "is set by spurgen (use logger=..., hydra.run.dir=...)")
+        if key not in allowed:
+            close = sorted(a for a in allowed if a[:4] == str(key)[:4])
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"trainer.{key}", f"is not a lightning.Trainer argument{hint}")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Short hash of the resolved config minus where it ran, so identical experiments share it."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("run_dir", "resume"):
+        container.pop(key, None)
+    blob = json.dumps(container, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def asset_path(name: str) -> str:
+    """Path of a file or folder shipped in spurgen/assets (the OmegaConf resolver `spurgen_asset`)."""
+    return str(Path(str(resources.files("spurgen") / "assets" / name)))
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("spurgen_asset"):
+        OmegaConf.register_new_resolver("spurgen_asset", asset_path)

@@ -1,0 +1,76 @@
+"""DreamBooth pairs: each item holds one instance (reference) image and, with prior preservation, one
+class image; the collate puts all instance examples first, then all prior examples (METHOD.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from spurgen.data.images import load_rgb, warn_if_small
+from spurgen.data.transforms import train_transform
+
+
+def load_training_images(paths: list[Path], resolution: int, center_crop: bool = True) -> torch.Tensor:
+    """(N, 3, R, R) in [0, 1]; small images are upscaled with a warning."""
+    out = []
+    for p in paths:
+        im = load_rgb(p)
+        warn_if_small(im, resolution, p)
+        out.append(train_transform(im, resolution, center_crop))
+    return torch.stack(out)
+
+
+def tokenize(tokenizer, prompt: str) -> torch.Tensor:
+    ids = tokenizer(
+        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    return ids[0]  # (L,)
+
+
+class DreamBoothDataset(Dataset):
+    def __init__(
+        self,
+        instance_images: torch.Tensor,  # (N, 3, R, R) in [0, 1]
+        instance_ids: torch.Tensor,  # (L,)
+        class_paths: list[Path],
+        class_ids: torch.Tensor | None,
+        resolution: int,
+        center_crop: bool = True,
+    ):
+        self.instance_images, self.instance_ids = instance_images, instance_ids
+        self.class_paths, self.class_ids = list(class_paths), class_ids
+        self.resolution, self.center_crop = resolution, center_crop
+
+    @property
+    def with_prior(self) -> bool:
+        return len(self.class_paths) > 0
+
+    def __len__(self) -> int:
+        return max(len(self.instance_images), len(self.class_paths))
+
+    def __getitem__(self, i: int) -> dict:
+        k = i % len(self.instance_images)
+        item = {"instance": self.instance_images[k] * 2 - 1, "instance_ids": self.instance_ids, "pair": k}
+        if self.with_prior:
+            path = self.class_paths[i % len(self.class_paths)]
+            item["class"] = train_transform(load_rgb(path), self.resolution, self.center_crop) * 2 - 1
+            item["class_ids"] = self.class_ids
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    """pixel_values (B, 3, R, R) in [-1, 1], input_ids (B, L): instance half first."""
+    pixels = [it["instance"] for it in items]
+    ids = [it["instance_ids"] for it in items]
+    if "class" in items[0]:
+        pixels += [it["class"] for it in items]
+        ids += [it["class_ids"] for it in items]
+    return {
+        "pixel_values": torch.stack(pixels),
+        "input_ids": torch.stack(ids),
+        "n_instance": len(items),
+        "pair_index": torch.tensor([it["pair"] for it in items]),
+    }

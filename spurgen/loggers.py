@@ -1,0 +1,75 @@
+"""Experiment loggers from config: W&B (offline without credentials or network), CSV, or none."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|credential)", re.IGNORECASE)
+
+
+def scrub_secrets(obj: Any) -> Any:
+    """Copy of a (nested) config container with every secret-looking key's value replaced."""
+    if isinstance(obj, dict):
+        return {k: ("***" if SECRET_KEY.search(str(k)) else scrub_secrets(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [scrub_secrets(v) for v in obj]
+    return obj
+
+
+def _wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def _online(host: str = "api.wandb.ai", timeout: float = 1.5) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def wandb_mode(requested: str) -> str:
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "online"):
+        return os.environ["WANDB_MODE"]
+    if requested != "auto":
+        return requested
+    return "online" if _wandb_has_credentials() and _online() else "offline"
+
+
+def build_logger(settings, run_dir: Path, config: dict, name: str, group: str | None, tags: list[str]):
+    kind = settings.kind
+    if kind == "none":
+        return False
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir), name="logs", version="")
+    if kind == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        mode = wandb_mode(settings.mode)
+        run_id_file = Path(run_dir) / "wandb_run_id.txt"
+        run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
+        logger = WandbLogger(
+            project=settings.project,
+            entity=settings.entity,
+            name=settings.name or name,
+            group=settings.group or group,
+            tags=list(settings.tags) + tags,
+            save_dir=str(run_dir),
+            mode=mode,
+            id=run_id,
+            resume="allow" if run_id else None,
+            config=scrub_secrets(config),
+        )
+        if mode != "disabled":
+            run_id_file.write_text(logger.experiment.id)
+        return logger
+    raise ValueError(f"unknown logger kind {kind!r}")

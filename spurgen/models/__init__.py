@@ -1,0 +1,1 @@
+"""Model parts: Stable Diffusion components (real or tiny) and frozen feature extractors / classifiers."""

@@ -1,0 +1,142 @@
+"""Tiny randomly initialised Stable Diffusion parts and a tiny CLIP tokenizer, built offline.
+
+They keep SD's structure (UNet2DConditionModel with cross-attention, AutoencoderKL, CLIPTextModel, a
+byte-level CLIP BPE tokenizer) at a size that trains in a fraction of a second per step on a CPU. Their
+numbers mean nothing: every output of a run on them is marked `model_is_tiny_random`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from spurgen.models.parts import SDParts
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # CLIP/GPT-2 byte-level alphabet: printable bytes map to themselves, the rest to unused code points.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
+
+
+def write_tiny_tokenizer_files(folder: Path, words: tuple[str, ...] = ()) -> Path:
+    """Write vocab.json + merges.txt for a character-level CLIP BPE (plus whole-word merges for `words`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    alphabet = list(_bytes_to_unicode().values())
+    vocab_list = alphabet + [c + "</w>" for c in alphabet]
+    merges: list[str] = []
+    for word in words:  # left-to-right merges so that each listed word becomes one token
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        current = symbols[0]
+        for sym in symbols[1:]:
+            merged = current + sym
+            if f"{current} {sym}" not in merges:
+                merges.append(f"{current} {sym}")
+            if merged not in vocab_list:
+                vocab_list.append(merged)
+            current = merged
+    vocab_list += [BOS, EOS]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab_list)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
+    return folder
+
+
+@lru_cache(maxsize=4)
+def _tokenizer_dir(words: tuple[str, ...]) -> str:
+    return str(write_tiny_tokenizer_files(Path(tempfile.mkdtemp(prefix="spurgen-tok-")), words))
+
+
+def build_tiny_tokenizer(max_length: int = 77, words: tuple[str, ...] = ()) -> CLIPTokenizer:
+    # transformers 5 ignores vocab_file/merges_file passed to the constructor (ENVIRONMENT.md):
+    # from_pretrained on a folder is the path that works.
+    tok = CLIPTokenizer.from_pretrained(_tokenizer_dir(tuple(words)))
+    tok.model_max_length = max_length
+    tok.pad_token = EOS
+    return tok
+
+
+def build_tiny_sd(
+    sample_size: int = 16,
+    block_out_channels: tuple[int, ...] = (32, 64),
+    vae_channels: tuple[int, ...] = (16, 32),
+    text_hidden: int = 32,
+    text_layers: int = 2,
+    max_length: int = 32,
+    prediction_type: str = "epsilon",
+    init_seed: int = 0,
+    words: tuple[str, ...] = ("a", "photo", "of", "sks", "flower", "the", "on", "in"),
+) -> SDParts:
+    """Tiny random SD parts. Image size = sample_size * 2**(len(vae_channels)-1) (32 px by default)."""
+    block_out_channels, vae_channels = tuple(block_out_channels), tuple(vae_channels)
+    torch.manual_seed(init_seed)
+    tokenizer = build_tiny_tokenizer(max_length, tuple(words))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=text_hidden,
+            intermediate_size=2 * text_hidden,
+            num_hidden_layers=text_layers,
+            num_attention_heads=4,
+            max_position_embeddings=max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    n = len(block_out_channels)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=block_out_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        cross_attention_dim=text_hidden,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
+        block_out_channels=vae_channels,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=sample_size * 2 ** (len(vae_channels) - 1),
+    )
+    sched_kwargs = dict(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type=prediction_type,
+        clip_sample=False,
+    )
+    noise_scheduler = DDPMScheduler(**sched_kwargs)
+    sample_scheduler = DDIMScheduler(**sched_kwargs, set_alpha_to_one=False, steps_offset=1)
+    ident = json.dumps(
+        [sample_size, block_out_channels, vae_channels, text_hidden, text_layers, max_length,
+         prediction_type, init_seed, list(words)]
+    )
+    model_id = "tiny-random:" + hashlib.sha256(ident.encode()).hexdigest()[:12]
+    return SDParts(unet, text_encoder, tokenizer, vae, noise_scheduler, sample_scheduler, model_id, True)

@@ -1,0 +1,165 @@
+"""The LightningModule: receives built parts and computes the objective of METHOD.md (losses/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import nn
+
+from spurgen.losses import SFSLContext, SpurgenObjective, StepTensors, denoising_target
+from spurgen.pipeline import make_pipeline, sample
+
+FROZEN = ("vae", "feature_extractor")
+
+
+@dataclass
+class OptimSettings:
+    lr_unet: float = 5e-6
+    lr_text_encoder: float = 5e-6
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    train_text_encoder: bool = True
+
+
+class SpurgenModule(L.LightningModule):
+    """DreamBooth (UNet + text encoder trained jointly) with prior preservation and the SFSL.
+
+    Frozen: the VAE and the robust feature extractor (eval mode always, no gradients, not in the optimiser,
+    not in checkpoints). Noise, timesteps and latent samples come from a generator seeded by
+    (seed, global step), so a step's randomness depends on nothing else.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        text_encoder: nn.Module,
+        tokenizer,
+        vae: nn.Module,
+        noise_scheduler,
+        feature_extractor: nn.Module | None,
+        objective: SpurgenObjective,
+        optim: OptimSettings | None = None,
+        seed: int = 0,
+        reference_images: torch.Tensor | None = None,  # (R, 3, H, W) in [0, 1], the training transform
+        sample_scheduler=None,
+        run_config: dict | None = None,
+    ):
+        super().__init__()
+        self.unet, self.text_encoder, self.vae = unet, text_encoder, vae
+        self.feature_extractor = feature_extractor
+        self.tokenizer, self.noise_scheduler = tokenizer, noise_scheduler
+        self.sample_scheduler = sample_scheduler or noise_scheduler
+        self.objective = objective
+        self.optim = optim or OptimSettings()
+        self.seed = int(seed)
+        self.run_config = run_config or {}
+        self.strict_loading = False  # frozen parts are not in checkpoints
+        self.vae.requires_grad_(False)
+        if feature_extractor is not None:
+            feature_extractor.requires_grad_(False)
+        if not self.optim.train_text_encoder:
+            self.text_encoder.requires_grad_(False)
+        if objective.uses_sfsl and (feature_extractor is None or reference_images is None):
+            raise ValueError("lambda_sfsl > 0 needs a feature extractor and reference images")
+        self.register_buffer("reference_images", reference_images, persistent=False)
+        self._references_set = False
+        self.train()
+
+    # -- frozen means frozen ---------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in FROZEN:
+            part = getattr(self, name, None)
+            if part is not None:
+                part.eval()
+        if not self.optim.train_text_encoder:
+            self.text_encoder.eval()
+        return self
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        sd = checkpoint["state_dict"]
+        for key in [k for k in sd if k.split(".", 1)[0] in FROZEN]:
+            del sd[key]
+        checkpoint["spurgen_config"] = self.run_config
+
+    # -- references: m is computed once per run ----------------------------------------------------------
+    def on_fit_start(self) -> None:
+        self.prepare_references()
+
+    @torch.no_grad()
+    def prepare_references(self) -> None:
+        if self._references_set or not self.objective.uses_sfsl:
+            return
+        with torch.autocast(self.device.type, enabled=False):
+            feats = self.feature_extractor.features(self.reference_images.float())
+        self.objective.sfsl.set_references(feats)
+        self._references_set = True
+
+    # -- one step -------------------------------------------------------------------------------------------
+    def step_generator(self, step: int | None = None) -> torch.Generator:
+        step = self.global_step if step is None else step
+        return torch.Generator("cpu").manual_seed(self.seed * 1_000_003 + int(step))
+
+    def sfsl_context(self) -> SFSLContext:
+        return SFSLContext(
+            vae=self.vae,
+            extractor=self.feature_extractor,
+            alphas_cumprod=self.noise_scheduler.alphas_cumprod,
+            prediction_type=self.noise_scheduler.config.prediction_type,
+        )
+
+    def compute_losses(self, batch: dict, generator: torch.Generator, global_step: int = 0):
+        pixels = batch["pixel_values"]  # (B, 3, R, R) in [-1, 1], instance half first
+        n_inst = int(batch["n_instance"])
+        dev = pixels.device
+        with torch.no_grad():
+            dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+            noise_z = torch.randn(dist.mean.shape, generator=generator).to(dev, dist.mean.dtype)
+            z = (dist.mean + dist.std * noise_z) * self.vae.config.scaling_factor  # (B, 4, h, w)
+        z = z.float()
+        eps = torch.randn(z.shape, generator=generator).to(dev)
+        n_steps = self.noise_scheduler.config.num_train_timesteps
+        t = torch.randint(0, n_steps, (z.shape[0],), generator=generator).to(dev)
+        z_t = self.noise_scheduler.add_noise(z, eps, t)
+        enc = self.text_encoder(batch["input_ids"])[0]  # (B, L, D)
+        out = self.unet(z_t, t, enc).sample
+        target = denoising_target(self.noise_scheduler, z, eps, t)
+        step = StepTensors(out, target, z_t, t, n_inst, batch.get("pair_index"))
+        ctx = self.sfsl_context() if self.objective.uses_sfsl else None
+        return self.objective(step, ctx, global_step)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        res = self.compute_losses(batch, self.step_generator(), self.global_step)
+        bs = int(batch["n_instance"])
+        self.log("train/loss", res.total.detach(), prog_bar=True, batch_size=bs)
+        for name, value in res.parts.items():
+            self.log(f"train/{name}", value.detach(), batch_size=bs)
+        self.log("train/sfsl_samples", float(res.sfsl_samples), batch_size=bs)
+        return res.total
+
+    def configure_optimizers(self):
+        groups = [{"params": [p for p in self.unet.parameters() if p.requires_grad], "lr": self.optim.lr_unet}]
+        if self.optim.train_text_encoder:
+            te = [p for p in self.text_encoder.parameters() if p.requires_grad]
+            groups.append({"params": te, "lr": self.optim.lr_text_encoder})
+        return torch.optim.AdamW(groups, weight_decay=self.optim.weight_decay, betas=self.optim.betas,
+                                 eps=self.optim.eps)
+
+    # -- images (a callback decides when and where) ------------------------------------------------------
+    def pipeline(self):
+        return make_pipeline(self.unet, self.text_encoder, self.tokenizer, self.vae, self.sample_scheduler)
+
+    @torch.no_grad()
+    def log_images(self, prompts: list[str], seeds: list[int], steps: int, guidance: float, resolution: int,
+                   negative_prompt: str | None = None):
+        """Sample with the current weights from per-image seeds; never touches the training RNG."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.autocast(self.device.type, enabled=False):
+                return sample(self.pipeline(), prompts, seeds, steps, guidance, resolution, negative_prompt)
+        finally:
+            self.train(was_training)

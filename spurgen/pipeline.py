@@ -1,0 +1,106 @@
+"""Building, sampling from and saving a standard diffusers StableDiffusionPipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image, PngImagePlugin
+
+SPURGEN_JSON = "spurgen.json"
+
+
+def make_pipeline(unet, text_encoder, tokenizer, vae, scheduler) -> StableDiffusionPipeline:
+    """A pipeline from parts, safety checker off (spurious-feature images are benign; it would black them)."""
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def sample(
+    pipe: StableDiffusionPipeline,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    steps: int,
+    guidance: float,
+    resolution: int,
+    negative_prompt: str | None = None,
+    batch_size: int = 4,
+) -> list[Image.Image]:
+    """One image per (prompt, seed); each has its own CPU generator so it can be regenerated alone."""
+    if len(prompts) != len(seeds):
+        raise ValueError("one seed per prompt")
+    images: list[Image.Image] = []
+    for i in range(0, len(prompts), batch_size):
+        p, s = list(prompts[i : i + batch_size]), list(seeds[i : i + batch_size])
+        gens = [torch.Generator("cpu").manual_seed(int(x)) for x in s]
+        out = pipe(
+            prompt=p,
+            negative_prompt=[negative_prompt] * len(p) if negative_prompt else None,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=resolution,
+            width=resolution,
+            generator=gens,
+            output_type="pil",
+        )
+        images.extend(out.images)
+    return images
+
+
+def png_info(meta: dict) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    for k, v in meta.items():
+        info.add_text(str(k), json.dumps(v) if not isinstance(v, str) else v)
+    return info
+
+
+def save_png_atomic(im: Image.Image, path: Path, meta: dict | None = None) -> None:
+    """Write to a temporary name in the same folder, then rename: no half-written image survives."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    im.save(tmp, format="PNG", pnginfo=png_info(meta) if meta else None)
+    os.replace(tmp, path)
+
+
+def image_grid(images: Sequence[Image.Image], cols: int | None = None) -> Image.Image:
+    cols = cols or min(len(images), 4)
+    rows = (len(images) + cols - 1) // cols
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, im in enumerate(images):
+        grid.paste(im, ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+def save_pipeline(pipe: StableDiffusionPipeline, folder: Path, meta: dict) -> Path:
+    """save_pretrained into folder.tmp, add spurgen.json, then swap it in (never a half-written folder)."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    (tmp / SPURGEN_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def read_spurgen_json(folder: Path) -> dict | None:
+    path = Path(folder) / SPURGEN_JSON
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,59 @@
+"""spurgen's entry point: compose the config, validate, seed, then run the stages. Wiring only.
+
+    python -m spurgen.run class=sulphur_butterfly lambda_sfsl=0.1
+    python -m spurgen.run -m class=hummingbird,koala lambda_sfsl=0,0.1,1
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from spurgen.config import register_configs, register_resolvers, validate
+from spurgen.errors import SpurgenError
+
+register_configs()
+register_resolvers()
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+_last_result: dict = {}
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _hydra_entry(cfg: DictConfig) -> float | None:
+    try:
+        validate(cfg)
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        run_dir = Path(cfg.run_dir)
+        result: dict = {}
+        if "train" in cfg.stages:
+            from spurgen.stages.train import train
+
+            result["train"] = train(cfg, run_dir)
+        _last_result.clear()
+        _last_result.update(result)
+        return result.get("train", {}).get("final_losses", {}).get("train/loss")
+    except SpurgenError as exc:
+        print(f"spurgen: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run with command-line overrides; return the exit code (0 ok, 1 config error, 2 input error)."""
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "spurgen.run", *(sys.argv[1:] if argv is None else argv)]
+    try:
+        _hydra_entry()
+        return 0
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        sys.argv = saved
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The stages of a run (train -> generate -> evaluate): each composes data, models, losses and eval."""

@@ -1,0 +1,169 @@
+"""Stage 1: fine-tune SD on the reference images (DreamBooth + prior preservation + SFSL) and save pipeline/."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from spurgen.callbacks import SampleImages
+from spurgen.config import METHOD_VERSION, asset_path, config_hash
+from spurgen.data.dataset import DreamBoothDataset, collate, load_training_images, tokenize
+from spurgen.data.prior import ensure_class_images
+from spurgen.data.references import reference_folder, select_references
+from spurgen.loggers import build_logger, scrub_secrets
+from spurgen.models.parts import SDParts
+from spurgen.module import OptimSettings, SpurgenModule
+from spurgen.pipeline import save_pipeline
+
+log = logging.getLogger("spurgen")
+
+TINY_BANNER = (
+    "\n" + "!" * 78 + "\n"
+    "!!  TINY RANDOM MODELS: this run uses tiny, randomly initialised SD parts and extractor.     !!\n"
+    "!!  It checks the plumbing; its images, losses and rates mean nothing about real models.    !!\n"
+    + "!" * 78 + "\n"
+)
+
+
+def run_metadata(cfg: DictConfig, parts: SDParts | None, **extra) -> dict:
+    return {
+        "method_version": METHOD_VERSION,
+        "config_hash": config_hash(cfg),
+        "model": parts.model_id if parts else None,
+        "model_is_tiny_random": bool(parts.is_tiny_random) if parts else None,
+        "class_index": int(cfg.target.index),
+        "class_name": cfg.target.name,
+        "lambda_sfsl": float(cfg.loss.lambda_sfsl),
+        "seed": int(cfg.seed),
+        **extra,
+    }
+
+
+def resolve_references(cfg: DictConfig) -> list[Path]:
+    """Cheap, before any model is built: which reference files this run trains on."""
+    folder = reference_folder(
+        cfg.data.reference_dir,
+        cfg.data.spurious_imagenet_dir,
+        int(cfg.target.index),
+        cfg.target.component,
+        asset_path("demo_references") if cfg.data.demo_references else None,
+    )
+    names = list(cfg.target.reference_files) if cfg.target.reference_files else None
+    return select_references(folder, int(cfg.data.num_references), int(cfg.seed), names)
+
+
+def negative_prompt(cfg: DictConfig) -> str:
+    return ", ".join(dict.fromkeys([cfg.target.name, *cfg.target.synonyms]))
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger) -> L.Trainer:
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return L.Trainer(**kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Returns the run metadata (also written to run_dir/run.json)."""
+    run_dir = Path(run_dir)
+    t0 = time.time()
+    ref_paths = resolve_references(cfg)
+
+    parts: SDParts = instantiate(cfg.model)
+    if parts.is_tiny_random:
+        print(TINY_BANNER, flush=True)
+    resolution = int(cfg.data.resolution or parts.resolution)
+    instance_prompt, class_prompt = cfg.data.instance_prompt, cfg.data.class_prompt
+    log.info("references (%d): %s", len(ref_paths), ", ".join(p.name for p in ref_paths))
+    ref_images = load_training_images(ref_paths, resolution, cfg.data.center_crop)  # (R, 3, H, W) in [0, 1]
+
+    with_prior = cfg.loss.lambda_prior > 0 and cfg.data.num_class_images > 0
+    class_paths = (
+        ensure_class_images(
+            parts, class_prompt, resolution, int(cfg.data.num_class_images), cfg.data.class_images_dir,
+            cfg.data.class_image_steps, cfg.data.class_image_guidance, cfg.data.class_image_batch_size,
+        )
+        if with_prior
+        else []
+    )
+    tok = parts.tokenizer
+    dataset = DreamBoothDataset(
+        ref_images, tokenize(tok, instance_prompt), class_paths,
+        tokenize(tok, class_prompt) if with_prior else None, resolution, cfg.data.center_crop,
+    )
+    loader = DataLoader(
+        dataset, batch_size=int(cfg.data.batch_size), shuffle=True, collate_fn=collate,
+        num_workers=int(cfg.data.num_workers), generator=torch.Generator().manual_seed(int(cfg.seed)),
+        drop_last=False,
+    )
+
+    objective = instantiate(cfg.loss)
+    extractor = instantiate(cfg.feature_extractor) if objective.uses_sfsl else None
+    if cfg.train.gradient_checkpointing:
+        parts.unet.enable_gradient_checkpointing()
+        parts.text_encoder.gradient_checkpointing_enable()
+    resolved = scrub_secrets(OmegaConf.to_container(cfg, resolve=True))
+    module = SpurgenModule(
+        parts.unet, parts.text_encoder, tok, parts.vae, parts.noise_scheduler, extractor, objective,
+        OptimSettings(
+            cfg.train.lr_unet, cfg.train.lr_text_encoder, cfg.train.weight_decay,
+            (cfg.train.adam_beta1, cfg.train.adam_beta2), cfg.train.adam_eps, cfg.train.train_text_encoder,
+        ),
+        seed=int(cfg.seed),
+        reference_images=ref_images if objective.uses_sfsl else None,
+        sample_scheduler=parts.sample_scheduler,
+        run_config=resolved,
+    )
+
+    meta = run_metadata(cfg, parts, resolution=resolution, prediction_type=parts.prediction_type)
+    name = f"{cfg.target.name.replace(' ', '_')}-lambda{cfg.loss.lambda_sfsl:g}-seed{cfg.seed}"
+    logger = build_logger(cfg.logger, run_dir, resolved, name, group=cfg.target.name.replace(" ", "_"),
+                          tags=[f"class:{cfg.target.index}", f"lambda_sfsl:{cfg.loss.lambda_sfsl:g}"])
+    ckpt = ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="step-{step:06d}",
+        every_n_train_steps=int(cfg.train.checkpoint_every_n_steps) or None,
+        save_top_k=int(cfg.train.keep_last_n),
+        monitor="step",
+        mode="max",
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    sampler = SampleImages(
+        run_dir / "samples", instance_prompt, int(cfg.train.sample_every_n_steps), int(cfg.train.num_samples),
+        int(cfg.train.sample_steps), float(cfg.train.sample_guidance), resolution, negative_prompt(cfg),
+        seed=int(cfg.seed), meta={"model_is_tiny_random": parts.is_tiny_random},
+    )
+    trainer = build_trainer(cfg, run_dir, [ckpt, sampler], logger)
+    if parts.is_tiny_random and trainer.logger is not None:
+        trainer.logger.log_metrics({"meta/model_is_tiny_random": 1.0}, step=0)
+    resume_ckpt = run_dir / "checkpoints" / "last.ckpt" if cfg.resume else None
+    trainer.fit(module, loader, ckpt_path=str(resume_ckpt) if resume_ckpt and resume_ckpt.exists() else None)
+    trainer.save_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))
+
+    final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    meta.update(
+        steps=int(trainer.global_step),
+        final_losses=final,
+        references=[str(p) for p in ref_paths],
+        instance_prompt=instance_prompt,
+        class_prompt=class_prompt,
+        identifier=cfg.data.identifier,
+        concept=cfg.target.concept,
+        negative_prompt=negative_prompt(cfg),
+        train_seconds=round(time.time() - t0, 2),
+    )
+    if trainer.is_global_zero:
+        module.eval()
+        save_pipeline(module.pipeline(), run_dir / "pipeline", meta)
+        (run_dir / "run.json").write_text(json.dumps(meta, indent=2))
+        if parts.is_tiny_random:
+            print(TINY_BANNER, flush=True)
+    return meta

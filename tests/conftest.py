@@ -1,0 +1,83 @@
+"""Shared fixtures: everything offline, tiny and fast."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path_factory):
+    """Tests never touch the network; W&B offline; caches in a per-session temp folder."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("SPURGEN_CACHE", str(tmp_path_factory.getbasetemp() / "spurgen-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_parts_factory():
+    from spurgen.models.tiny import build_tiny_sd
+
+    return build_tiny_sd
+
+
+@pytest.fixture
+def tiny_parts():
+    from spurgen.models.tiny import build_tiny_sd
+
+    return build_tiny_sd()
+
+
+@pytest.fixture
+def tiny_extractor():
+    from spurgen.models.extractors import build_tiny_extractor
+
+    return build_tiny_extractor()
+
+
+def write_images(folder: Path, n: int, size: int = 40, seed: int = 0, fmt: str = "png") -> list[Path]:
+    """Write n random RGB images; returns their paths."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        arr = (rng.random((size, size, 3)) * 255).astype("uint8")
+        p = folder / f"img_{i:03d}.{fmt}"
+        Image.fromarray(arr).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    write_images(tmp_path / "refs", 4)
+    return tmp_path / "refs"
+
+
+def run_cli(argv: list[str]) -> int:
+    from spurgen.run import main
+
+    return main(argv)
+
+
+FAST = [
+    "trainer.max_steps=2",
+    "trainer.enable_progress_bar=false",
+    "train.sample_every_n_steps=0",
+    "train.num_samples=1",
+    "train.checkpoint_every_n_steps=0",
+    "data.num_class_images=2",
+    "data.num_references=2",
+    "logger=none",
+]
