@@ -119,6 +119,70 @@ class LoggerConfig:
     mode: str = "auto"  # auto (offline without credentials or network) | online | offline | disabled
 
 
+PROMPT_TEMPLATES = [
+    "{prompt}",
+    "{prompt} on the beach",
+    "{prompt} on Mount Fuji",
+    "{prompt} in a garden",
+    "{prompt} in a market",
+]
+
+
+@dataclass
+class GenerateConfig:
+    """Generation from a fine-tuned pipeline (or the base model with generate.baseline=true)."""
+
+    num_images: int = 100
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    batch_size: int = 4
+    instance_prompt: str | None = None  # null: from pipeline/spurgen.json (required for a foreign pipeline)
+    class_prompt: str | None = None  # null: from spurgen.json; the baseline's prompt
+    negative_prompt: str | None = None  # null: spurgen.json, else class name + synonyms; "" disables
+    templates: list[str] = field(default_factory=lambda: list(PROMPT_TEMPLATES))  # "{prompt}" is replaced
+    sampler: str | None = None  # a diffusers scheduler class name; null: the pipeline's own
+    seed: int = "${seed}"  # type: ignore[assignment]  # image i gets seed + i
+    resolution: int | None = None  # null: spurgen.json, else the UNet's native size
+    baseline: bool = False  # the un-fine-tuned base model (the `model` group) with the class prompt
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto (float16 on CUDA, float32 on CPU) | float32 | float16 | bfloat16
+
+
+@dataclass
+class ClassifierSpec:
+    """One classifier to evaluate with (spurgen/models/loaders.py builds it)."""
+
+    name: str = MISSING
+    source: str = "timm"  # timm | robustbench | madry
+    arch: str | None = None  # timm model name; robustbench model name; madry torchvision arch
+    weights: str | None = None  # a local file; null: the library's own download (timm/robustbench)
+    threat_model: str = "Linf"  # robustbench
+    model_dir: str | None = None  # robustbench: reads <model_dir>/imagenet/<threat_model>/<arch>.pt
+    temperature: float = 1.0  # logits / T before the softmax
+    allow_pickle: bool = False  # madry/timm files saved with pickle: load only if you trust the file
+    random_init: bool = False  # tiny tests only: random weights, results mean nothing
+    input_size: int | None = None  # null: the model's own
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings (METHOD.md, 'Evaluation')."""
+
+    classifiers: list[ClassifierSpec] = field(default_factory=list)  # empty: conf/eval/<classifier_set>.yaml
+    classifier_set: str = "default"
+    reference_dir: str | None = None  # a plain folder or a Spurious ImageNet images/ folder
+    baseline_dir: str | None = None  # images from the un-fine-tuned model (generate.baseline=true)
+    imagenet_val_dir: str | None = None  # ImageNet validation images of the target class
+    crop: str = "none"  # none (resize only, METHOD.md) | model (the model's resize + centre crop)
+    batch_size: int = 32
+    bootstrap_samples: int = 1000
+    seed: int = "${seed}"  # type: ignore[assignment]
+    device: str = "auto"
+    channels_last: bool = True
+    contact_sheet_max: int = 500
+
+
 @dataclass
 class SpurgenConfig:
     target: TargetConfig = field(default_factory=TargetConfig)
@@ -129,6 +193,8 @@ class SpurgenConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     trainer: dict[str, Any] = field(default_factory=dict)  # any lightning.Trainer argument
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     lambda_sfsl: float = 0.1
     seed: int = 0
     stages: list[str] = field(default_factory=lambda: ["train"])

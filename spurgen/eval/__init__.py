@@ -1,0 +1,1 @@
+"""Evaluation: metrics (METHOD.md, 'Evaluation'), batched prediction over image sets, and reports."""

@@ -1,0 +1,82 @@
+"""The image sets an evaluation compares: generated (with manifest.jsonl), reference (a plain folder or a
+Spurious ImageNet images/ folder), baseline, and ImageNet validation images of the target class."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spurgen.data import spurious_imagenet
+from spurgen.data.images import IMAGE_EXTS, list_images
+from spurgen.errors import SpurgenError
+
+MANIFEST = "manifest.jsonl"
+GENERATE_JSON = "generate.json"
+
+
+@dataclass
+class ImageSet:
+    name: str
+    folder: Path
+    paths: list[Path]
+    records: list[dict] = field(default_factory=list)  # manifest record per image ({} when unknown)
+
+    @property
+    def templates(self) -> list[str | None]:
+        return [r.get("template") for r in self.records] if self.records else [None] * len(self.paths)
+
+
+def read_manifest(folder: Path) -> dict[str, dict]:
+    """file name -> record, from folder/manifest.jsonl (empty if absent)."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return {}
+    out = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                raise SpurgenError(f"{path} line {n} is not valid JSON") from None
+            out[rec["file"]] = rec
+    return out
+
+
+def read_generate_json(folder: Path) -> dict:
+    path = Path(folder) / GENERATE_JSON
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def load_folder(name: str, folder: str | Path) -> ImageSet:
+    """Every image directly inside `folder`, with its manifest record when there is one."""
+    folder = Path(folder).expanduser()
+    paths = list_images(folder)
+    manifest = read_manifest(folder)
+    return ImageSet(name, folder, paths, [manifest.get(p.name, {}) for p in paths])
+
+
+def _has_images(folder: Path) -> bool:
+    return any(p.is_file() and p.suffix.lower() in IMAGE_EXTS for p in folder.iterdir())
+
+
+def load_reference(folder: str | Path, class_index: int, component: int | None) -> ImageSet:
+    """A plain folder, or a Spurious ImageNet images/ folder (the class's component folder is chosen)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise SpurgenError(f"reference folder {folder} does not exist")
+    if not _has_images(folder) and any(p.is_dir() for p in folder.iterdir()):
+        folder = spurious_imagenet.select_folder(folder, class_index, component)
+    return load_folder("reference", folder)
+
+
+def load_imagenet_val(folder: str | Path, class_index: int) -> ImageSet:
+    """A folder of validation images of class k; or an ImageNet val/ tree with a <wnid>/ subfolder."""
+    folder = Path(folder).expanduser()
+    if folder.is_dir() and not _has_images(folder):
+        from timm.data import ImageNetInfo
+
+        wnid = ImageNetInfo().index_to_label_name(class_index)
+        if (folder / wnid).is_dir():
+            folder = folder / wnid
+    return load_folder("imagenet_val", folder)

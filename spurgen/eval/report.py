@@ -1,0 +1,184 @@
+"""Evaluation outputs: metrics.json, metrics.csv, a bar chart, a contact sheet, W&B logging."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+from PIL import Image
+
+from spurgen.eval.predict import Predictions
+
+
+def _json_default(x):
+    if hasattr(x, "item"):
+        return x.item()
+    return str(x)
+
+
+def _clean(obj):
+    """NaN -> null so metrics.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_atomic(path, json.dumps(_clean(data), indent=2, default=_json_default))
+
+
+CSV_FIELDS = ["set", "template", "classifier", "metric", "value", "ci_low", "ci_high", "n"]
+
+
+def csv_rows(sets: dict[str, dict], scores: dict[str, dict]) -> list[dict]:
+    rows = []
+
+    def add(set_name: str, template: str, numbers: dict) -> None:
+        for c, nums in numbers["per_classifier"].items():
+            for metric, v in nums.items():
+                ci = v.get("ci", [None, None])
+                rows.append(dict(set=set_name, template=template, classifier=c, metric=metric,
+                                 value=v["value"], ci_low=ci[0], ci_high=ci[1], n=v.get("n")))
+        for kind in ("all", "at_least_half"):
+            v = numbers["consistency"][kind]
+            rows.append(dict(set=set_name, template=template, classifier="*", metric=f"consistency_{kind}",
+                             value=v["value"], ci_low=v["ci"][0], ci_high=v["ci"][1], n=v["n"]))
+
+    for set_name, numbers in sets.items():
+        add(set_name, "all", numbers)
+        for tmpl, sub in numbers.get("per_template", {}).items():
+            add(set_name, tmpl, sub)
+    for c, s in scores.items():
+        for set_name, v in s.items():
+            if isinstance(v, dict):
+                for metric in ("roc_auc", "ap", "ap_equal_size"):
+                    rows.append(dict(set=set_name, template="all", classifier=c, metric=f"spurious_score_{metric}",
+                                     value=v[metric], ci_low=None, ci_high=None, n=v["num_spurious"]))
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    write_atomic(path, buf.getvalue())
+
+
+def bar_chart(path: Path, sets: dict[str, dict], title: str) -> Path:
+    """Spurious rate per classifier (grouped by image set), with 95% Wilson intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(next(iter(sets.values()))["per_classifier"])
+    width = 0.8 / len(sets)
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(names) + 2), 3.5))
+    x = np.arange(len(names))
+    for j, (set_name, numbers) in enumerate(sets.items()):
+        v = [numbers["per_classifier"][c]["spurious_rate"] for c in names]
+        vals = np.array([r["value"] for r in v])
+        err = np.clip(np.array([[r["value"] - r["ci"][0], r["ci"][1] - r["value"]] for r in v]).T, 0, None)
+        ax.bar(x + j * width - 0.4 + width / 2, vals, width, yerr=err, capsize=3,
+               label=f"{set_name} (n={numbers['num_images']})")
+    ax.set_xticks(x, names, rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("spurious rate (95% Wilson)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _data_uri(im: Image.Image) -> str:
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def contact_sheet(
+    path: Path, files: list[Path], thumbs: list[Image.Image], records: list[dict],
+    preds: dict[str, Predictions], target: int, class_names: list[str], title: str,
+) -> Path:
+    """One card per image: the thumbnail, its prompt and seed, and every classifier's top-3 (the target in
+    bold). For a person to check that no image shows the class object (METHOD.md)."""
+    cards = []
+    for i, (f, t) in enumerate(zip(files, thumbs, strict=False)):
+        rec = records[i] if i < len(records) else {}
+        lines = []
+        for c, p in preds.items():
+            top = []
+            for j in range(3):
+                k, prob = int(p.top5[i, j]), float(p.top5_p[i, j])
+                label = html.escape(f"{class_names[k]} {prob:.2f}")
+                top.append(f"<b>{label}</b>" if k == target else label)
+            mark = "&#10003;" if int(p.top5[i, 0]) == target else "&middot;"
+            lines.append(f"<div>{mark} <i>{html.escape(c)}</i>: {'; '.join(top)}</div>")
+        cap = html.escape(f"{f.name}" + (f" | seed {rec['seed']} | {rec.get('prompt', '')}" if "seed" in rec else ""))
+        cards.append(f'<div class="c"><img src="{_data_uri(t)}"><div class="n">{cap}</div>{"".join(lines)}</div>')
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
+        "body{font:12px sans-serif}.c{display:inline-block;width:260px;vertical-align:top;margin:6px;"
+        "border:1px solid #ccc;padding:4px}.c img{max-width:128px}.n{color:#555}</style></head><body>"
+        f"<h2>{html.escape(title)}</h2><p>&#10003; = top-1 is the target class. Check that no image shows "
+        "the class object itself.</p>" + "".join(cards) + "</body></html>"
+    )
+    write_atomic(path, page)
+    return path
+
+
+def log_wandb(
+    logger_cfg, run_dir: Path, name: str, metrics: dict, rows: list[dict], chart: Path,
+    generated: list[Image.Image], reference: list[Image.Image],
+) -> None:
+    """A table of every number, the bar chart and a grid of generated beside reference images. Resumes the
+    run's W&B run when run_dir/wandb_run_id.txt exists (the training stage's)."""
+    import wandb
+
+    from spurgen.loggers import wandb_mode
+    from spurgen.pipeline import image_grid
+
+    mode = wandb_mode(logger_cfg.mode)
+    id_file = Path(run_dir) / "wandb_run_id.txt"
+    run_id = id_file.read_text().strip() if id_file.exists() else None
+    run = wandb.init(
+        project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group, name=logger_cfg.name or name,
+        dir=str(run_dir), mode=mode, id=run_id, resume="allow" if run_id else None, reinit="finish_previous",
+    )
+    table = wandb.Table(columns=CSV_FIELDS, data=[[r[k] for k in CSV_FIELDS] for r in rows])
+    payload = {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+    payload["eval/table"] = table
+    payload["eval/spurious_rate_chart"] = wandb.Image(str(chart))
+    if generated:
+        grid = [*generated[:8], *reference[:8]]
+        size = grid[0].size
+        payload["eval/generated_vs_reference"] = wandb.Image(
+            image_grid([g.resize(size) for g in grid], cols=min(8, len(generated[:8]))),
+            caption="top: generated; bottom: reference",
+        )
+    run.log(payload)
+    if mode != "disabled" and not run_id:
+        id_file.write_text(run.id)
+    run.finish()

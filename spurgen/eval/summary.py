@@ -1,0 +1,102 @@
+"""From predictions to METHOD.md's numbers: per classifier, per prompt template, per image set."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from spurgen.eval import metrics as M
+from spurgen.eval.predict import Predictions
+
+
+def classifier_numbers(
+    pred: Predictions, target: int, idx: np.ndarray, seed: int, bootstrap: int, ref_mean: np.ndarray | None
+) -> dict:
+    """Spurious rate and top-5 rate (Wilson), mean p(k|x) (bootstrap), similarity cos(phi, m)."""
+    out = {
+        "spurious_rate": M.proportion(pred.argmax[idx] == target),
+        "top5_rate": M.proportion((pred.top5[idx] == target).any(axis=1)),
+        "mean_p_target": M.mean_with_bootstrap(pred.p_target[idx], seed, bootstrap),
+    }
+    if ref_mean is not None and idx.size:
+        cos = M.cosine_to(pred.features[idx], ref_mean)
+        out["similarity"] = {"value": float(cos.mean()), "std": float(cos.std()), "n": int(idx.size)}
+    return out
+
+
+def set_numbers(
+    preds: dict[str, Predictions],
+    target: int,
+    templates: list[str | None],
+    seed: int,
+    bootstrap: int,
+    ref_means: dict[str, np.ndarray] | None = None,
+) -> dict:
+    """All numbers for one image set, overall and per prompt template."""
+    names = list(preds)
+    n = len(next(iter(preds.values())).top5)
+
+    def block(idx: np.ndarray) -> dict:
+        hits = np.stack([preds[c].argmax[idx] == target for c in names], axis=1)  # (n, C)
+        return {
+            "num_images": int(idx.size),
+            "per_classifier": {
+                c: classifier_numbers(preds[c], target, idx, seed, bootstrap, (ref_means or {}).get(c))
+                for c in names
+            },
+            "consistency": M.consistency(hits),
+        }
+
+    result = block(np.arange(n))
+    per_template = {}
+    for tmpl in dict.fromkeys(t for t in templates if t is not None):
+        idx = np.array([i for i, t in enumerate(templates) if t == tmpl])
+        per_template[tmpl] = block(idx)
+    result["per_template"] = per_template
+    result["images_per_s"] = {c: _finite(p.images_per_s) for c, p in preds.items()}
+    return result
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else round(float(x), 2)
+
+
+def spurious_score(val: Predictions, others: dict[str, Predictions], seed: int) -> dict:
+    """Spurious ImageNet's spurious score for one classifier: class-k validation images (label 1) against
+    each set of spurious images (label 0), scored by p_c(k|x). ROC-AUC is the side-by-side number; AP
+    (official) and AP on equal-size subsamples are reported too. 1 = no reliance on the feature."""
+    out = {"num_val": len(val.p_target)}
+    for name, pred in others.items():
+        labels = np.r_[np.ones(len(val.p_target)), np.zeros(len(pred.p_target))]
+        scores = np.r_[val.p_target, pred.p_target]
+        out[name] = {
+            "roc_auc": M.roc_auc(labels, scores),
+            "ap": M.average_precision(labels, scores),
+            "ap_equal_size": M.average_precision_equal_size(labels, scores, seed),
+            "num_spurious": len(pred.p_target),
+        }
+    return out
+
+
+SET_PREFIX = {"images": "eval", "reference": "eval_reference", "baseline": "eval_baseline"}
+
+
+def flat_metrics(sets: dict[str, dict], scores: dict[str, dict]) -> dict[str, float]:
+    """`split/name/<classifier>` keys for loggers: eval/... for the evaluated images, eval_reference/..., eval_baseline/..."""
+    flat: dict[str, float] = {}
+    for set_name, numbers in sets.items():
+        pre = SET_PREFIX.get(set_name, f"eval_{set_name}")
+        for c, nums in numbers["per_classifier"].items():
+            for key in ("spurious_rate", "top5_rate", "mean_p_target", "similarity"):
+                if key in nums:
+                    flat[f"{pre}/{key}/{c}"] = nums[key]["value"]
+        flat[f"{pre}/consistency_all"] = numbers["consistency"]["all"]["value"]
+        flat[f"{pre}/consistency_at_least_half"] = numbers["consistency"]["at_least_half"]["value"]
+    for c, s in scores.items():
+        for set_name in SET_PREFIX:
+            if set_name in s:
+                pre = SET_PREFIX[set_name]
+                flat[f"{pre}/spurious_score_auc/{c}"] = s[set_name]["roc_auc"]
+                flat[f"{pre}/spurious_score_ap/{c}"] = s[set_name]["ap"]
+    return flat
