@@ -33,6 +33,14 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
             from spurgen.stages.train import train
 
             result["train"] = train(cfg, run_dir)
+        if "generate" in cfg.stages:
+            from spurgen.stages.generate import run_stage as generate_stage
+
+            result["generate"] = generate_stage(cfg, run_dir)
+        if "evaluate" in cfg.stages:
+            from spurgen.stages.evaluate import run_stage as evaluate_stage
+
+            result["evaluate"] = evaluate_stage(cfg, run_dir)
         _last_result.clear()
         _last_result.update(result)
         return result.get("train", {}).get("final_losses", {}).get("train/loss")

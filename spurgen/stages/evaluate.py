@@ -165,3 +165,11 @@ def _write_outputs(out_dir, result, sets, preds, target, logger_cfg, run_dir) ->
         ref = preds["reference"].thumbnails if "reference" in preds else []
         report.log_wandb(logger_cfg, Path(run_dir or out_dir), f"eval-{result['target']['name']}",
                          result["metrics"], rows, chart, preds["images"].thumbnails, ref)
+
+
+def run_stage(cfg: DictConfig, run_dir: Path) -> dict:
+    """The run's third stage: evaluate run_dir/generated (with run_dir/baseline when it exists)."""
+    run_dir = Path(run_dir)
+    baseline = run_dir / "baseline"
+    return evaluate(cfg.eval, run_dir / "generated", run_dir / "eval", int(cfg.target.index), cfg.target.component,
+                    cfg.logger, run_dir, baseline if (baseline / "manifest.jsonl").exists() else None)

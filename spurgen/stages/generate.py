@@ -31,12 +31,12 @@ def is_black(im) -> bool:
     return int(np.asarray(im).max()) <= 3
 
 
-def _prompts(gen: DictConfig, meta: dict, target: DictConfig | None, pipeline_dir: Path | None) -> dict:
+def _prompts(gen: DictConfig, meta: dict, target: DictConfig | None, pipeline_dir: Path | None, baseline: bool) -> dict:
     instance = gen.instance_prompt or meta.get("instance_prompt")
     klass = gen.class_prompt or meta.get("class_prompt")
-    if gen.baseline and not klass:
+    if baseline and not klass:
         raise SpurgenError("generate.baseline=true needs the class prompt: set generate.class_prompt='a photo of a flower'")
-    if not gen.baseline and not instance:
+    if not baseline and not instance:
         raise SpurgenError(
             f"pipeline {pipeline_dir} has no {'spurgen.json with an ' if not meta else ''}instance prompt "
             "(not made by spurgen?): give generate.instance_prompt='a photo of a <identifier> <concept>'"
@@ -53,7 +53,7 @@ def _prompts(gen: DictConfig, meta: dict, target: DictConfig | None, pipeline_di
     for t in gen.templates:
         if "{prompt}" not in t:
             raise SpurgenError(f"generate.templates: {t!r} lacks the placeholder {{prompt}}")
-    return {"base": klass if gen.baseline else instance, "negative": negative, "instance": instance, "class": klass}
+    return {"base": klass if baseline else instance, "negative": negative, "instance": instance, "class": klass}
 
 
 def _pick_device(gen: DictConfig) -> tuple[torch.device, torch.dtype]:
@@ -64,9 +64,9 @@ def _pick_device(gen: DictConfig) -> tuple[torch.device, torch.dtype]:
     return device, getattr(torch, gen.dtype)
 
 
-def load_generation_pipeline(gen: DictConfig, pipeline_dir: Path | None, model_cfg) -> tuple:
+def load_generation_pipeline(baseline: bool, pipeline_dir: Path | None, model_cfg) -> tuple:
     """(pipeline, model id, tiny?) from pipeline_dir, or the base model (`model` config) for the baseline."""
-    if gen.baseline:
+    if baseline:
         if model_cfg is None:
             raise SpurgenError("generate.baseline=true needs the base model: pass model=<preset> (e.g. model=sd15)")
         from hydra.utils import instantiate
@@ -105,11 +105,14 @@ def generate(
     out_dir: str | Path,
     target: DictConfig | None = None,
     model_cfg=None,
+    baseline: bool | None = None,
 ) -> dict:
-    """Generate gen.num_images images into out_dir (PNG + manifest.jsonl + generate.json); returns the summary."""
+    """Generate gen.num_images images into out_dir (PNG + manifest.jsonl + generate.json); returns the summary.
+    `baseline` overrides gen.baseline (the run generates both)."""
     t0 = time.time()
+    baseline = bool(gen.baseline) if baseline is None else baseline
     pipeline_dir = Path(pipeline_dir).expanduser() if pipeline_dir else None
-    if pipeline_dir is None and not gen.baseline:
+    if pipeline_dir is None and not baseline:
         raise SpurgenError("pipeline_dir is required: pipeline_dir=<a diffusers pipeline folder>")
     if pipeline_dir is not None and not pipeline_dir.is_dir():
         raise SpurgenError(f"pipeline folder {pipeline_dir} does not exist")
@@ -117,11 +120,11 @@ def generate(
         if int(gen[key]) <= 0:
             raise SpurgenError(f"generate.{key} must be > 0, got {gen[key]}")
     meta = (read_spurgen_json(pipeline_dir) or {}) if pipeline_dir else {}
-    prompts = _prompts(gen, meta, target, pipeline_dir)
+    prompts = _prompts(gen, meta, target, pipeline_dir, baseline)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    pipe, model_id, tiny = load_generation_pipeline(gen, pipeline_dir, model_cfg)
+    pipe, model_id, tiny = load_generation_pipeline(baseline, pipeline_dir, model_cfg)
     tiny = meta.get("model_is_tiny_random") if tiny is None else tiny
     if gen.sampler:
         import diffusers
@@ -143,7 +146,7 @@ def generate(
             "file": f"{i:05d}.png", "index": i, "prompt": template.replace("{prompt}", prompts["base"]),
             "template": template, "negative_prompt": prompts["negative"], "seed": int(gen.seed) + i,
             "sampler": sampler, "steps": int(gen.num_inference_steps), "guidance": float(gen.guidance_scale),
-            "resolution": resolution, "model": model_id, "baseline": bool(gen.baseline),
+            "resolution": resolution, "model": model_id, "baseline": baseline,
         })
     records = {f: r for f, r in read_manifest(out_dir).items() if (out_dir / f).exists()}
     todo = [p for p in plan if not _complete(records.get(p["file"]), p)]
@@ -168,7 +171,7 @@ def generate(
         "model_is_tiny_random": tiny,
         "class_index": meta.get("class_index", target.get("index") if target is not None and _has_index(target) else None),
         "model": model_id, "pipeline_dir": str(pipeline_dir) if pipeline_dir else None,
-        "baseline": bool(gen.baseline), "num_images": len(planned), "black_images": black,
+        "baseline": baseline, "num_images": len(planned), "black_images": black,
         "generated_now": len(todo), "skipped": len(plan) - len(todo),
         "instance_prompt": prompts["instance"], "class_prompt": prompts["class"],
         "negative_prompt": prompts["negative"], "templates": list(gen.templates), "sampler": sampler,
@@ -192,3 +195,15 @@ def _complete(record: dict | None, planned: dict) -> bool:
 def _write_manifest(out_dir: Path, records: dict[str, dict]) -> None:
     lines = [json.dumps(r) for r in sorted(records.values(), key=lambda r: r["file"])]
     write_atomic(out_dir / MANIFEST, "\n".join(lines) + "\n")
+
+
+def run_stage(cfg: DictConfig, run_dir: Path) -> dict:
+    """The run's second stage: run_dir/pipeline -> run_dir/generated; with generate.baseline=true also the
+    base model's images with the class prompt -> run_dir/baseline (the row every gain is measured against)."""
+    run_dir = Path(run_dir)
+    summary = generate(cfg.generate, run_dir / "pipeline", run_dir / "generated", cfg.target, cfg.model, False)
+    if cfg.generate.baseline:
+        summary["baseline_summary"] = generate(
+            cfg.generate, run_dir / "pipeline", run_dir / "baseline", cfg.target, cfg.model, True
+        )
+    return summary
