@@ -1,0 +1,169 @@
+"""Loaders for real classifiers / robust extractors, on fake checkpoints written in each format."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+
+from spurgen.errors import MissingWeightsError, SpurgenError
+from spurgen.models import loaders
+from spurgen.models.extractors import IMAGENET_MEAN, IMAGENET_STD
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny_timm(arch: str = "test_efficientnet", seed: int = 0):
+    import timm
+
+    torch.manual_seed(seed)
+    return timm.create_model(arch, pretrained=False).eval()
+
+
+def _normalise(x):
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def test_timm_safetensors_and_nested_state_dict(tmp_path):
+    from safetensors.torch import save_file
+
+    ref = _tiny_timm()
+    x = torch.rand(2, 3, 40, 40)
+    st = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(st))
+    pt = tmp_path / "w.pt"
+    torch.save({"state_dict": ref.state_dict(), "epoch": 3}, pt)
+    for path in (st, pt):
+        m = loaders.load_timm("test_efficientnet", str(path), name="eff", input_size=40)
+        assert not m.normalizes_inside and m.name == "eff" and m.input_size == 40
+        with torch.no_grad():
+            assert torch.allclose(m.logits(x), ref(_normalise(x)), atol=1e-5)
+        assert m.features(x).shape == (2, ref.num_features)
+        assert not any(p.requires_grad for p in m.parameters())
+
+
+def test_timm_missing_mismatched_and_unknown(tmp_path):
+    missing = tmp_path / "nope.safetensors"
+    with pytest.raises(MissingWeightsError, match=str(missing)):
+        loaders.load_timm("test_efficientnet", str(missing))
+    other = tmp_path / "byob.pt"
+    torch.save(_tiny_timm("test_byobnet").state_dict(), other)
+    with pytest.raises(SpurgenError, match="does not match"):
+        loaders.load_timm("test_efficientnet", str(other))
+    with pytest.raises(SpurgenError, match="no model named"):
+        loaders.load_timm("no_such_net_xyz", None)
+    with pytest.raises(SpurgenError, match="unknown source 'keras'"):
+        loaders.load_classifier({"name": "k", "source": "keras", "arch": "x"})
+
+
+def test_timm_pickled_file_needs_allow_pickle(tmp_path):
+    path = tmp_path / "pickled.pth"
+    torch.save({"model": _tiny_timm().state_dict(), "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(SpurgenError, match="allow_pickle"):
+        loaders.load_timm("test_efficientnet", str(path))
+    m = loaders.load_timm("test_efficientnet", str(path), allow_pickle=True)
+    assert m.input_size == 160
+
+
+def _madry_checkpoint(path: Path, with_model_prefix: bool = True, pickled: bool = False):
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None).eval()
+    sd = net.state_dict()
+    state = {"module.normalizer.new_mean": torch.zeros(3, 1, 1), "module.attacker.normalize.new_std": torch.ones(3, 1, 1)}
+    state.update({f"module.attacker.model.{k}": v for k, v in sd.items()})
+    if with_model_prefix:
+        state.update({f"module.model.{k}": v.clone() for k, v in sd.items()})
+    ckpt = {"model": state, "epoch": 90}
+    if pickled:
+        ckpt["args"] = argparse.Namespace(eps=3.0, constraint="2")  # like robustness' files: needs pickle
+    torch.save(ckpt, path)
+    return net
+
+
+@pytest.mark.parametrize("with_model_prefix", [True, False])
+def test_madry_prefixes_and_outside_normalisation(tmp_path, with_model_prefix):
+    path = tmp_path / "imagenet_l2_3_0.pt"
+    net = _madry_checkpoint(path, with_model_prefix)
+    m = loaders.load_madry(str(path), arch="resnet18", name="madry")
+    assert not m.normalizes_inside and m.input_size == 224
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = net(_normalise(torch.nn.functional.interpolate(x, size=(224, 224), mode="bicubic", antialias=True)))
+        assert torch.allclose(m.logits(x), expected, atol=1e-4)
+    assert m.features(x).shape == (2, 512)
+
+
+def test_madry_pickle_only_behind_the_option(tmp_path):
+    path = tmp_path / "imagenet_l2_3_0.pt"
+    _madry_checkpoint(path, pickled=True)
+    with pytest.raises(SpurgenError, match="allow_pickle=true"):
+        loaders.load_madry(str(path), arch="resnet18")
+    assert loaders.load_madry(str(path), arch="resnet18", allow_pickle=True).input_size == 224
+    with pytest.raises(MissingWeightsError, match="imagenet_l2_3_0.pt"):
+        loaders.load_madry(str(tmp_path / "missing" / "imagenet_l2_3_0.pt"))
+    bad = tmp_path / "plain.pt"
+    torch.save({"conv1.weight": torch.zeros(1)}, bad)
+    with pytest.raises(SpurgenError, match="module.model."):
+        loaders.load_madry(str(bad), arch="resnet18")
+
+
+def test_robustbench_missing_offline_names_the_file(tmp_path):
+    expected = tmp_path / "imagenet" / "Linf" / "Salman2020Do_R50.pt"
+    with pytest.raises(MissingWeightsError, match=str(expected)):
+        loaders.load_classifier({"name": "salman", "source": "robustbench", "arch": "Salman2020Do_R50",
+                                 "model_dir": str(tmp_path)})
+
+
+@pytest.mark.slow
+def test_robustbench_loads_a_local_checkpoint_through_its_api(tmp_path):
+    import torchvision
+
+    folder = tmp_path / "imagenet" / "Linf"
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None).eval()
+    torch.save(net.state_dict(), folder / "Salman2020Do_R18.pt")  # the R18 of the same paper: same code path
+    m = loaders.load_robustbench("Salman2020Do_R18", str(tmp_path))
+    assert m.normalizes_inside  # Sequential(normalize, model): inputs in [0, 1]
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(m.logits(x), net(_normalise(x)), atol=1e-4)
+    assert m.features(x).shape == (2, 512)
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from spurgen.config import register_configs, register_resolvers
+
+    register_configs()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_feature_extractor_configs_use_the_loaders(tmp_path):
+    from hydra.utils import instantiate
+
+    w = tmp_path / "eff.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in _tiny_timm().state_dict().items()}, str(w))
+    cfg = _compose(["feature_extractor=timm", "feature_extractor.arch=test_efficientnet",
+                    f"feature_extractor.weights={w}"])
+    fx = instantiate(cfg.feature_extractor)
+    assert fx.features(torch.rand(1, 3, 32, 32)).ndim == 2
+    madry = tmp_path / "imagenet_l2_3_0.pt"
+    _madry_checkpoint(madry)
+    cfg = _compose(["feature_extractor=robust_resnet50_madry", f"feature_extractor.weights={madry}",
+                    "feature_extractor.arch=resnet18"])
+    assert instantiate(cfg.feature_extractor).features(torch.rand(1, 3, 32, 32)).shape == (1, 512)
+    for name in ("salman2020", "engstrom2019"):
+        cfg = _compose([f"feature_extractor={name}", f"feature_extractor.model_dir={tmp_path}"])
+        with pytest.raises(Exception, match=cfg.feature_extractor.arch) as info:  # Hydra wraps it
+            instantiate(cfg.feature_extractor)
+        assert isinstance(info.value.__cause__ or info.value, MissingWeightsError)
