@@ -60,6 +60,8 @@ class SFSLConfig:
     t_max: int = 500  # only instance samples with t <= t_max get the term
     decode_size: int | None = None  # null: decode at full resolution, then resize for f
     every_n_steps: int = 1
+    decoder_checkpointing: bool = False  # recompute decoder activations in backward (memory, same value)
+    decode_at_extractor_size: bool = False  # decode z0_hat resized to f's input size / 8 (overrides decode_size)
 
 
 @dataclass
@@ -207,7 +209,11 @@ class SpurgenConfig:
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="spurgen_schema", node=SpurgenConfig)
+    node = OmegaConf.structured(SpurgenConfig)
+    # `trainer.<any Lightning Trainer argument>` without "+": the trainer node accepts new keys; they are
+    # checked against lightning.Trainer's signature in validate().
+    OmegaConf.set_struct(node.trainer, False)
+    ConfigStore.instance().store(name="spurgen_schema", node=node)
 
 
 KNOWN_STAGES = ("train", "generate", "evaluate")

@@ -111,7 +111,10 @@ class SpurgenModule(L.LightningModule):
             prediction_type=self.noise_scheduler.config.prediction_type,
         )
 
-    def compute_losses(self, batch: dict, generator: torch.Generator, global_step: int = 0):
+    def compute_losses(
+        self, batch: dict, generator: torch.Generator, global_step: int = 0, timesteps: torch.Tensor | None = None
+    ):
+        """The objective on one batch; `timesteps` fixes t (measurements on a fixed batch)."""
         pixels = batch["pixel_values"]  # (B, 3, R, R) in [-1, 1], instance half first
         n_inst = int(batch["n_instance"])
         dev = pixels.device
@@ -123,6 +126,8 @@ class SpurgenModule(L.LightningModule):
         eps = torch.randn(z.shape, generator=generator).to(dev)
         n_steps = self.noise_scheduler.config.num_train_timesteps
         t = torch.randint(0, n_steps, (z.shape[0],), generator=generator).to(dev)
+        if timesteps is not None:
+            t = timesteps.to(dev)
         z_t = self.noise_scheduler.add_noise(z, eps, t)
         enc = self.text_encoder(batch["input_ids"])[0]  # (B, L, D)
         out = self.unet(z_t, t, enc).sample

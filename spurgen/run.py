@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -46,7 +47,20 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
         return result.get("train", {}).get("final_losses", {}).get("train/loss")
     except SpurgenError as exc:
         print(f"spurgen: error: {exc}", file=sys.stderr)
+        _remove_if_only_hydra_files(cfg)
         sys.exit(exc.exit_code)
+
+
+def _remove_if_only_hydra_files(cfg: DictConfig) -> None:
+    """A run that failed on its input leaves no folder behind (Hydra creates it before we start)."""
+    try:
+        run_dir = Path(cfg.run_dir)
+    except Exception:  # noqa: BLE001 - no Hydra context (compose API): nothing was created
+        return
+    if cfg.get("resume") or not run_dir.is_dir():
+        return
+    if {p.name for p in run_dir.iterdir()} <= {".hydra", "run.log"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

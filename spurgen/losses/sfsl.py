@@ -14,11 +14,14 @@ saturates.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def predict_z0(
@@ -41,13 +44,39 @@ def _decode_precision(device_type: str):
     return nullcontext()
 
 
+@contextmanager
+def checkpointed_decoder(vae: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """While active, the decoder recomputes its mid and up blocks in backward instead of storing their
+    activations (torch.utils.checkpoint; same values, less memory, one more decoder forward).
+
+    Uses diffusers' Decoder switch, which checks `torch.is_grad_enabled() and self.gradient_checkpointing`
+    and so works in eval mode too (diffusers 0.42; experiments/bench.py measures the peak-memory drop).
+    Only this decode is affected: the flag is restored afterwards, the encoder and sampling never see it.
+    """
+    decoder = getattr(vae, "decoder", None)
+    if not enabled:
+        yield
+        return
+    if decoder is None or not hasattr(decoder, "gradient_checkpointing"):
+        raise ValueError("loss.sfsl.decoder_checkpointing needs a diffusers AutoencoderKL-style VAE")
+    if getattr(decoder, "_gradient_checkpointing_func", None) is None:
+        decoder._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+    previous = decoder.gradient_checkpointing
+    decoder.gradient_checkpointing = True
+    try:
+        yield
+    finally:
+        decoder.gradient_checkpointing = previous
+
+
 def decode_to_unit(
-    vae: nn.Module, z0_hat: torch.Tensor, decode_size: int | None = None
+    vae: nn.Module, z0_hat: torch.Tensor, decode_size: int | None = None, checkpointing: bool = False
 ) -> torch.Tensor:
     """x0_hat = D(z0_hat / s) mapped to [0, 1].  (N, 4, h, w) -> (N, 3, H, W); not clamped.
 
     decode_size=None decodes at full resolution; an int decodes z0_hat resized to decode_size / 8
     (the VAE's downsampling factor) latents, a cheaper approximation (METHOD.md, open choices).
+    checkpointing=True trades decoder activations for a second decoder forward in backward (same values).
     """
     s = vae.config.scaling_factor
     if decode_size is not None:
@@ -58,14 +87,18 @@ def decode_to_unit(
     vae_dtype = next(vae.parameters()).dtype
     if vae_dtype == torch.float16:
         raise ValueError("the SFSL decodes with gradients: the VAE must be float32 or bfloat16, not float16")
-    with _decode_precision(z0_hat.device.type):
+    with _decode_precision(z0_hat.device.type), checkpointed_decoder(vae, checkpointing):
         x = vae.decode((z0_hat / s).to(vae_dtype)).sample
     return (x.float() + 1) / 2
 
 
 class SpuriousFeatureSimilarityLoss(nn.Module):
     """L_SFSL with its open choices: distance (cosine | mse), reference (mean | nearest | paired),
-    t_max gate, decode_size, every_n_steps. The references' features are set once per run."""
+    t_max gate, decode_size, every_n_steps; decoder_checkpointing is a memory option that leaves the value
+    unchanged. The references' features are set once per run.
+
+    Only the gated instance samples are predicted, decoded and fed to f (`forward` indexes with the gate
+    before decoding), so a step whose instance samples all have t > t_max costs no decoder at all."""
 
     def __init__(
         self,
@@ -75,6 +108,8 @@ class SpuriousFeatureSimilarityLoss(nn.Module):
         decode_size: int | None = None,
         every_n_steps: int = 1,
         layer: str = "pool",  # applied by the extractor (which module phi reads); recorded here
+        decoder_checkpointing: bool = False,
+        decode_at_extractor_size: bool = False,  # decode_size = f's input size (overrides decode_size)
     ):
         super().__init__()
         self.layer = layer
@@ -85,6 +120,8 @@ class SpuriousFeatureSimilarityLoss(nn.Module):
             raise ValueError(f"reference must be mean, nearest or paired, got {reference!r}")
         self.distance, self.reference = distance, reference
         self.t_max, self.decode_size, self.every_n_steps = int(t_max), decode_size, int(every_n_steps)
+        self.decoder_checkpointing = bool(decoder_checkpointing)
+        self.decode_at_extractor_size = bool(decode_at_extractor_size)
         self.register_buffer("ref_features", torch.empty(0), persistent=False)  # (R, D), unit norm
 
     @torch.no_grad()
@@ -143,6 +180,7 @@ class SpuriousFeatureSimilarityLoss(nn.Module):
             return None
         ab = alphas_cumprod.to(t.device)[t[keep]]
         z0_hat = predict_z0(z_t[keep], model_out[keep], ab, prediction_type)
-        x0_hat = decode_to_unit(vae, z0_hat, self.decode_size)
+        size = int(extractor.input_size) if self.decode_at_extractor_size else self.decode_size
+        x0_hat = decode_to_unit(vae, z0_hat, size, self.decoder_checkpointing)
         phi = extractor.features(x0_hat)
         return self.distance_to_reference(phi, None if pair_index is None else pair_index[keep])

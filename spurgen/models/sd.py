@@ -42,8 +42,8 @@ def load_sd(
     Weights stay float32 for training (mixed precision is the Trainer's `precision`); `torch_dtype` is
     only for inference-only uses. Offline without the files: one message saying what is missing and where.
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     import diffusers
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     local = _looks_local(path)
@@ -64,7 +64,7 @@ def load_sd(
             Path(_scheduler_config_file(source, kw)).read_text()
         )["_class_name"]
         sampler = getattr(diffusers, sampler_name).from_config(noise_scheduler.config)
-    except (OSError, EnvironmentError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         where = (
             f"the local folder {source}"

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from spurgen.build import build
 from spurgen.callbacks import SampleImages
 from spurgen.config import METHOD_VERSION, asset_path, config_hash
 from spurgen.data.dataset import DreamBoothDataset, collate, load_training_images, tokenize
@@ -76,7 +76,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     t0 = time.time()
     ref_paths = resolve_references(cfg)
 
-    parts: SDParts = instantiate(cfg.model)
+    parts: SDParts = build(cfg.model)
     if parts.is_tiny_random:
         print(TINY_BANNER, flush=True)
     resolution = int(cfg.data.resolution or parts.resolution)
@@ -104,8 +104,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         drop_last=False,
     )
 
-    objective = instantiate(cfg.loss)
-    extractor = instantiate(cfg.feature_extractor) if objective.uses_sfsl else None
+    objective = build(cfg.loss)
+    extractor = build(cfg.feature_extractor) if objective.uses_sfsl else None
     if cfg.train.gradient_checkpointing:
         parts.unet.enable_gradient_checkpointing()
         parts.text_encoder.gradient_checkpointing_enable()

@@ -1,0 +1,129 @@
+"""Config composition and validation: every class and experiment composes; bad values fail naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from spurgen.config import register_configs, register_resolvers, validate
+from spurgen.errors import ConfigError
+from spurgen.run import CONF_DIR
+
+from .conftest import run_cli
+
+register_configs()
+register_resolvers()
+CLASSES = sorted(p.stem for p in (Path(CONF_DIR) / "class").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
+
+
+def load(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_default_composes_to_tiny_model():
+    cfg = validate(load())
+    assert cfg.model._target_.endswith("build_tiny_sd")
+    assert cfg.loss.lambda_sfsl == cfg.lambda_sfsl == 0.1
+    assert cfg.loss.lambda_prior == 1.0 and cfg.loss.sfsl.t_max == 500
+    assert cfg.target.index == 94 and cfg.target.concept == "flower"
+
+
+@pytest.mark.parametrize("name", [c for c in CLASSES if c != "imagenet"])
+def test_every_class_composes(name):
+    cfg = validate(load(f"class={name}"))
+    assert 0 <= cfg.target.index < 1000 and cfg.target.concept and cfg.target.synonyms
+    assert cfg.data.instance_prompt == f"a photo of a sks {cfg.target.concept}"
+
+
+def test_known_class_indices():
+    want = {"hummingbird": 94, "sulphur_butterfly": 325, "freight_car": 565, "koala": 105, "hard_disc": 592}
+    for name, index in want.items():
+        assert load(f"class={name}").target.index == index
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes(name):
+    cfg = load(f"experiment={name}")
+    if cfg.model._target_.endswith("build_tiny_sd"):
+        validate(cfg)
+    assert OmegaConf.to_container(cfg, resolve=False)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_composes(name):
+    overrides = [f"model={name}"] + (["model.path=/models/x"] if name == "local" else [])
+    cfg = load(*overrides)
+    assert cfg.model._target_
+
+
+def test_real_model_presets_are_dreambooth_like():
+    cfg = load("model=sd15")
+    assert cfg.model.path == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert cfg.train.lr_unet == pytest.approx(5e-6)
+    assert 800 <= cfg.trainer.max_steps <= 1200
+    assert 100 <= cfg.data.num_class_images <= 200
+    assert load("model=sd21").model.path == "stabilityai/stable-diffusion-2-1"
+    assert load("model=sd21_base").model.path == "stabilityai/stable-diffusion-2-1-base"
+
+
+def test_imagenet_class_takes_name_from_label_list():
+    cfg = validate(load("class=imagenet", "target.index=281", "target.concept=sofa"))
+    assert cfg.target.name == "tabby" and "tabby cat" in cfg.target.synonyms
+
+
+def test_cli_contract_keys_exist():
+    cfg = load(
+        "lambda_sfsl=1", "seed=3", "loss.lambda_prior=0.5", "loss.sfsl.distance=mse",
+        "loss.sfsl.reference=nearest", "loss.sfsl.layer=body", "loss.sfsl.t_max=300",
+        "loss.sfsl.decode_size=224", "loss.sfsl.every_n_steps=2", "data.reference_dir=/x",
+        "data.num_references=3", "data.num_class_images=7", "data.resolution=64", "train.lr_unet=1e-5",
+        "train.lr_text_encoder=1e-6", "train.checkpoint_every_n_steps=5", "train.keep_last_n=3",
+        "trainer.max_steps=20", "trainer.precision=bf16-mixed", "logger=wandb",
+    )
+    assert cfg.loss.lambda_sfsl == 1.0 and cfg.loss.sfsl.decode_size == 224
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.logger.kind == "wandb"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["lambda_sfsl=-1"], "lambda_sfsl"),
+        (["loss.lambda_prior=-0.5"], "loss.lambda_prior"),
+        (["loss.sfsl.t_max=0"], "loss.sfsl.t_max"),
+        (["data.num_references=0"], "data.num_references"),
+        (["class=imagenet", "target.index=5"], "target.concept"),
+        (["class=imagenet", "target.index=1000", "target.concept=x"], "target.index"),
+        (["class=imagenet"], "target.index"),
+        (["trainer.max_stepz=3"], "trainer.max_stepz"),
+        (["data.identifier=two words"], "data.identifier"),
+    ],
+)
+def test_invalid_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        validate(load(*overrides))
+    assert err.value.key == key
+
+
+def test_cli_errors_exit_nonzero_without_traceback(capsys, tmp_path):
+    cases = [
+        (["lambda_sfls=0.1"], "lambda_sfls"),  # misspelled key: Hydra names it
+        (["loss.sfsl.distnce=cosine"], "distnce"),
+        (["lambda_sfsl=abc"], "lambda_sfsl"),  # non-numeric
+        (["loss.sfsl.distance=l1"], "distance"),
+        (["class=hummingbrid"], "hummingbird"),  # unknown class lists the available ones
+        (["lambda_sfsl=-1"], "lambda_sfsl"),
+        (["class=imagenet", "target.index=5"], "target.concept"),
+    ]
+    for argv, needle in cases:
+        code = run_cli([*argv, f"hydra.run.dir={tmp_path}/run"])
+        err = capsys.readouterr().err
+        assert code != 0, argv
+        assert needle in err, (argv, err)
+        assert "Traceback" not in err, err
+    assert not (tmp_path / "run" / "pipeline").exists()

@@ -1,0 +1,125 @@
+"""Reference images, Spurious ImageNet selection, prior-image cache, the DreamBooth batch layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spurgen.data import spurious_imagenet
+from spurgen.data.dataset import DreamBoothDataset, collate, load_training_images
+from spurgen.data.images import list_images, load_rgb
+from spurgen.data.prior import ensure_class_images
+from spurgen.data.references import reference_folder, select_references
+from spurgen.errors import SpurgenError
+
+from .conftest import write_images
+
+
+def test_modes_are_converted_to_rgb(tmp_path):
+    Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(tmp_path / "a.png")  # fully transparent -> white
+    Image.new("L", (8, 8), 128).save(tmp_path / "b.png")
+    Image.new("P", (8, 8), 3).save(tmp_path / "c.png")
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(tmp_path / "d.webp")
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(tmp_path / "e.jpg")
+    ims = {p.name: load_rgb(p) for p in list_images(tmp_path)}
+    assert set(ims) == {"a.png", "b.png", "c.png", "d.webp", "e.jpg"}
+    assert all(im.mode == "RGB" for im in ims.values())
+    assert ims["a.png"].getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    im = Image.new("RGB", (20, 10), (255, 0, 0))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90° on display
+    im.save(tmp_path / "r.jpg", exif=exif)
+    assert load_rgb(tmp_path / "r.jpg").size == (10, 20)
+
+
+def test_bad_folders_and_files(tmp_path):
+    with pytest.raises(SpurgenError, match="does not exist"):
+        list_images(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SpurgenError, match="no images"):
+        list_images(tmp_path / "empty")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(SpurgenError, match="cannot read image"):
+        load_rgb(tmp_path / "bad.png")
+
+
+def test_reference_selection_is_deterministic_and_checked(tmp_path):
+    write_images(tmp_path, 8)
+    a = select_references(tmp_path, 3, seed=1)
+    assert a == select_references(tmp_path, 3, seed=1)
+    assert any(select_references(tmp_path, 3, seed=s) != a for s in range(2, 6))
+    with pytest.raises(SpurgenError, match="num_references=9"):
+        select_references(tmp_path, 9, seed=0)
+    named = select_references(tmp_path, 2, 0, names=["img_005.png", "img_001.png"])
+    assert [p.name for p in named] == ["img_005.png", "img_001.png"]
+
+
+def make_spurious_imagenet(root):
+    for name, n in [("n01833805_hummingbird_94_feeder_1", 3), ("n01833805_hummingbird_94_flower_4", 2),
+                    ("n01882714_koala_105_euc_0", 2)]:
+        write_images(root / name, n)
+    (root / "timestamp.txt").write_text("2\n")
+    return root
+
+
+def test_spurious_imagenet_selection(tmp_path):
+    root = make_spurious_imagenet(tmp_path / "images")
+    assert spurious_imagenet.select_folder(root, 105, None).name.endswith("_0")
+    assert spurious_imagenet.select_folder(root, 94, 4).name.endswith("flower_4")
+    with pytest.raises(SpurgenError) as err:
+        spurious_imagenet.select_folder(root, 94, None)
+    assert "component 1 (3 images" in str(err.value) and "component 4 (2 images" in str(err.value)
+    with pytest.raises(SpurgenError, match="no component 7"):
+        spurious_imagenet.select_folder(root, 94, 7)
+    with pytest.raises(SpurgenError, match="no images of class 1"):
+        spurious_imagenet.select_folder(root, 1, None)
+    assert spurious_imagenet.dataset_version(root) == "2"
+    assert reference_folder(None, str(root), 94, 1).name.endswith("feeder_1")
+    with pytest.raises(SpurgenError, match="no reference images"):
+        reference_folder(None, None, 94, None)
+
+
+def test_small_images_are_upscaled_with_a_warning(tmp_path):
+    paths = write_images(tmp_path, 1, size=16)
+    with pytest.warns(UserWarning, match="upscaled"):
+        x = load_training_images(paths, 32)
+    assert x.shape == (1, 3, 32, 32) and 0 <= x.min() and x.max() <= 1
+
+
+def test_batch_holds_instance_half_first(tmp_path):
+    cls = write_images(tmp_path / "cls", 3, size=32)
+    ds = DreamBoothDataset(torch.zeros(2, 3, 32, 32), torch.zeros(5, dtype=torch.long), cls,
+                           torch.ones(5, dtype=torch.long), 32)
+    assert len(ds) == 3
+    batch = collate([ds[0], ds[1]])
+    assert batch["pixel_values"].shape == (4, 3, 32, 32) and batch["n_instance"] == 2
+    assert torch.all(batch["pixel_values"][:2] == -1)  # instance images (zeros in [0,1] -> -1)
+    assert batch["input_ids"][:2].sum() == 0 and batch["input_ids"][2:].sum() == 10
+    assert batch["pair_index"].tolist() == [0, 1]
+
+
+def test_prior_images_are_generated_once_and_cached(tiny_parts, tmp_path, monkeypatch):
+    paths = ensure_class_images(tiny_parts, "a photo of a flower", 32, 3, steps=2, guidance=1.0)
+    assert len(paths) == 3 and all(Image.open(p).size == (32, 32) for p in paths)
+    first = [np.asarray(Image.open(p)) for p in paths]
+
+    import spurgen.data.prior as prior
+
+    def boom(*a, **k):
+        raise AssertionError("cache miss: the pipeline was called again")
+
+    monkeypatch.setattr(prior, "sample", boom)
+    again = ensure_class_images(tiny_parts, "a photo of a flower", 32, 3, steps=2, guidance=1.0)
+    assert again == paths
+    monkeypatch.undo()
+    # deterministic: regenerating in a new folder gives the same pixels
+    other = ensure_class_images(tiny_parts, "a photo of a flower", 32, 3, tmp_path / "x", 2, 1.0)
+    assert all(np.array_equal(a, np.asarray(Image.open(b))) for a, b in zip(first, other, strict=True))
+    # a partly filled folder is completed, not regenerated
+    (tmp_path / "x" / "class_00001.png").unlink()
+    assert len(ensure_class_images(tiny_parts, "a photo of a flower", 32, 3, tmp_path / "x", 2, 1.0)) == 3

@@ -1,0 +1,90 @@
+"""End to end on the tiny model: the files a run leaves, and that pipeline/ stands alone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from .conftest import FAST, run_cli
+
+
+@pytest.mark.slow
+def test_tiny_run_leaves_every_output(tmp_path):
+    run = tmp_path / "run"
+    code = run_cli([
+        "trainer.max_steps=4", "train.checkpoint_every_n_steps=2", "train.sample_every_n_steps=2",
+        "train.num_samples=2", "trainer.enable_progress_bar=false", "logger=wandb", "data.num_class_images=2",
+        "lambda_sfsl=0.5", "loss.sfsl.t_max=1000", f"hydra.run.dir={run}",
+    ])
+    assert code == 0
+    for rel in ["pipeline/model_index.json", "pipeline/unet", "pipeline/vae", "pipeline/text_encoder",
+                "pipeline/tokenizer", "pipeline/scheduler", "pipeline/spurgen.json", "checkpoints/last.ckpt",
+                "samples/step_000002.png", "samples/final_grid.png", ".hydra/config.yaml", "run.json"]:
+        assert (run / rel).exists(), rel
+    meta = json.loads((run / "pipeline" / "spurgen.json").read_text())
+    for key in ["identifier", "concept", "class_index", "instance_prompt", "class_prompt", "resolution",
+                "method_version", "config_hash", "model_is_tiny_random"]:
+        assert key in meta, key
+    assert meta["model_is_tiny_random"] is True and meta["instance_prompt"] == "a photo of a sks flower"
+    assert meta["steps"] == 4 and meta["class_index"] == 94
+    model_index = json.loads((run / "pipeline" / "model_index.json").read_text())
+    assert model_index["safety_checker"] == [None, None]
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 4 and ckpt["spurgen_config"]["lambda_sfsl"] == 0.5
+    assert any((run / "wandb").glob("offline-run-*")), "W&B offline run folder"
+    assert (run / "wandb_run_id.txt").exists()
+
+    # the saved pipeline loads and samples without importing spurgen, at the configured size
+    script = (
+        "import sys, torch\n"
+        "from diffusers import StableDiffusionPipeline\n"
+        f"p = StableDiffusionPipeline.from_pretrained(r'{run / 'pipeline'}')\n"
+        "im = p('a photo of a sks flower', num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]\n"
+        "assert 'spurgen' not in sys.modules\n"
+        "print(im.size)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith(f"({meta['resolution']}, {meta['resolution']})")
+
+
+def test_missing_reference_folder_fails_cleanly(tmp_path, capsys):
+    code = run_cli([*FAST, f"data.reference_dir={tmp_path}/missing", f"hydra.run.dir={tmp_path}/run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_real_model_missing_offline_says_what_and_where(tmp_path, capsys, image_folder):
+    code = run_cli([*FAST, "model=sd15", f"hydra.run.dir={tmp_path}/run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no reference images" in err  # real models never fall back to demo images
+    fast = [*FAST, f"data.reference_dir={image_folder}"]
+    code = run_cli([*fast, "model=sd15", f"model.path={tmp_path}/sd15", f"hydra.run.dir={tmp_path}/run"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{tmp_path}/sd15" in err and "does not exist" in err
+    (tmp_path / "sd15").mkdir()
+    (tmp_path / "sd15" / "model_index.json").write_text("{}")
+    code = run_cli([*fast, "model=sd15", f"model.path={tmp_path}/sd15", f"hydra.run.dir={tmp_path}/run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing unet, vae, text_encoder, tokenizer, scheduler" in err
+    code = run_cli([*fast, "model=sd15", f"hydra.run.dir={tmp_path}/run"])  # hub id, offline, no cache
+    err = capsys.readouterr().err
+    assert code == 2 and "stable-diffusion-v1-5/stable-diffusion-v1-5" in err and "model.path" in err
+    assert "Traceback" not in err
+
+
+def test_lambda_zero_run_never_builds_the_extractor(tmp_path, monkeypatch):
+    import spurgen.models.extractors as ex
+
+    def boom(**kw):
+        raise AssertionError("extractor built with lambda_sfsl=0")
+
+    monkeypatch.setattr(ex, "build_tiny_extractor", boom)
+    assert run_cli([*FAST, "lambda_sfsl=0", f"hydra.run.dir={tmp_path}/run"]) == 0
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["final_losses"]["train/loss_sfsl"] == 0.0
