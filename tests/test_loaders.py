@@ -167,3 +167,16 @@ def test_feature_extractor_configs_use_the_loaders(tmp_path):
         with pytest.raises(Exception, match=cfg.feature_extractor.arch) as info:  # Hydra wraps it
             instantiate(cfg.feature_extractor)
         assert isinstance(info.value.__cause__ or info.value, MissingWeightsError)
+
+
+def test_timm_hub_weights_missing_offline_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(MissingWeightsError, match="timm/resnet18"):
+        loaders.load_classifier({"name": "r18", "source": "timm", "arch": "resnet18", "weights": None})
+
+
+def test_random_tiny_classifiers_are_reproducible():
+    spec = {"name": "t", "source": "timm", "arch": "test_efficientnet", "random_init": True, "input_size": 32}
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaders.load_classifier(spec).logits(x), loaders.load_classifier(spec).logits(x))

@@ -88,23 +88,26 @@ def load_timm(
     allow_pickle: bool = False,
     model_kwargs: dict | None = None,
 ) -> FrozenImageModel:
-    """timm model `arch`; weights from a local file, or timm's download when weights is null."""
+    """timm model `arch`; weights from a local file, or (weights null) the hub file timm would download."""
     import timm
 
     name = name or arch
     if not timm.is_model(arch):
         raise SpurgenError(f"classifier {name!r}: timm has no model named {arch!r}")
     kwargs = dict(model_kwargs or {})
-    pretrained = weights is None and not random_init
+    rng_state = torch.random.get_rng_state()
+    if random_init:
+        torch.manual_seed(0)  # random but reproducible: every load of a tiny classifier is the same model
     try:
-        model = timm.create_model(arch, pretrained=pretrained, num_classes=1000, **kwargs)
-    except (OSError, RuntimeError, ValueError) as exc:
-        if not pretrained:
-            raise SpurgenError(f"classifier {name!r}: cannot build timm model {arch!r}: {exc}") from None
-        raise MissingWeightsError(
-            f"classifier {name!r}: timm could not fetch the weights of {arch!r} "
-            f"({str(exc).splitlines()[0]}); offline, give a local file with weights=/path/to/{arch}.safetensors"
-        ) from None
+        # pretrained=False always: timm 1.0.9 (pinned by robustbench) cannot import huggingface_hub 2.x, so
+        # its own download is broken; _hub_weights fetches the same file (cache first).
+        model = timm.create_model(arch, pretrained=False, num_classes=1000, **kwargs)
+    except (OSError, RuntimeError, ValueError, TypeError) as exc:
+        raise SpurgenError(f"classifier {name!r}: cannot build timm model {arch!r}: {exc}") from None
+    finally:
+        torch.random.set_rng_state(rng_state)
+    if weights is None and not random_init:
+        weights = _hub_weights(model.pretrained_cfg, name, arch)
     if weights is not None:
         path = Path(weights).expanduser()
         what = f"classifier {name!r} ({arch})"
@@ -119,6 +122,25 @@ def load_timm(
     wrapped.crop_pct = float(cfg.get("crop_pct", 0.875))
     wrapped.is_random = bool(random_init)
     return wrapped
+
+
+def _hub_weights(cfg: dict, name: str, arch: str) -> str:
+    """Path of the model's timm weights on the Hugging Face hub (downloaded into, or read from, its cache)."""
+    repo = cfg.get("hf_hub_id")
+    if not repo:
+        raise MissingWeightsError(
+            f"classifier {name!r}: timm has no hub weights for {arch!r}; give weights=/path/to/{arch}.safetensors"
+        )
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(repo, cfg.get("hf_hub_filename") or "model.safetensors")
+    except Exception as exc:  # noqa: BLE001 - offline, network and missing-file errors alike
+        raise MissingWeightsError(
+            f"classifier {name!r}: weights file model.safetensors of hub repo {repo} is not in the Hugging Face "
+            f"cache and could not be downloaded ({type(exc).__name__}); offline, give a local file: "
+            f"weights=/path/to/{arch}.safetensors"
+        ) from None
 
 
 def _interp(value: str | None) -> str:

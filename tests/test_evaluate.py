@@ -1,0 +1,175 @@
+"""spurgen.evaluate on tiny random timm classifiers: outputs, schema, shared decoding, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spurgen.evaluate import main
+from tests.conftest import write_images
+
+TEMPLATES = ["{prompt}", "{prompt} on the beach"]
+TINY = ["tiny_effnet", "tiny_byobnet", "tiny_vit"]
+
+
+def make_generated(folder: Path, n: int = 6, class_index: int = 94) -> Path:
+    """A folder shaped like spurgen.generate's output (random pixels)."""
+    paths = write_images(folder, n, size=32)
+    lines = []
+    for i, p in enumerate(paths):
+        t = TEMPLATES[i % 2]
+        lines.append(json.dumps({"file": p.name, "prompt": t.replace("{prompt}", "a photo of a sks flower"),
+                                 "template": t, "seed": i}))
+    (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "generate.json").write_text(json.dumps({"class_index": class_index, "model_is_tiny_random": True,
+                                                      "num_images": n, "black_images": 0}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("evaldata")
+    si = root / "spurious_imagenet" / "images"
+    write_images(si / "spurious_imagenet_94_hummingbird_1", 3, size=48, seed=1)
+    write_images(si / "spurious_imagenet_94_hummingbird_2", 2, size=48, seed=2)
+    write_images(si / "spurious_imagenet_565_freight_0", 2, size=48, seed=3)
+    return {
+        "generated": make_generated(root / "generated"),
+        "si": si,
+        "baseline": write_images(root / "baseline", 3, size=32, seed=4)[0].parent,
+        "val": write_images(root / "val" / "n01833805", 4, size=64, seed=5)[0].parent.parent,  # <wnid>/ of 94
+    }
+
+
+def test_evaluate_writes_every_output(data, tmp_path):
+    out = tmp_path / "eval"
+    rc = main([f"images_dir={data['generated']}", "eval=tiny", "class=hummingbird", "target.component=1",
+               f"eval.reference_dir={data['si']}", f"eval.baseline_dir={data['baseline']}",
+               f"eval.imagenet_val_dir={data['val']}", f"hydra.run.dir={out}", "eval.bootstrap_samples=200"])
+    assert rc == 0
+    assert {"metrics.json", "metrics.csv", "spurious_rate.png", "contact_sheet.html", "predictions.jsonl"} <= {
+        p.name for p in out.iterdir()}
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["method_version"] == "1" and m["model_is_tiny_random"] is True and m["random_classifiers"] == TINY
+    assert m["target"]["index"] == 94 and m["target"]["component"] == 1
+    assert m["sets"]["reference"]["num_images"] == 3  # component 1 of class 94 only
+    assert set(m["results"]) == {"images", "reference", "baseline"}
+    res = m["results"]["images"]
+    assert res["num_images"] == 6 and set(res["per_classifier"]) == set(TINY)
+    c = res["per_classifier"]["tiny_vit"]
+    for key in ("spurious_rate", "top5_rate", "mean_p_target"):
+        lo, hi = c[key]["ci"]
+        assert 0 <= lo <= c[key]["value"] <= hi <= 1 and c[key]["n"] == 6
+    assert -1 <= c["similarity"]["value"] <= 1
+    assert set(res["per_template"]) == set(TEMPLATES) and res["per_template"]["{prompt}"]["num_images"] == 3
+    assert set(res["consistency"]) == {"all", "at_least_half", "num_classifiers"}
+    assert all(res["images_per_s"][n] > 0 for n in TINY)
+    score = m["spurious_score"]["tiny_effnet"]
+    assert score["num_val"] == 4 and set(score) >= {"images", "reference", "baseline"}
+    assert 0 <= score["images"]["roc_auc"] <= 1 and 0 < score["images"]["ap"] <= 1
+    flat = m["metrics"]
+    for key in ("eval/spurious_rate/tiny_vit", "eval/top5_rate/tiny_vit", "eval/mean_p_target/tiny_vit",
+                "eval/similarity/tiny_vit", "eval/consistency_all", "eval_reference/spurious_rate/tiny_vit",
+                "eval_baseline/spurious_rate/tiny_vit", "eval/spurious_score_auc/tiny_vit",
+                "eval_reference/spurious_score_ap/tiny_vit"):
+        assert key in flat
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert {r["set"] for r in rows} == {"images", "reference", "baseline"}
+    assert {"spurious_rate", "consistency_all", "spurious_score_roc_auc"} <= {r["metric"] for r in rows}
+    sheet = (out / "contact_sheet.html").read_text()
+    assert all(f"img_{i:03d}.png" in sheet for i in range(6)) and all(n in sheet for n in TINY)
+    assert sheet.count("<img ") == 6
+    assert (out / "spurious_rate.png").stat().st_size > 1000
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 6
+
+
+def test_each_image_decoded_once_and_shared(data, monkeypatch):
+    import spurgen.eval.predict as P
+    from spurgen.models.loaders import load_classifier
+    from spurgen.stages.evaluate import classifier_specs
+
+    models = [load_classifier(s) for s in classifier_specs(_tiny_eval_cfg())]
+    models[1].input_size = 24  # a second preprocessing group
+    calls = []
+    real = P.load_rgb
+    monkeypatch.setattr(P, "load_rgb", lambda p: calls.append(p) or real(p))
+    paths = sorted(data["generated"].glob("*.png"))
+    out = P.predict_set(models, paths, target=94, batch_size=4)
+    assert len(calls) == len(paths)  # once per image, whatever the number of classifiers
+    m = models[1]  # same numbers as running that classifier alone on the resized image
+    x = torch.stack([P.resize_image(P.to_tensor(real(p)), 24, m.interpolation, None) for p in paths])
+    with torch.no_grad():
+        p_alone = m.logits(x).softmax(1)[:, 94].numpy()
+    assert np.allclose(out.per_classifier[m.name].p_target, p_alone, atol=1e-6)
+
+
+def _tiny_eval_cfg():
+    from omegaconf import OmegaConf
+
+    from spurgen.config import EvalConfig
+
+    return OmegaConf.structured(EvalConfig(seed=0, classifier_set="tiny"))
+
+
+def test_model_crop_differs_from_resize_only():
+    from spurgen.eval.predict import resize_image
+
+    x = torch.rand(3, 40, 80)
+    assert resize_image(x, 32, "bicubic", None).shape == (3, 32, 32)
+    cropped = resize_image(x, 32, "bicubic", 0.875)
+    assert cropped.shape == (3, 32, 32) and not torch.allclose(cropped, resize_image(x, 32, "bicubic", None))
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "spurgen: error:" in err
+    return err
+
+
+def test_bad_input_is_one_clear_error(data, tmp_path, capsys):
+    h = f"hydra.run.dir={tmp_path}/h"
+    gen = f"images_dir={data['generated']}"
+    assert main([f"images_dir={tmp_path / 'missing'}", "class=koala", "eval=tiny", h]) == 2
+    assert "does not exist" in _err(capsys)
+    (tmp_path / "empty").mkdir()
+    assert main([f"images_dir={tmp_path / 'empty'}", "class=koala", "eval=tiny", h]) == 2
+    assert "holds no images" in _err(capsys)
+    bad = tmp_path / "bad"
+    write_images(bad, 2, size=32)
+    (bad / "broken.png").write_bytes(b"not a png")
+    assert main([f"images_dir={bad}", "class=koala", "eval=tiny", h]) == 2
+    err = _err(capsys)
+    assert "cannot read image" in err and "broken.png" in err
+    assert main([gen, "eval.classifiers=[{name: x, source: keras, arch: y}]", h]) == 2
+    assert "unknown classifier source 'keras'" in _err(capsys)
+    assert main([gen, "class=imagenet", "target.index=1000", "eval=tiny", h]) == 2
+    assert "0..999" in _err(capsys)
+    assert main([gen, "class=imagenet", "eval=tiny", h]) == 2
+    assert "target.index" in _err(capsys)
+    plain = tmp_path / "plain"
+    write_images(plain, 2, size=32)
+    assert main([f"images_dir={plain}", "eval=tiny", h]) == 2
+    assert "class=" in _err(capsys)
+    assert main([gen, "eval=tiny", "eval.crop=half", h]) == 2
+    assert "eval.crop" in _err(capsys)
+    assert main([gen, "class=hummingbird", "eval=tiny", f"eval.reference_dir={data['si']}", h]) == 2
+    assert "component 1 (3 images" in _err(capsys)  # ambiguous Spurious ImageNet class: lists the components
+    assert main([gen, "eval=tiny", "eval.classifier_set=nope", "eval.classifiers=[]", h]) == 2
+    assert "classifier_set" in _err(capsys)
+
+
+@pytest.mark.slow
+def test_wandb_offline_logs_table_chart_and_grid(data, tmp_path):
+    out = tmp_path / "eval"
+    rc = main([f"images_dir={data['generated']}", "eval=tiny", f"eval.reference_dir={data['si']}",
+               "target.component=2", "class=hummingbird", "logger=wandb", f"hydra.run.dir={out}"])
+    assert rc == 0
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert runs and (out / "wandb_run_id.txt").exists()
+    files = [p.name for p in runs[0].rglob("*")]
+    assert any(f.endswith(".wandb") for f in files)

@@ -1,0 +1,45 @@
+"""spurgen.export: the images predicted as the target by at least m classifiers, with a manifest."""
+
+from __future__ import annotations
+
+import json
+
+from spurgen.export import main
+from tests.test_evaluate import TINY, _tiny_eval_cfg, make_generated
+
+
+def test_export_copies_images_voted_by_at_least_m_classifiers(tmp_path, capsys):
+    from spurgen.eval.predict import predict_set
+    from spurgen.models.loaders import load_classifier
+    from spurgen.stages.evaluate import classifier_specs
+
+    images = make_generated(tmp_path / "generated", n=5)
+    paths = sorted(images.glob("*.png"))
+    models = [load_classifier(s) for s in classifier_specs(_tiny_eval_cfg())]
+    first = predict_set(models, paths, target=0).per_classifier[TINY[0]]
+    target = int(first.argmax[0])  # a class the first tiny classifier predicts for image 0
+    preds = predict_set(models, paths, target=target).per_classifier
+    votes = [sum(int(preds[c].argmax[i]) == target for c in TINY) for i in range(len(paths))]
+
+    out = tmp_path / "dataset"
+    h = f"hydra.run.dir={tmp_path}/h"
+    argv = [f"images_dir={images}", "eval=tiny", "class=imagenet", f"target.index={target}", f"out_dir={out}", h]
+    assert main([*argv, "min_classifiers=1"]) == 0
+    recs = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    expected = [p.name for p, v in zip(paths, votes, strict=True) if v >= 1]
+    assert [r["file"] for r in recs] == [f"images/{n}" for n in expected] and "img_000.png" in expected
+    assert sorted(p.name for p in (out / "images").iterdir()) == expected
+    r = recs[0]
+    assert r["seed"] == 0 and r["prompt"] == "a photo of a sks flower" and r["votes"] == votes[0]
+    assert set(r["classifiers"]) == set(TINY)
+    assert r["classifiers"][TINY[0]]["prediction"] == target and 0 < r["classifiers"][TINY[0]]["p_target"] <= 1
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["num_exported"] == len(expected) and meta["model_is_tiny_random"] is True
+
+    out3 = tmp_path / "dataset3"
+    assert main([*argv[:-2], f"out_dir={out3}", h, "min_classifiers=3"]) == 0
+    assert json.loads((out3 / "dataset.json").read_text())["num_exported"] == sum(v == 3 for v in votes)
+    capsys.readouterr()
+    assert main([*argv, "min_classifiers=4"]) == 2
+    err = capsys.readouterr().err
+    assert "spurgen: error: min_classifiers must be in 1..3" in err and "Traceback" not in err
