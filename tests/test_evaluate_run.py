@@ -1,0 +1,30 @@
+"""The run's stages end to end on tiny models: train -> generate (+ baseline) -> evaluate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import FAST, run_cli
+
+TINY_GEN_EVAL = [
+    "generate.num_images=3", "generate.num_inference_steps=2", "generate.guidance_scale=3.0",
+    "generate.baseline=true", "eval.classifier_set=tiny", "eval.bootstrap_samples=100",
+]
+
+
+@pytest.mark.slow
+def test_run_train_generate_evaluate(tmp_path):
+    run_dir = tmp_path / "run"
+    rc = run_cli([*FAST, *TINY_GEN_EVAL, "stages=[train,generate,evaluate]", f"hydra.run.dir={run_dir}"])
+    assert rc == 0
+    gen = json.loads((run_dir / "generated" / "generate.json").read_text())
+    assert gen["num_images"] == 3 and gen["model_is_tiny_random"] is True and gen["class_index"] == 94
+    assert json.loads((run_dir / "baseline" / "generate.json").read_text())["baseline"] is True
+    m = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert m["model_is_tiny_random"] is True and m["generator_is_tiny_random"] is True
+    assert set(m["results"]) == {"images", "baseline"}
+    assert "eval/spurious_rate/tiny_effnet" in m["metrics"] and "eval_baseline/spurious_rate/tiny_vit" in m["metrics"]
+    first = json.loads((run_dir / "generated" / "manifest.jsonl").read_text().splitlines()[0])
+    assert first["prompt"] == "a photo of a sks flower" and "hummingbird" in first["negative_prompt"]
