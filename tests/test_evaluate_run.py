@@ -24,7 +24,8 @@ def test_run_train_generate_evaluate(tmp_path):
     assert json.loads((run_dir / "baseline" / "generate.json").read_text())["baseline"] is True
     m = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert m["model_is_tiny_random"] is True and m["generator_is_tiny_random"] is True
-    assert set(m["results"]) == {"images", "baseline"}
+    assert set(m["results"]) == {"images", "baseline", "reference"}  # the run's (demo) references
+    assert "eval/similarity/tiny_vit" in m["metrics"]
     assert "eval/spurious_rate/tiny_effnet" in m["metrics"] and "eval_baseline/spurious_rate/tiny_vit" in m["metrics"]
     first = json.loads((run_dir / "generated" / "manifest.jsonl").read_text().splitlines()[0])
     assert first["prompt"] == "a photo of a sks flower" and "hummingbird" in first["negative_prompt"]

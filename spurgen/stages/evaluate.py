@@ -71,6 +71,7 @@ def evaluate(
     logger_cfg: DictConfig | None = None,
     run_dir: str | Path | None = None,
     baseline_dir: str | Path | None = None,
+    reference_dir: str | Path | None = None,
 ) -> dict:
     """Evaluate images_dir (plus reference / baseline / ImageNet-val sets when configured); write
     metrics.json, metrics.csv, spurious_rate.png, contact_sheet.html, predictions.jsonl into out_dir."""
@@ -83,8 +84,9 @@ def evaluate(
     crop = eval_cfg.crop == "model"
 
     sets: dict[str, ImageSet] = {"images": load_folder("images", images_dir)}  # cheap checks first
-    if eval_cfg.reference_dir:
-        sets["reference"] = load_reference(eval_cfg.reference_dir, target, component)
+    reference_dir = eval_cfg.reference_dir or reference_dir
+    if reference_dir:
+        sets["reference"] = load_reference(reference_dir, target, component)
     baseline_dir = eval_cfg.baseline_dir or baseline_dir
     if baseline_dir:
         sets["baseline"] = load_folder("baseline", baseline_dir)
@@ -168,8 +170,18 @@ def _write_outputs(out_dir, result, sets, preds, target, logger_cfg, run_dir) ->
 
 
 def run_stage(cfg: DictConfig, run_dir: Path) -> dict:
-    """The run's third stage: evaluate run_dir/generated (with run_dir/baseline when it exists)."""
+    """The run's third stage: evaluate run_dir/generated, beside run_dir/baseline when it exists and the
+    run's reference folder (data.reference_dir / data.spurious_imagenet_dir / demo) unless eval.reference_dir."""
+    from spurgen.config import asset_path
+    from spurgen.data.references import reference_folder
+
     run_dir = Path(run_dir)
     baseline = run_dir / "baseline"
-    return evaluate(cfg.eval, run_dir / "generated", run_dir / "eval", int(cfg.target.index), cfg.target.component,
-                    cfg.logger, run_dir, baseline if (baseline / "manifest.jsonl").exists() else None)
+    index, component = int(cfg.target.index), cfg.target.component
+    try:
+        refs = reference_folder(cfg.data.reference_dir, cfg.data.spurious_imagenet_dir, index, component,
+                                asset_path("demo_references") if cfg.data.demo_references else None)
+    except SpurgenError:
+        refs = None
+    return evaluate(cfg.eval, run_dir / "generated", run_dir / "eval", index, component, cfg.logger, run_dir,
+                    baseline if (baseline / "manifest.jsonl").exists() else None, refs)
