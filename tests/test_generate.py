@@ -48,6 +48,7 @@ def _gen_cfg(**kw):
     return OmegaConf.structured(GenerateConfig(**settings))
 
 
+@pytest.mark.slow
 def test_generate_manifest_seeds_templates_and_rerun_skip(pipeline_dir, tmp_path):
     out = tmp_path / "gen"
     argv = [f"pipeline_dir={pipeline_dir}", f"out_dir={out}", "generate.num_images=5", f"hydra.run.dir={tmp_path}/h", *FAST]
@@ -72,6 +73,7 @@ def test_generate_manifest_seeds_templates_and_rerun_skip(pipeline_dir, tmp_path
     assert not list(out.glob(".*tmp*"))
 
 
+@pytest.mark.slow
 def test_any_image_regenerates_alone_from_its_record(pipeline_dir, tmp_path):
     from spurgen.stages.generate import generate
 

@@ -84,6 +84,7 @@ def _madry_checkpoint(path: Path, with_model_prefix: bool = True, pickled: bool 
     return net
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_model_prefix", [True, False])
 def test_madry_prefixes_and_outside_normalisation(tmp_path, with_model_prefix):
     path = tmp_path / "imagenet_l2_3_0.pt"
@@ -180,3 +181,20 @@ def test_random_tiny_classifiers_are_reproducible():
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaders.load_classifier(spec).logits(x), loaders.load_classifier(spec).logits(x))
+
+
+def test_default_classifier_set_offline_fails_with_one_clear_message(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from spurgen.config import EvalConfig
+    from spurgen.stages.evaluate import classifier_specs
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("SPURGEN_MADRY_WEIGHTS", str(tmp_path / "imagenet_l2_3_0.pt"))
+    specs = classifier_specs(OmegaConf.structured(EvalConfig(seed=0, classifier_set="default")))
+    assert [s.name for s in specs][:4] == ["resnet50", "vit_base_patch16_224", "convnext_base", "efficientnet_b0"]
+    assert specs[4].source == "madry" and specs[4].temperature == pytest.approx(0.7156)
+    for spec in specs:
+        expected = "imagenet_l2_3_0.pt" if spec.source == "madry" else f"timm/{spec.arch}"
+        with pytest.raises(MissingWeightsError, match=expected):
+            loaders.load_classifier(spec)

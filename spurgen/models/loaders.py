@@ -95,6 +95,9 @@ def load_timm(
     if not timm.is_model(arch):
         raise SpurgenError(f"classifier {name!r}: timm has no model named {arch!r}")
     kwargs = dict(model_kwargs or {})
+    if weights is None and not random_init:  # before building: a missing file fails fast
+        pretrained_cfg = timm.models.get_pretrained_cfg(arch)
+        weights = _hub_weights(pretrained_cfg.to_dict() if pretrained_cfg else {}, name, arch)
     rng_state = torch.random.get_rng_state()
     if random_init:
         torch.manual_seed(0)  # random but reproducible: every load of a tiny classifier is the same model
@@ -106,8 +109,6 @@ def load_timm(
         raise SpurgenError(f"classifier {name!r}: cannot build timm model {arch!r}: {exc}") from None
     finally:
         torch.random.set_rng_state(rng_state)
-    if weights is None and not random_init:
-        weights = _hub_weights(model.pretrained_cfg, name, arch)
     if weights is not None:
         path = Path(weights).expanduser()
         what = f"classifier {name!r} ({arch})"
