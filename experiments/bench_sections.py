@@ -1,0 +1,314 @@
+"""The sections of experiments/bench.py; each builds its parts, times interleaved configurations, returns
+numbers. `memory_job` builds one configuration for a fresh child process."""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from bench_setup import (
+    EXACT,
+    FAST,
+    SETTINGS,
+    SIZES,
+    Setting,
+    autocast,
+    make_batch,
+    make_module,
+    plain_step,
+    sfsl_term,
+    spurgen_step,
+)
+
+Timer = Callable[..., dict]
+PROPORTIONAL_STEP = ("lambda_sfsl=0", "SFSL exact", "SFSL fast (loss=fast)")
+# Real costs on this kind of CPU (../shared/ENVIRONMENT.md; ResNet-50 measured here, random init, batch 1).
+REAL = {"unet": 9.5, "vae_decode": 29.0, "resnet50_224": None}
+
+
+def summarize(values: list[float]) -> dict:
+    """median, p10, p90, mean (seconds) and n."""
+    s = sorted(values)
+
+    def q(f: float) -> float:
+        return s[min(len(s) - 1, int(round(f * (len(s) - 1))))]
+
+    return {"median": statistics.median(s), "p10": q(0.1), "p90": q(0.9), "mean": statistics.fmean(s), "n": len(s)}
+
+
+def _optimizer(parts) -> torch.optim.Optimizer:
+    params = [p for m in (parts.unet, parts.text_encoder) for p in m.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=1e-6)
+
+
+def cost_ratios(size: str, timer: Timer, repeats: int) -> dict:
+    """Forward costs at batch 1 (no grad): UNet at the native latent, VAE decode to full size, f."""
+    import timm
+
+    spec = SIZES[size]
+    parts, ex = spec.parts(), spec.extractor()
+    h = parts.unet.config.sample_size
+    z, t = torch.randn(1, 4, h, h), torch.tensor([500])
+    enc = torch.randn(1, 8, parts.text_encoder.config.hidden_size)
+    x = torch.rand(1, 3, spec.resolution, spec.resolution)
+    fns = {"unet": lambda: parts.unet(z, t, enc), "vae_decode": lambda: parts.vae.decode(z), "extractor": lambda: ex.features(x)}
+    if size == "proportional":
+        r50 = timm.create_model("resnet50").eval()
+        x224 = torch.rand(1, 3, 224, 224)
+        fns["resnet50_224"] = lambda: r50(x224)
+    with torch.no_grad():
+        res = timer(fns, repeats)
+    return {k: v["median"] for k, v in res.items()}
+
+
+def training_steps(size: str, timer: Timer, repeats: int, smoke: bool = False) -> dict:
+    """(a) one optimiser step per SFSL setting at fixed t (the instance sample passes the gate), and (b)
+    the same lambda_sfsl = 0 math as a plain PyTorch loop."""
+    spec = SIZES[size]
+    parts, ex = spec.parts(), spec.extractor()
+    batch, opt = make_batch(parts, spec.resolution), _optimizer(parts)
+    names = list(SETTINGS) if size == "tiny" and not smoke else list(PROPORTIONAL_STEP)
+    fns = {n: spurgen_step(make_module(parts, ex, SETTINGS[n], spec.resolution), opt, batch, SETTINGS[n].bf16)
+           for n in names}
+    fns["plain loop, lambda_sfsl=0"] = plain_step(parts, opt, batch)
+    return timer(fns, repeats)
+
+
+def sfsl_terms(size: str, timer: Timer, repeats: int) -> dict:
+    """L_SFSL alone (forward + backward to the model output) for each shortcut, and gate-then-decode vs
+    decode-then-gate with 1 of 4 instance samples under t_max (at f's input size)."""
+    spec = SIZES[size]
+    parts, ex = spec.parts(), spec.extractor()
+    at_f = Setting(decode_at_extractor_size=True)
+    fns = {
+        "exact (1 sample)": sfsl_term(parts, ex, EXACT, 1, 1),
+        "decoder checkpointing": sfsl_term(parts, ex, Setting(decoder_checkpointing=True), 1, 1),
+        "decode at f input": sfsl_term(parts, ex, at_f, 1, 1),
+        "fast (f input + checkpointing)": sfsl_term(parts, ex, FAST, 1, 1),
+        "4 samples, 1 gated: decode gated only (sfsl.py)": sfsl_term(parts, ex, at_f, 4, 1),
+        "4 samples, 1 gated: decode all, then mask": sfsl_term(parts, ex, at_f, 4, 1, decode_all=True),
+    }
+    return timer(fns, repeats)
+
+
+class _StepClock:
+    """Lightning callback: wall time between consecutive batch starts (all framework work included)."""
+
+    def __init__(self) -> None:
+        from lightning.pytorch.callbacks import Callback
+
+        clock = self
+
+        class _CB(Callback):
+            def on_train_batch_start(self, *_a) -> None:
+                clock.marks.append(time.perf_counter())
+
+            def on_train_end(self, *_a) -> None:
+                clock.marks.append(time.perf_counter())
+
+        self.marks: list[float] = []
+        self.callback = _CB()
+
+    def steps(self) -> list[float]:
+        return [b - a for a, b in zip(self.marks[1:-1], self.marks[2:], strict=False)]  # drop the first step
+
+
+def framework(size: str, repeats: int, block: int = 5) -> dict:
+    """(b) spurgen's Lightning fit against a plain loop over the same DataLoader, lambda_sfsl = 0, per step,
+    alternating blocks of `block` steps (the first step of each block is dropped)."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from spurgen.data.dataset import collate
+
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    spec = SIZES[size]
+    parts, ex = spec.parts(), spec.extractor()
+    item = {"instance": torch.rand(3, spec.resolution, spec.resolution) * 2 - 1,
+            "instance_ids": make_batch(parts, spec.resolution)["input_ids"][0], "pair": 0,
+            "class": torch.rand(3, spec.resolution, spec.resolution) * 2 - 1,
+            "class_ids": make_batch(parts, spec.resolution)["input_ids"][1]}
+    loader = DataLoader([item] * 10_000, batch_size=1, collate_fn=collate)
+    module = make_module(parts, ex, SETTINGS["lambda_sfsl=0"], spec.resolution)
+    opt = _optimizer(parts)
+    block = max(1, min(block, repeats))  # smoke (1 repeat): one fit of 2 steps
+    lit: list[float] = []
+    plain: list[float] = []
+    for _ in range(math.ceil(repeats / block)):
+        clock = _StepClock()
+        trainer = L.Trainer(accelerator="cpu", max_steps=block + 1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
+                            callbacks=[clock.callback], num_sanity_val_steps=0)
+        trainer.fit(module, loader)
+        lit += clock.steps()
+        step = _plain_loader_step(parts, opt, iter(loader))
+        for i in range(block + 1):
+            t0 = time.perf_counter()
+            step()
+            if i:
+                plain.append(time.perf_counter() - t0)
+    return {"Lightning fit (spurgen module)": summarize(lit), "plain PyTorch loop": summarize(plain)}
+
+
+def _plain_loader_step(parts, opt, batches) -> Callable[[], None]:
+    def step() -> None:
+        plain_step(parts, opt, next(batches))()
+
+    return step
+
+
+def _write_images(folder: Path, n: int, res: int) -> list[Path]:
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    paths = []
+    for i in range(n):
+        arr = (torch.rand(res, res, 3, generator=g) * 255).to(torch.uint8).numpy()
+        paths.append(folder / f"{i:03d}.png")
+        Image.fromarray(arr).save(paths[-1])
+    return paths
+
+
+def _classifiers(size: str) -> dict:
+    spec = SIZES[size]
+    out = {spec.extractor().name: spec.extractor()}
+    if size == "proportional":
+        import timm
+
+        from spurgen.models.extractors import FrozenImageModel
+
+        out["resnet50 (full width, 224 px)"] = FrozenImageModel(timm.create_model("resnet50"), "fc", 224, False,
+                                                               name="resnet50")
+    return out
+
+
+def naive_predict(model, paths: list[Path]) -> None:
+    """One image at a time: decode, resize, logits, softmax (under no_grad)."""
+    from spurgen.data.images import load_rgb
+    from spurgen.eval.predict import resize_image, to_tensor
+
+    for p in paths:
+        x = resize_image(to_tensor(load_rgb(p)), model.input_size, model.interpolation, None)
+        with torch.no_grad():
+            model.logits(x[None]).softmax(dim=1)
+
+
+def evaluation(size: str, timer: Timer, repeats: int, smoke: bool = False) -> dict:
+    """(c) spurgen.eval.predict.predict_set (batched, inference_mode) vs the naive loop, per classifier."""
+    from spurgen.eval.predict import predict_set
+
+    spec = SIZES[size]
+    folder = Path(tempfile.mkdtemp(prefix="spurgen-bench-eval-"))
+    paths = _write_images(folder, 8 if smoke else spec.eval_images, spec.resolution)
+    out = {}
+    for name, model in _classifiers(size).items():
+        n = len(paths) if "full width" not in name else 8
+        fns = {"batched (predict_set)": lambda m=model, n=n: predict_set([m], paths[:n], 0, batch_size=32),
+               "naive loop": lambda m=model, n=n: naive_predict(m, paths[:n])}
+        res = timer(fns, repeats)
+        out[name] = {k: {**v, "images": n} for k, v in res.items()}
+    return out
+
+
+def generation(size: str, timer: Timer, repeats: int, smoke: bool = False) -> dict:
+    """(d) spurgen.pipeline.sample: images/s with classifier-free guidance (DDIM)."""
+    from spurgen.pipeline import make_pipeline, sample
+
+    spec = SIZES[size]
+    parts = spec.parts()
+    pipe = make_pipeline(parts.unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.sample_scheduler)
+    n, steps = (1, 2) if smoke else (spec.gen_images, spec.gen_steps)
+    res = timer({"sample": lambda: sample(pipe, ["a photo of a sks flower"] * n, list(range(n)), steps, 3.0,
+                                          spec.resolution, "bird")}, repeats)
+    return {"images": n, "steps": steps, **res["sample"]}
+
+
+def _unet_sfsl_grad(parts, ex, setting: Setting, z_t, t, enc) -> torch.Tensor:
+    loss = setting.loss()
+    loss.set_references(ex.features(torch.rand(3, 3, parts.resolution, parts.resolution,
+                                               generator=torch.Generator().manual_seed(1))).detach())
+    parts.unet.zero_grad(set_to_none=True)
+    with autocast(setting.bf16):
+        out = parts.unet(z_t, t, enc).sample
+        value = loss(z_t, out, t, parts.noise_scheduler.alphas_cumprod, "epsilon", parts.vae, ex)
+    value.backward()
+    return torch.cat([p.grad.flatten() for p in parts.unet.parameters() if p.grad is not None])
+
+
+def fidelity(size: str, smoke: bool = False) -> dict:
+    """Cosine between the UNet gradient of L_SFSL under each setting and under the exact computation, on
+    fixed inputs: 3 instance samples at t = 100, 250, 400 (z from random images through the VAE)."""
+    spec = SIZES[size]
+    parts, ex = spec.parts(), spec.extractor()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x = F.avg_pool2d(torch.rand(3, 3, spec.resolution, spec.resolution, generator=g), 5, 1, 2) * 2 - 1
+        z = parts.vae.encode(x).latent_dist.mean * parts.vae.config.scaling_factor
+        t = torch.tensor([100, 250, 400])
+        z_t = parts.noise_scheduler.add_noise(z, torch.randn(z.shape, generator=g), t)
+        enc = parts.text_encoder(make_batch(parts, spec.resolution, 3)["input_ids"][:3])[0]
+    exact = _unet_sfsl_grad(parts, ex, EXACT, z_t, t, enc)
+    out = {}
+    half = Setting(decode_size=max(8, ex.input_size // 2))
+    cases = {
+        "decoder checkpointing": Setting(decoder_checkpointing=True),
+        f"decode at f input ({ex.input_size} px)": Setting(decode_at_extractor_size=True),
+        f"decode at f input / 2 ({half.decode_size} px)": half,
+        "fast (loss=fast)": FAST,
+        "exact, bf16 autocast": Setting(bf16=True),
+        "fast, bf16 autocast": Setting(decode_at_extractor_size=True, decoder_checkpointing=True, bf16=True),
+    }
+    if smoke:
+        cases = {"fast (loss=fast)": FAST}
+    elif size != "tiny":  # bf16 is emulated on this CPU (no avx512_bf16): minutes per gradient at this size
+        cases = {k: v for k, v in cases.items() if not v.bf16}
+    for name, setting in cases.items():
+        grad = _unet_sfsl_grad(parts, ex, setting, z_t, t, enc)
+        out[name] = {"cosine": float(F.cosine_similarity(grad, exact, dim=0)),
+                     "norm_ratio": float(grad.norm() / exact.norm())}
+    return out
+
+
+MEMORY_STEP = ("lambda_sfsl=0", "SFSL exact", "SFSL decode at f input", "SFSL decoder checkpointing",
+               "SFSL fast (loss=fast)")
+
+
+def memory_jobs(size: str, smoke: bool = False) -> list[tuple[str, str, str]]:
+    steps = ("SFSL fast (loss=fast)",) if smoke else MEMORY_STEP
+    jobs = [(size, "step", n) for n in steps]
+    if not smoke:
+        jobs += [(size, "eval", "batched (predict_set)"), (size, "eval", "naive loop"), (size, "gen", "sample")]
+    return jobs
+
+
+def memory_job(size: str, kind: str, name: str) -> Callable[[], object]:
+    """Build one configuration (in a fresh child) and return the callable whose peak memory is read."""
+    spec = SIZES[size]
+    if kind == "step":
+        parts, ex = spec.parts(), spec.extractor()
+        module = make_module(parts, ex, SETTINGS[name], spec.resolution)
+        return spurgen_step(module, _optimizer(parts), make_batch(parts, spec.resolution), SETTINGS[name].bf16)
+    if kind == "eval":
+        from spurgen.eval.predict import predict_set
+
+        model = spec.extractor()
+        paths = _write_images(Path(tempfile.mkdtemp(prefix="spurgen-bench-mem-")), spec.eval_images, spec.resolution)
+        if name.startswith("batched"):
+            return lambda: predict_set([model], paths, 0, batch_size=32)
+        return lambda: naive_predict(model, paths)
+    from spurgen.pipeline import make_pipeline, sample
+
+    parts = spec.parts()
+    pipe = make_pipeline(parts.unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.sample_scheduler)
+    n = spec.gen_images
+    return lambda: sample(pipe, ["a photo of a sks flower"] * n, list(range(n)), spec.gen_steps, 3.0, spec.resolution)
