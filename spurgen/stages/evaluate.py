@@ -56,6 +56,16 @@ def classifier_specs(eval_cfg: DictConfig) -> list:
     return specs
 
 
+def check_config(eval_cfg: DictConfig) -> list:
+    """Cheap checks of the eval.* keys (also worth calling before training); returns the classifier specs."""
+    if eval_cfg.crop not in ("none", "model"):
+        raise SpurgenError(f"eval.crop must be none or model, got {eval_cfg.crop!r}")
+    for key in ("batch_size", "bootstrap_samples"):
+        if int(eval_cfg[key]) <= 0:
+            raise SpurgenError(f"eval.{key} must be > 0, got {eval_cfg[key]}")
+    return classifier_specs(eval_cfg)
+
+
 def check_target(index) -> int:
     if index is None or not 0 <= int(index) < imagenet.NUM_CLASSES:
         raise SpurgenError(f"target.index: ImageNet class index must be in 0..999, got {index}")
@@ -79,10 +89,9 @@ def evaluate(
     target = check_target(target_index)
     out_dir = Path(out_dir)
     seed, boot = int(eval_cfg.seed), int(eval_cfg.bootstrap_samples)
-    if eval_cfg.crop not in ("none", "model"):
-        raise SpurgenError(f"eval.crop must be none or model, got {eval_cfg.crop!r}")
     crop = eval_cfg.crop == "model"
 
+    specs = check_config(eval_cfg)
     sets: dict[str, ImageSet] = {"images": load_folder("images", images_dir)}  # cheap checks first
     reference_dir = eval_cfg.reference_dir or reference_dir
     if reference_dir:
@@ -91,7 +100,6 @@ def evaluate(
     if baseline_dir:
         sets["baseline"] = load_folder("baseline", baseline_dir)
     val = load_imagenet_val(eval_cfg.imagenet_val_dir, target) if eval_cfg.imagenet_val_dir else None
-    specs = classifier_specs(eval_cfg)
     gen_meta = read_generate_json(Path(images_dir))
 
     models: list[FrozenImageModel] = [load_classifier(s) for s in specs]

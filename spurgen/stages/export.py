@@ -17,13 +17,13 @@ from spurgen.eval.imagesets import load_folder, read_generate_json
 from spurgen.eval.predict import pick_device, place, predict_set
 from spurgen.eval.report import write_atomic
 from spurgen.models.loaders import load_classifier
-from spurgen.stages.evaluate import check_target, classifier_specs
+from spurgen.stages.evaluate import check_config, check_target
 
 
 def export(eval_cfg: DictConfig, images_dir: str | Path, out_dir: str | Path, target: int, min_classifiers: int) -> dict:
     target = check_target(target)
     images = load_folder("images", images_dir)
-    specs = classifier_specs(eval_cfg)
+    specs = check_config(eval_cfg)
     if not 1 <= min_classifiers <= len(specs):
         raise SpurgenError(f"min_classifiers must be in 1..{len(specs)} (the number of classifiers), got {min_classifiers}")
     models = [load_classifier(s) for s in specs]

@@ -50,10 +50,21 @@ def _prompts(gen: DictConfig, meta: dict, target: DictConfig | None, pipeline_di
     else:
         negative = None
         log.warning("no negative prompt (no class known): images may show the class object")
+    return {"base": klass if baseline else instance, "negative": negative, "instance": instance, "class": klass}
+
+
+def check_config(gen: DictConfig) -> None:
+    """Cheap checks of the generate.* keys (also worth calling before training)."""
+    for key in ("num_images", "num_inference_steps", "batch_size"):
+        if int(gen[key]) <= 0:
+            raise SpurgenError(f"generate.{key} must be > 0, got {gen[key]}")
+    if not gen.templates:
+        raise SpurgenError("generate.templates must hold at least one template")
     for t in gen.templates:
         if "{prompt}" not in t:
             raise SpurgenError(f"generate.templates: {t!r} lacks the placeholder {{prompt}}")
-    return {"base": klass if baseline else instance, "negative": negative, "instance": instance, "class": klass}
+    if gen.dtype not in ("auto", "float32", "float16", "bfloat16"):
+        raise SpurgenError(f"generate.dtype must be auto, float32, float16 or bfloat16, got {gen.dtype!r}")
 
 
 def _pick_device(gen: DictConfig) -> tuple[torch.device, torch.dtype]:
@@ -116,9 +127,7 @@ def generate(
         raise SpurgenError("pipeline_dir is required: pipeline_dir=<a diffusers pipeline folder>")
     if pipeline_dir is not None and not pipeline_dir.is_dir():
         raise SpurgenError(f"pipeline folder {pipeline_dir} does not exist")
-    for key in ("num_images", "num_inference_steps", "batch_size"):
-        if int(gen[key]) <= 0:
-            raise SpurgenError(f"generate.{key} must be > 0, got {gen[key]}")
+    check_config(gen)
     meta = (read_spurgen_json(pipeline_dir) or {}) if pipeline_dir else {}
     prompts = _prompts(gen, meta, target, pipeline_dir, baseline)
     out_dir = Path(out_dir)

@@ -4,24 +4,39 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from spurgen.build import build
 from spurgen.callbacks import SampleImages
+from spurgen.checkpointing import (
+    AtomicCheckpointIO,
+    FaultInjection,
+    GracefulInterrupt,
+    newest_loadable_checkpoint,
+)
 from spurgen.config import METHOD_VERSION, asset_path, config_hash
-from spurgen.data.dataset import DreamBoothDataset, collate, load_training_images, tokenize
+from spurgen.data.dataset import (
+    DreamBoothDataset,
+    StepBatchSampler,
+    collate,
+    load_training_images,
+    tokenize,
+)
 from spurgen.data.prior import ensure_class_images
 from spurgen.data.references import reference_folder, select_references
+from spurgen.errors import SpurgenError
 from spurgen.loggers import build_logger, scrub_secrets
+from spurgen.models.lora import add_lora, merge_lora
 from spurgen.models.parts import SDParts
 from spurgen.module import OptimSettings, SpurgenModule
+from spurgen.optim import check_optimizer
 from spurgen.pipeline import save_pipeline
 
 log = logging.getLogger("spurgen")
@@ -30,7 +45,8 @@ TINY_BANNER = (
     "\n" + "!" * 78 + "\n"
     "!!  TINY RANDOM MODELS: this run uses tiny, randomly initialised SD parts and extractor.     !!\n"
     "!!  It checks the plumbing; its images, losses and rates mean nothing about real models.    !!\n"
-    + "!" * 78 + "\n"
+    + "!" * 78
+    + "\n"
 )
 
 
@@ -67,14 +83,32 @@ def negative_prompt(cfg: DictConfig) -> str:
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger) -> L.Trainer:
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    return L.Trainer(**kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+    plugins = [*(kwargs.pop("plugins", None) or []), AtomicCheckpointIO()]
+    return L.Trainer(
+        **kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir), plugins=plugins
+    )
+
+
+def check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".spurgen_write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise SpurgenError(
+            f"output folder {run_dir} is not writable ({exc.strerror}); choose another with "
+            "hydra.run.dir=<folder>"
+        ) from None
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Returns the run metadata (also written to run_dir/run.json)."""
     run_dir = Path(run_dir)
     t0 = time.time()
+    check_writable(run_dir)
     ref_paths = resolve_references(cfg)
+    check_optimizer(cfg.train.optimizer)  # adamw8bit without CUDA/bitsandbytes fails before any model is built
 
     parts: SDParts = build(cfg.model)
     if parts.is_tiny_random:
@@ -87,45 +121,77 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     with_prior = cfg.loss.lambda_prior > 0 and cfg.data.num_class_images > 0
     class_paths = (
         ensure_class_images(
-            parts, class_prompt, resolution, int(cfg.data.num_class_images), cfg.data.class_images_dir,
-            cfg.data.class_image_steps, cfg.data.class_image_guidance, cfg.data.class_image_batch_size,
+            parts,
+            class_prompt,
+            resolution,
+            int(cfg.data.num_class_images),
+            cfg.data.class_images_dir,
+            cfg.data.class_image_steps,
+            cfg.data.class_image_guidance,
+            cfg.data.class_image_batch_size,
         )
         if with_prior
         else []
     )
     tok = parts.tokenizer
     dataset = DreamBoothDataset(
-        ref_images, tokenize(tok, instance_prompt), class_paths,
-        tokenize(tok, class_prompt) if with_prior else None, resolution, cfg.data.center_crop,
+        ref_images,
+        tokenize(tok, instance_prompt),
+        class_paths,
+        tokenize(tok, class_prompt) if with_prior else None,
+        resolution,
+        cfg.data.center_crop,
     )
-    loader = DataLoader(
-        dataset, batch_size=int(cfg.data.batch_size), shuffle=True, collate_fn=collate,
-        num_workers=int(cfg.data.num_workers), generator=torch.Generator().manual_seed(int(cfg.seed)),
-        drop_last=False,
-    )
-
     objective = build(cfg.loss)
     extractor = build(cfg.feature_extractor) if objective.uses_sfsl else None
     if cfg.train.gradient_checkpointing:
         parts.unet.enable_gradient_checkpointing()
         parts.text_encoder.gradient_checkpointing_enable()
-    resolved = scrub_secrets(OmegaConf.to_container(cfg, resolve=True))
+    if cfg.train.lora_rank > 0:  # LoRA adapters instead of full fine-tuning (spurgen/models/lora.py)
+        add_lora(parts, cfg.train.lora_rank, cfg.train.lora_alpha, cfg.train.lora_dropout, cfg.train.train_text_encoder)
+    resolved = scrub_secrets(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     module = SpurgenModule(
-        parts.unet, parts.text_encoder, tok, parts.vae, parts.noise_scheduler, extractor, objective,
+        parts.unet,
+        parts.text_encoder,
+        tok,
+        parts.vae,
+        parts.noise_scheduler,
+        extractor,
+        objective,
         OptimSettings(
-            cfg.train.lr_unet, cfg.train.lr_text_encoder, cfg.train.weight_decay,
-            (cfg.train.adam_beta1, cfg.train.adam_beta2), cfg.train.adam_eps, cfg.train.train_text_encoder,
+            cfg.train.lr_unet,
+            cfg.train.lr_text_encoder,
+            cfg.train.weight_decay,
+            (cfg.train.adam_beta1, cfg.train.adam_beta2),
+            cfg.train.adam_eps,
+            cfg.train.train_text_encoder,
+            optimizer=cfg.train.optimizer,
         ),
         seed=int(cfg.seed),
+        on_nonfinite=cfg.train.on_nonfinite,
         reference_images=ref_images if objective.uses_sfsl else None,
         sample_scheduler=parts.sample_scheduler,
         run_config=resolved,
     )
 
+    # batch b depends only on (seed, b), and a resumed run starts at the batches its checkpoint had seen
+    sampler = StepBatchSampler(
+        len(dataset), int(cfg.data.batch_size), int(cfg.seed), lambda: module.batches_seen
+    )
+    loader = DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=int(cfg.data.num_workers)
+    )
+
     meta = run_metadata(cfg, parts, resolution=resolution, prediction_type=parts.prediction_type)
     name = f"{cfg.target.name.replace(' ', '_')}-lambda{cfg.loss.lambda_sfsl:g}-seed{cfg.seed}"
-    logger = build_logger(cfg.logger, run_dir, resolved, name, group=cfg.target.name.replace(" ", "_"),
-                          tags=[f"class:{cfg.target.index}", f"lambda_sfsl:{cfg.loss.lambda_sfsl:g}"])
+    logger = build_logger(
+        cfg.logger,
+        run_dir,
+        resolved,
+        name,
+        group=cfg.target.name.replace(" ", "_"),
+        tags=[f"class:{cfg.target.index}", f"lambda_sfsl:{cfg.loss.lambda_sfsl:g}"],
+    )
     ckpt = ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
         filename="step-{step:06d}",
@@ -136,17 +202,38 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         save_last=True,
         auto_insert_metric_name=False,
     )
-    sampler = SampleImages(
-        run_dir / "samples", instance_prompt, int(cfg.train.sample_every_n_steps), int(cfg.train.num_samples),
-        int(cfg.train.sample_steps), float(cfg.train.sample_guidance), resolution, negative_prompt(cfg),
-        seed=int(cfg.seed), meta={"model_is_tiny_random": parts.is_tiny_random},
+    samples = SampleImages(
+        run_dir / "samples",
+        instance_prompt,
+        int(cfg.train.sample_every_n_steps),
+        int(cfg.train.num_samples),
+        int(cfg.train.sample_steps),
+        float(cfg.train.sample_guidance),
+        resolution,
+        negative_prompt(cfg),
+        seed=int(cfg.seed),
+        meta={"model_is_tiny_random": parts.is_tiny_random},
     )
-    trainer = build_trainer(cfg, run_dir, [ckpt, sampler], logger)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    interrupt = GracefulInterrupt(last, run_dir)
+    callbacks = [ckpt, samples, interrupt]
+    if os.environ.get("SPURGEN_FAULT_KILL_AT_STEP"):
+        fault = FaultInjection(
+            int(os.environ["SPURGEN_FAULT_KILL_AT_STEP"]), os.environ.get("SPURGEN_FAULT_SIGNAL", "KILL")
+        )
+        callbacks.insert(0, fault)  # before GracefulInterrupt, which then sees the signal at the same step
+    trainer = build_trainer(cfg, run_dir, callbacks, logger)
     if parts.is_tiny_random and trainer.logger is not None:
         trainer.logger.log_metrics({"meta/model_is_tiny_random": 1.0}, step=0)
-    resume_ckpt = run_dir / "checkpoints" / "last.ckpt" if cfg.resume else None
-    trainer.fit(module, loader, ckpt_path=str(resume_ckpt) if resume_ckpt and resume_ckpt.exists() else None)
-    trainer.save_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))
+    resume_from = newest_loadable_checkpoint(run_dir / "checkpoints") if cfg.resume else None
+    if cfg.resume:
+        log.info("resuming in %s from %s", run_dir, resume_from or "the start (no loadable checkpoint)")
+    interrupt.install()
+    try:
+        trainer.fit(module, loader, ckpt_path=str(resume_from) if resume_from else None)
+    finally:
+        interrupt.uninstall()
+    trainer.save_checkpoint(str(last))
 
     final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     meta.update(
@@ -162,6 +249,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     )
     if trainer.is_global_zero:
         module.eval()
+        if cfg.train.lora_rank > 0:  # merged, so pipeline/ is a plain diffusers folder
+            merge_lora(module.unet)
+            merge_lora(module.text_encoder)
         save_pipeline(module.pipeline(), run_dir / "pipeline", meta)
         (run_dir / "run.json").write_text(json.dumps(meta, indent=2))
         if parts.is_tiny_random:
