@@ -83,7 +83,7 @@ def test_evaluate_writes_every_output(data, tmp_path):
     assert {"spurious_rate", "consistency_all", "spurious_score_roc_auc"} <= {r["metric"] for r in rows}
     sheet = (out / "contact_sheet.html").read_text()
     assert all(f"img_{i:03d}.png" in sheet for i in range(6)) and all(n in sheet for n in TINY)
-    assert sheet.count("<img ") == 6
+    assert sheet.count("<img ") == 6 and "6 of 6 images" in sheet
     assert (out / "spurious_rate.png").stat().st_size > 1000
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 6
 

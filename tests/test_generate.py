@@ -159,3 +159,5 @@ def test_bad_input_is_one_clear_error(pipeline_dir, tmp_path, capsys):
     assert "{prompt}" in _err(capsys)
     assert main([f"pipeline_dir={pipeline_dir}", "generate.num_images=0", h]) == 2
     assert "generate.num_images" in _err(capsys)
+    assert main([f"pipeline_dir={pipeline_dir}", "generate.sampler=NoSuchScheduler", h]) == 2
+    assert "not a diffusers scheduler" in _err(capsys)

@@ -142,8 +142,8 @@ def contact_sheet(
         "<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
         "body{font:12px sans-serif}.c{display:inline-block;width:260px;vertical-align:top;margin:6px;"
         "border:1px solid #ccc;padding:4px}.c img{max-width:128px}.n{color:#555}</style></head><body>"
-        f"<h2>{html.escape(title)}</h2><p>&#10003; = top-1 is the target class. Check that no image shows "
-        "the class object itself.</p>" + "".join(cards) + "</body></html>"
+        f"<h2>{html.escape(title)}</h2><p>{len(cards)} of {len(files)} images. &#10003; = top-1 is the target "
+        "class. Check that no image shows the class object itself.</p>" + "".join(cards) + "</body></html>"
     )
     write_atomic(path, page)
     return path

@@ -107,7 +107,7 @@ def evaluate(
     place(models, device, bool(eval_cfg.channels_last))
     bs, n_thumbs = int(eval_cfg.batch_size), int(eval_cfg.contact_sheet_max)
     preds = {
-        name: predict_set(models, s.paths, target, crop, bs, device, n_thumbs if name != "baseline" else 8)
+        name: predict_set(models, s.paths, target, crop, bs, device, n_thumbs if name == "images" else 8)
         for name, s in sets.items()
     }
     val_preds = predict_set(models, val.paths, target, True, bs, device) if val else None
