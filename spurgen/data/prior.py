@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from spurgen.data.images import list_images
+from spurgen.distributed import file_lock
 from spurgen.models.parts import SDParts
 from spurgen.pipeline import make_pipeline, sample, save_png_atomic
 
