@@ -190,7 +190,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         resolved,
         name,
         group=cfg.target.name.replace(" ", "_"),
-        tags=[f"class:{cfg.target.index}", f"lambda_sfsl:{cfg.loss.lambda_sfsl:g}"],
+        tags=[f"class:{cfg.target.index}", f"lambda_sfsl:{cfg.loss.lambda_sfsl:g}", f"seed:{cfg.seed}"],
     )
     ckpt = ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
