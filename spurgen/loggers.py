@@ -54,6 +54,9 @@ def build_logger(settings, run_dir: Path, config: dict, name: str, group: str | 
     if kind == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
+        from spurgen.distributed import is_global_zero
+        from spurgen.sweep import sweep_group, sweep_tags
+
         mode = wandb_mode(settings.mode)
         run_id_file = Path(run_dir) / "wandb_run_id.txt"
         run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
