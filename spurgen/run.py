@@ -15,6 +15,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from spurgen.config import register_configs, register_resolvers, validate
+from spurgen.distributed import is_global_zero
 from spurgen.errors import SpurgenError
 
 register_configs()
