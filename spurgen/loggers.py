@@ -64,15 +64,15 @@ def build_logger(settings, run_dir: Path, config: dict, name: str, group: str | 
             project=settings.project,
             entity=settings.entity,
             name=settings.name or name,
-            group=settings.group or group,
-            tags=list(settings.tags) + tags,
+            group=settings.group or sweep_group() or group,  # a sweep's runs share one group
+            tags=list(settings.tags) + tags + sweep_tags(),
             save_dir=str(run_dir),
             mode=mode,
             id=run_id,
             resume="allow" if run_id else None,
             config=scrub_secrets(config),
         )
-        if mode != "disabled":
+        if mode != "disabled" and is_global_zero():  # other DDP ranks hold a dummy run
             run_id_file.write_text(logger.experiment.id)
         return logger
     raise ValueError(f"unknown logger kind {kind!r}")

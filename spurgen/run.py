@@ -35,11 +35,11 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
             from spurgen.stages.train import train
 
             result["train"] = train(cfg, run_dir)
-        if "generate" in cfg.stages:
+        if "generate" in cfg.stages and is_global_zero():  # under DDP, rank 0 only
             from spurgen.stages.generate import run_stage as generate_stage
 
             result["generate"] = generate_stage(cfg, run_dir)
-        if "evaluate" in cfg.stages:
+        if "evaluate" in cfg.stages and is_global_zero():
             from spurgen.stages.evaluate import run_stage as evaluate_stage
 
             result["evaluate"] = evaluate_stage(cfg, run_dir)

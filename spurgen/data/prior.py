@@ -46,22 +46,25 @@ def ensure_class_images(
         folder = cache_root() / "class_images" / cache_key(parts.model_id, prompt, resolution, count)
     folder = Path(folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
-    existing = list_images(folder) if any(folder.iterdir()) else []
-    missing = count - len(existing)
-    if missing > 0:
-        (folder / "prior.json").write_text(
-            json.dumps({"model": parts.model_id, "prompt": prompt, "resolution": resolution, "count": count,
-                        "model_is_tiny_random": parts.is_tiny_random}, indent=2)
-        )
-        pipe = make_pipeline(parts.unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.sample_scheduler)
-        taken = {p.name for p in existing}
-        todo = [i for i in range(count) if f"class_{i:05d}.png" not in taken][:missing]
-        with tqdm(total=len(todo), desc=f"prior images '{prompt}'", unit="img") as bar:
-            for start in range(0, len(todo), batch_size):
-                idx = todo[start : start + batch_size]
-                ims = sample(pipe, [prompt] * len(idx), idx, steps, guidance, resolution, negative_prompt,
-                             batch_size)
-                for i, im in zip(idx, ims, strict=True):
-                    save_png_atomic(im, folder / f"class_{i:05d}.png", {"prompt": prompt, "seed": i})
-                bar.update(len(idx))
+    # one maker at a time (DDP ranks started together, parallel sweep jobs of one class); the others wait,
+    # then find the images complete and reuse them
+    with file_lock(folder.with_name(folder.name + ".lock")):
+        existing = list_images(folder) if any(folder.iterdir()) else []
+        missing = count - len(existing)
+        if missing > 0:
+            (folder / "prior.json").write_text(
+                json.dumps({"model": parts.model_id, "prompt": prompt, "resolution": resolution, "count": count,
+                            "model_is_tiny_random": parts.is_tiny_random}, indent=2)
+            )
+            pipe = make_pipeline(parts.unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.sample_scheduler)
+            taken = {p.name for p in existing}
+            todo = [i for i in range(count) if f"class_{i:05d}.png" not in taken][:missing]
+            with tqdm(total=len(todo), desc=f"prior images '{prompt}'", unit="img") as bar:
+                for start in range(0, len(todo), batch_size):
+                    idx = todo[start : start + batch_size]
+                    ims = sample(pipe, [prompt] * len(idx), idx, steps, guidance, resolution, negative_prompt,
+                                 batch_size)
+                    for i, im in zip(idx, ims, strict=True):
+                        save_png_atomic(im, folder / f"class_{i:05d}.png", {"prompt": prompt, "seed": i})
+                    bar.update(len(idx))
     return list_images(folder)[:count]

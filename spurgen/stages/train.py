@@ -31,6 +31,7 @@ from spurgen.data.dataset import (
 )
 from spurgen.data.prior import ensure_class_images
 from spurgen.data.references import reference_folder, select_references
+from spurgen.distributed import RankBatchSampler, check_launch, module_rank_world
 from spurgen.errors import SpurgenError
 from spurgen.loggers import build_logger, scrub_secrets
 from spurgen.models.lora import add_lora, merge_lora
@@ -107,6 +108,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     t0 = time.time()
     check_writable(run_dir)
+    check_launch(cfg.trainer)  # DDP inside a basic/joblib sweep cannot work: fail before building
     ref_paths = resolve_references(cfg)
     check_optimizer(cfg.train.optimizer)  # adamw8bit without CUDA/bitsandbytes fails before any model is built
 
@@ -179,7 +181,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         len(dataset), int(cfg.data.batch_size), int(cfg.seed), lambda: module.batches_seen
     )
     loader = DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=int(cfg.data.num_workers)
+        dataset,
+        batch_sampler=RankBatchSampler(sampler, module_rank_world(module)),  # DDP: each rank its own batches
+        collate_fn=collate,
+        num_workers=int(cfg.data.num_workers),
     )
 
     meta = run_metadata(cfg, parts, resolution=resolution, prediction_type=parts.prediction_type)
