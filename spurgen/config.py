@@ -310,3 +310,5 @@ def asset_path(name: str) -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("spurgen_asset"):
         OmegaConf.register_new_resolver("spurgen_asset", asset_path)
+    if not OmegaConf.has_resolver("spurgen_eq"):  # ${spurgen_eq:${lambda_sfsl},0}: a switch for one sweep value
+        OmegaConf.register_new_resolver("spurgen_eq", lambda a, b: float(a) == float(b))
