@@ -37,3 +37,26 @@ def sweep_tags() -> list[str]:
     if experiment and experiment != "null":
         tags.append(f"experiment:{experiment}")
     return tags
+
+
+FIRST_KEYS = ("class", "lambda_sfsl", "seed")  # what a sweep's folder names should show first
+MAX_DIRNAME = 160
+
+
+def short_dirname(override_dirname: str) -> str:
+    """A run's sub-folder name in a sweep: Hydra's override_dirname (`k=v,k=v`), unchanged when it is short;
+    otherwise class, lambda_sfsl and seed first, cut to fit, plus a hash of the whole so names stay unique
+    (file names have at most 255 bytes)."""
+    import hashlib
+
+    if len(override_dirname) <= MAX_DIRNAME:
+        return override_dirname
+    items: list[str] = []
+    for piece in override_dirname.split(","):  # a value may itself hold commas: glue such pieces back
+        if "=" in piece or not items:
+            items.append(piece)
+        else:
+            items[-1] += "," + piece
+    items.sort(key=lambda kv: (FIRST_KEYS.index(kv.split("=")[0]) if kv.split("=")[0] in FIRST_KEYS else 9))
+    digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:8]
+    return ",".join(items)[: MAX_DIRNAME - 9].replace("/", "_") + "-" + digest
