@@ -312,3 +312,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("spurgen_asset", asset_path)
     if not OmegaConf.has_resolver("spurgen_eq"):  # ${spurgen_eq:${lambda_sfsl},0}: a switch for one sweep value
         OmegaConf.register_new_resolver("spurgen_eq", lambda a, b: float(a) == float(b))
+    if not OmegaConf.has_resolver("spurgen_subdir"):  # a sweep run's folder name, cut to fit (spurgen/sweep.py)
+        from spurgen.sweep import short_dirname
+
+        OmegaConf.register_new_resolver("spurgen_subdir", short_dirname)
