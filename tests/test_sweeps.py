@@ -1,0 +1,178 @@
+"""Sweeps, launchers, DDP and the sweep report (issue 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import FAST, REPO, run_cli
+
+TINY_GEN = ["generate.num_images=4", "stages=[train,generate,evaluate]"]
+
+
+# -- fast: the report on a hand-made sweep folder ------------------------------------------------------------
+def _block(rate: float, sim: float = 0.5) -> dict:
+    per = {c: {"spurious_rate": {"value": rate}, "similarity": {"value": sim}} for c in ("a", "b")}
+    return {"per_classifier": per, "consistency": {"all": {"value": rate}, "at_least_half": {"value": rate}}}
+
+
+def _fake_run(root: Path, name: str, lam: float, seed: int, rate: float, version: str = "1",
+              metrics: bool | str = True, baseline: bool = False) -> None:
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    cfg = {"target": {"name": "koala", "index": 105}, "lambda_sfsl": lam, "seed": seed}
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"lambda_sfsl={lam:g}", f"seed={seed}"]))
+    if metrics is True:
+        results = {"images": _block(rate), "reference": _block(0.9, 1.0)}
+        if baseline:
+            results["baseline"] = _block(0.05)
+        (run / "eval").mkdir()
+        (run / "eval" / "metrics.json").write_text(json.dumps({
+            "method_version": version, "model_is_tiny_random": False, "target": {"index": 105, "name": "koala"},
+            "results": results, "sets": {}}))
+    elif metrics == "broken":
+        (run / "eval").mkdir()
+        (run / "eval" / "metrics.json").write_text("{not json")
+
+
+@pytest.fixture
+def fake_sweep(tmp_path) -> Path:
+    root = tmp_path / "sweep"
+    _fake_run(root, "lambda_sfsl=0,seed=0", 0, 0, 0.2, baseline=True)
+    _fake_run(root, "lambda_sfsl=0,seed=1", 0, 1, 0.4, baseline=True)
+    _fake_run(root, "lambda_sfsl=1,seed=0", 1, 0, 0.6)
+    _fake_run(root, "lambda_sfsl=1,seed=1", 1, 1, 0.0, metrics="broken")
+    _fake_run(root, "lambda_sfsl=1,seed=2", 1, 2, 0.0, metrics=False)
+    _fake_run(root, "lambda_sfsl=0,seed=2", 0, 2, 0.9, version="2")
+    multirun = {"hydra": {"sweeper": {"params": {"lambda_sfsl": "0,1", "seed": "0,1,2,3"}}, "overrides": {"task": []}}}
+    (root / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    return root
+
+
+def test_report_lists_broken_and_missing_runs_and_separates_versions(fake_sweep):
+    from spurgen.report import main
+
+    assert main([str(fake_sweep)]) == 0
+    md = (fake_sweep / "report.md").read_text()
+    problems = md.split("## Missing or failed runs")[1]
+    assert "lambda_sfsl=1,seed=1" in problems and "unreadable eval/metrics.json" in problems
+    assert "lambda_sfsl=1,seed=2" in problems and "no eval/metrics.json" in problems
+    assert "lambda_sfsl=0,seed=3" in problems and "never started" in problems  # planned, no folder
+    assert "lambda_sfsl=1,seed=3" in problems
+    assert "Method versions differ" in md and "## Method version 2" in md
+    rows = list(__import__("csv").DictReader(open(fake_sweep / "report.csv")))
+    lam0 = [r for r in rows if r["method_version"] == "1" and r["row"] == "images" and r["lambda_sfsl"] == "0.0"
+            and r["metric"] == "spurious_rate/a"]
+    assert len(lam0) == 1 and float(lam0[0]["mean"]) == pytest.approx(0.3) and lam0[0]["n_seeds"] == "2"
+    assert float(lam0[0]["std"]) == pytest.approx(0.1414, abs=1e-3)  # seed 2 (version 2) not averaged in
+    base = [r for r in rows if r["row"] == "baseline" and r["metric"] == "spurious_rate/a"]
+    assert len(base) == 1 and base[0]["n_seeds"] == "2"
+    assert (fake_sweep / "figures" / "spurious_rate_vs_lambda_v1.png").exists()
+
+
+def test_report_bad_input_one_line_exit_2(tmp_path, capsys):
+    from spurgen.report import main
+
+    assert main([str(tmp_path / "nope")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("spurgen: error:") == 2 and "Traceback" not in err and "holds no runs" in err
+
+
+# -- fast: pieces of the sweep and DDP plumbing ---------------------------------------------------------------
+def test_short_dirname_keeps_short_names_and_fits_long_ones():
+    from spurgen.sweep import short_dirname
+
+    assert short_dirname("class=koala,lambda_sfsl=0.1") == "class=koala,lambda_sfsl=0.1"
+    long = "a.very.long.key=" + "x" * 300 + ",lambda_sfsl=1,class=koala"
+    name = short_dirname(long)
+    assert len(name) <= 160 and name.startswith("class=koala,lambda_sfsl=1") and name != short_dirname(long + "y")
+
+
+def test_rank_batch_sampler_gives_ranks_disjoint_batches():
+    from itertools import islice
+
+    from spurgen.data.dataset import StepBatchSampler
+    from spurgen.distributed import RankBatchSampler
+
+    inner = StepBatchSampler(8, 1, seed=0)
+    single = list(islice(iter(RankBatchSampler(inner, lambda: (0, 1))), 4))
+    r0 = list(islice(iter(RankBatchSampler(inner, lambda: (0, 2))), 2))
+    r1 = list(islice(iter(RankBatchSampler(inner, lambda: (1, 2))), 2))
+    assert single == [inner.batch(b) for b in range(4)]  # one device: unchanged
+    assert [r0[0], r1[0], r0[1], r1[1]] == single  # two ranks split the same global sequence
+
+
+def test_ablation_grid_and_baseline_switch():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from spurgen.run import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", ["experiment=ablation_six_classes"], return_hydra_config=True)
+        params = cfg.hydra.sweeper.params
+        assert len(params["class"].split(",")) == 6 and params.lambda_sfsl == "0,0.01,0.1,1" and params.seed == "0,1,2"
+        for name in params["class"].split(","):
+            assert (Path(CONF_DIR) / "class" / f"{name}.yaml").exists()
+        assert compose("config", ["experiment=ablation_six_classes", "lambda_sfsl=0"]).generate.baseline is True
+        assert compose("config", ["experiment=ablation_six_classes", "lambda_sfsl=0.1"]).generate.baseline is False
+        assert OmegaConf.select(cfg, "hydra.sweep.dir").startswith("multirun/ablation_six_classes/")
+
+
+# -- slow: end to end ----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_tiny_multirun_joblib_then_report(tmp_path):
+    """2 classes x 2 lambdas through the joblib launcher (2 processes), then the report: 4 rows, figures."""
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "experiment=tiny_lambda_grid", "class=hummingbird,koala", "lambda_sfsl=0,1",
+            "hydra/launcher=local_parallel", f"hydra.sweep.dir={sweep}", *FAST, *TINY_GEN]
+    assert run_cli(argv) == 0
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(runs) == 4 and all((r / "eval" / "metrics.json").exists() for r in runs)
+    assert any(r.name.startswith("class=koala,lambda_sfsl=1") for r in runs)  # named by its overrides
+    assert sum((r / "baseline").is_dir() for r in runs) == 2  # once per class, in the lambda_sfsl=0 runs
+
+    from spurgen.report import main
+
+    assert main([str(sweep)]) == 0
+    rows = list(__import__("csv").DictReader(open(sweep / "report.csv")))
+    tuned = {(r["class_name"], r["lambda_sfsl"]) for r in rows if r["row"] == "images"}
+    assert len(tuned) == 4
+    assert {r["row"] for r in rows} == {"images", "reference", "baseline"}
+    md = (sweep / "report.md").read_text()
+    assert "None." in md.split("## Missing or failed runs")[1]
+    figures = sweep / "figures"
+    assert (figures / "spurious_rate_vs_lambda_v1.png").exists()
+    assert (figures / "images_94_v1.png").exists() and (figures / "images_105_v1.png").exists()
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_ranks_gloo(tmp_path):
+    """trainer=ddp with 2 CPU ranks (gloo): Lightning re-runs the command for rank 1; rank 0 alone saves the
+    pipeline and runs generate/evaluate; both ranks train."""
+    run_dir = tmp_path / "ddp"
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "spurgen.run", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+           "trainer.precision=32-true", f"hydra.run.dir={run_dir}", *FAST, *TINY_GEN]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "spurgen: error" not in out and "Starting with 2 processes" in out
+    assert (run_dir / "pipeline" / "spurgen.json").exists() and (run_dir / "eval" / "metrics.json").exists()
+    assert (run_dir / "train_ddp_process_1.log").exists()  # rank 1 ran (Hydra log of the re-run command)
+
+
+def test_ddp_inside_basic_sweep_fails_early(tmp_path, capsys):
+    argv = ["-m", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.sweep.dir={tmp_path}",
+            *FAST]
+    assert run_cli(argv) == 2
+    assert "submitit_slurm" in capsys.readouterr().err
