@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import resources
@@ -108,6 +109,11 @@ class TrainConfig:
     sample_steps: int = 25
     sample_guidance: float = 7.5
     gradient_checkpointing: bool = False
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes, CUDA only)
+    lora_rank: int = 0  # 0: full fine-tuning; > 0: LoRA (peft) of this rank, merged before pipeline/ is saved
+    lora_alpha: float | None = None  # null: = lora_rank
+    lora_dropout: float = 0.0
+    on_nonfinite: str = "stop"  # stop (message naming the term and step) | skip (skip the step, count it)
 
 
 @dataclass
@@ -199,7 +205,7 @@ class SpurgenConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     lambda_sfsl: float = 0.1
     seed: int = 0
-    stages: list[str] = field(default_factory=lambda: ["train"])
+    stages: list[str] = field(default_factory=lambda: ["train", "generate", "evaluate"])
     run_dir: str = "${hydra:runtime.output_dir}"
     resume: str | None = None
     method_version: str = METHOD_VERSION
@@ -221,8 +227,8 @@ KNOWN_STAGES = ("train", "generate", "evaluate")
 
 def _nonneg(cfg: DictConfig, key: str) -> None:
     value = OmegaConf.select(cfg, key)
-    if value is None or value < 0:
-        raise ConfigError(key, f"must be a number >= 0, got {value!r}")
+    if value is None or not math.isfinite(value) or value < 0:
+        raise ConfigError(key, f"must be a finite number >= 0, got {value!r}")
 
 
 def _positive(cfg: DictConfig, key: str, allow_none: bool = False) -> None:
@@ -257,6 +263,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         _nonneg(cfg, key)
     for key in ("train.checkpoint_every_n_steps", "train.sample_every_n_steps", "train.num_samples"):
         _nonneg(cfg, key)
+    if cfg.train.optimizer not in ("adamw", "adamw8bit"):
+        raise ConfigError("train.optimizer", f"must be adamw or adamw8bit, got {cfg.train.optimizer!r}")
+    _nonneg(cfg, "train.lora_rank")
     if cfg.loss.sfsl.layer == "":
         raise ConfigError("loss.sfsl.layer", "must be 'pool' or a module name")
     if len(cfg.data.identifier.strip()) == 0 or " " in cfg.data.identifier:
@@ -271,6 +280,16 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"class {cfg.target.name!r} (index {index}) has no spurious concept noun; training needs one "
             "for the prompts, e.g. target.concept=flower",
         )
+    if cfg.train.on_nonfinite not in ("stop", "skip"):
+        raise ConfigError("train.on_nonfinite", f"must be stop or skip, got {cfg.train.on_nonfinite!r}")
+    if "generate" in cfg.stages:
+        from spurgen.stages.generate import check_config as check_generate
+
+        check_generate(cfg.generate)
+    if "evaluate" in cfg.stages:
+        from spurgen.stages.evaluate import check_config as check_eval
+
+        check_eval(cfg.eval)
     if cfg.logger.kind not in ("wandb", "csv", "none"):
         raise ConfigError("logger.kind", f"must be wandb, csv or none, got {cfg.logger.kind!r}")
     _validate_trainer_keys(cfg)
@@ -316,3 +335,5 @@ def register_resolvers() -> None:
         from spurgen.sweep import short_dirname
 
         OmegaConf.register_new_resolver("spurgen_subdir", short_dirname)
+    if not OmegaConf.has_resolver("spurgen_resume_or"):
+        OmegaConf.register_new_resolver("spurgen_resume_or", lambda resume, default: resume or default)

@@ -76,3 +76,25 @@ def build_logger(settings, run_dir: Path, config: dict, name: str, group: str | 
             run_id_file.write_text(logger.experiment.id)
         return logger
     raise ValueError(f"unknown logger kind {kind!r}")
+
+
+def scrub_hydra_files(run_dir: Path) -> None:
+    """Hydra writes the config and overrides verbatim (.hydra/*.yaml): mask every secret value there."""
+    import yaml
+
+    hydra_dir = Path(run_dir) / ".hydra"
+    ov_file = hydra_dir / "overrides.yaml"
+    if not ov_file.exists():
+        return
+    secrets = []
+    for line in yaml.safe_load(ov_file.read_text()) or []:
+        key, _, value = str(line).partition("=")
+        if SECRET_KEY.search(key) and value and value != "***":
+            secrets.append(value)
+    for path in hydra_dir.glob("*.yaml"):
+        text = path.read_text()
+        masked = text
+        for value in secrets:
+            masked = masked.replace(value, "***")
+        if masked != text:
+            path.write_text(masked)

@@ -8,10 +8,16 @@ import lightning as L
 import torch
 from torch import nn
 
+from spurgen.errors import SpurgenError
 from spurgen.losses import SFSLContext, SpurgenObjective, StepTensors, denoising_target
+from spurgen.optim import make_optimizer
 from spurgen.pipeline import make_pipeline, sample
 
 FROZEN = ("vae", "feature_extractor")
+
+
+class NonFiniteLossError(SpurgenError):
+    pass
 
 
 @dataclass
@@ -22,6 +28,7 @@ class OptimSettings:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     train_text_encoder: bool = True
+    optimizer: str = "adamw"  # adamw | adamw8bit (spurgen/optim.py)
 
 
 class SpurgenModule(L.LightningModule):
@@ -43,6 +50,7 @@ class SpurgenModule(L.LightningModule):
         objective: SpurgenObjective,
         optim: OptimSettings | None = None,
         seed: int = 0,
+        on_nonfinite: str = "stop",  # stop: raise naming the term and step | skip: skip the step, count it
         reference_images: torch.Tensor | None = None,  # (R, 3, H, W) in [0, 1], the training transform
         sample_scheduler=None,
         run_config: dict | None = None,
@@ -55,6 +63,11 @@ class SpurgenModule(L.LightningModule):
         self.objective = objective
         self.optim = optim or OptimSettings()
         self.seed = int(seed)
+        if on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite must be stop or skip, got {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
+        self.batches_seen = 0  # drives the per-batch generator and the data order; saved in checkpoints
+        self.skipped_nonfinite = 0
         self.run_config = run_config or {}
         self.strict_loading = False  # frozen parts are not in checkpoints
         self.vae.requires_grad_(False)
@@ -84,6 +97,15 @@ class SpurgenModule(L.LightningModule):
         for key in [k for k in sd if k.split(".", 1)[0] in FROZEN]:
             del sd[key]
         checkpoint["spurgen_config"] = self.run_config
+        checkpoint["spurgen_state"] = {
+            "batches_seen": self.batches_seen,
+            "skipped_nonfinite": self.skipped_nonfinite,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("spurgen_state", {})
+        self.batches_seen = int(state.get("batches_seen", 0))
+        self.skipped_nonfinite = int(state.get("skipped_nonfinite", 0))
 
     # -- references: m is computed once per run ----------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -99,9 +121,13 @@ class SpurgenModule(L.LightningModule):
         self._references_set = True
 
     # -- one step -------------------------------------------------------------------------------------------
-    def step_generator(self, step: int | None = None) -> torch.Generator:
-        step = self.global_step if step is None else step
-        return torch.Generator("cpu").manual_seed(self.seed * 1_000_003 + int(step))
+    def step_generator(self, batch_number: int | None = None) -> torch.Generator:
+        """Seeded by (seed, batch number): the global step times the accumulation plus the micro-batch,
+        counted over the whole run (and restored on resume), so nothing else changes a step's noise."""
+        b = self.batches_seen if batch_number is None else batch_number
+        if batch_number is None and self._trainer is not None and self._trainer.world_size > 1:
+            b = int(b) * self._trainer.world_size + self._trainer.global_rank  # DDP: rank r, global batch b*W+r
+        return torch.Generator("cpu").manual_seed(self.seed * 1_000_003 + int(b))
 
     def sfsl_context(self) -> SFSLContext:
         return SFSLContext(
@@ -112,7 +138,11 @@ class SpurgenModule(L.LightningModule):
         )
 
     def compute_losses(
-        self, batch: dict, generator: torch.Generator, global_step: int = 0, timesteps: torch.Tensor | None = None
+        self,
+        batch: dict,
+        generator: torch.Generator,
+        global_step: int = 0,
+        timesteps: torch.Tensor | None = None,
     ):
         """The objective on one batch; `timesteps` fixes t (measurements on a fixed batch)."""
         pixels = batch["pixel_values"]  # (B, 3, R, R) in [-1, 1], instance half first
@@ -136,9 +166,20 @@ class SpurgenModule(L.LightningModule):
         ctx = self.sfsl_context() if self.objective.uses_sfsl else None
         return self.objective(step, ctx, global_step)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         res = self.compute_losses(batch, self.step_generator(), self.global_step)
+        self.batches_seen += 1
         bs = int(batch["n_instance"])
+        bad = [name for name, v in {"loss": res.total, **res.parts}.items() if not torch.isfinite(v).all()]
+        if bad:
+            if self.on_nonfinite == "stop":
+                raise NonFiniteLossError(
+                    f"non-finite {', '.join(bad)} at step {self.global_step}: training stopped; the last "
+                    "checkpoint in checkpoints/ is intact (train.on_nonfinite=skip skips such steps instead)"
+                )
+            self.skipped_nonfinite += 1
+            self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=bs)
+            return None  # automatic optimisation skips the optimiser step
         self.log("train/loss", res.total.detach(), prog_bar=True, batch_size=bs)
         for name, value in res.parts.items():
             self.log(f"train/{name}", value.detach(), batch_size=bs)
@@ -146,20 +187,31 @@ class SpurgenModule(L.LightningModule):
         return res.total
 
     def configure_optimizers(self):
-        groups = [{"params": [p for p in self.unet.parameters() if p.requires_grad], "lr": self.optim.lr_unet}]
+        groups = [
+            {"params": [p for p in self.unet.parameters() if p.requires_grad], "lr": self.optim.lr_unet}
+        ]
         if self.optim.train_text_encoder:
             te = [p for p in self.text_encoder.parameters() if p.requires_grad]
             groups.append({"params": te, "lr": self.optim.lr_text_encoder})
-        return torch.optim.AdamW(groups, weight_decay=self.optim.weight_decay, betas=self.optim.betas,
-                                 eps=self.optim.eps)
+        return make_optimizer(
+            self.optim.optimizer, groups, weight_decay=self.optim.weight_decay, betas=self.optim.betas,
+            eps=self.optim.eps,
+        )
 
     # -- images (a callback decides when and where) ------------------------------------------------------
     def pipeline(self):
         return make_pipeline(self.unet, self.text_encoder, self.tokenizer, self.vae, self.sample_scheduler)
 
     @torch.no_grad()
-    def log_images(self, prompts: list[str], seeds: list[int], steps: int, guidance: float, resolution: int,
-                   negative_prompt: str | None = None):
+    def log_images(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        steps: int,
+        guidance: float,
+        resolution: int,
+        negative_prompt: str | None = None,
+    ):
         """Sample with the current weights from per-image seeds; never touches the training RNG."""
         was_training = self.training
         self.eval()

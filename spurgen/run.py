@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from omegaconf import DictConfig
 from spurgen.config import register_configs, register_resolvers, validate
 from spurgen.distributed import is_global_zero
 from spurgen.errors import SpurgenError
+from spurgen.loggers import scrub_hydra_files
 
 register_configs()
 register_resolvers()
@@ -28,6 +30,7 @@ _last_result: dict = {}
 def _hydra_entry(cfg: DictConfig) -> float | None:
     try:
         validate(cfg)
+        scrub_hydra_files(Path(cfg.run_dir))
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         run_dir = Path(cfg.run_dir)
         result: dict = {}
@@ -64,10 +67,30 @@ def _remove_if_only_hydra_files(cfg: DictConfig) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def _precheck_output_dir(argv: list[str]) -> str | None:
+    """Hydra creates the run folder before any of our code runs, and fails with a traceback when it
+    cannot: check the requested folder (or the working directory) first."""
+    if "-m" in argv or "--multirun" in argv or any(a.startswith(("-h", "--help", "--cfg")) for a in argv):
+        return None
+    wanted = [a.split("=", 1)[1] for a in argv if a.startswith(("hydra.run.dir=", "resume="))]
+    target = Path(wanted[-1]).expanduser() if wanted else Path.cwd() / "outputs"
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        return f"output folder {target} is not writable (at {probe}); choose another with hydra.run.dir=<folder>"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run with command-line overrides; return the exit code (0 ok, 1 config error, 2 input error)."""
     saved = sys.argv
-    sys.argv = [saved[0] if saved else "spurgen.run", *(sys.argv[1:] if argv is None else argv)]
+    args = sys.argv[1:] if argv is None else list(argv)
+    problem = _precheck_output_dir(args)
+    if problem:
+        print(f"spurgen: error: {problem}", file=sys.stderr)
+        return SpurgenError.exit_code
+    sys.argv = [saved[0] if saved else "spurgen.run", *args]
     try:
         _hydra_entry()
         return 0

@@ -52,6 +52,13 @@ def test_timm_missing_mismatched_and_unknown(tmp_path):
     torch.save(_tiny_timm("test_byobnet").state_dict(), other)
     with pytest.raises(SpurgenError, match="does not match"):
         loaders.load_timm("test_efficientnet", str(other))
+    shapes = tmp_path / "shapes.pt"
+    sd = _tiny_timm("test_efficientnet").state_dict()
+    key = next(k for k, v in sd.items() if v.ndim == 4)
+    sd[key] = torch.zeros(*[d + 1 for d in sd[key].shape])  # same keys, tensors that do not fit
+    torch.save(sd, shapes)
+    with pytest.raises(SpurgenError, match="does not match"):
+        loaders.load_timm("test_efficientnet", str(shapes))
     with pytest.raises(SpurgenError, match="no model named"):
         loaders.load_timm("no_such_net_xyz", None)
     with pytest.raises(SpurgenError, match="unknown source 'keras'"):

@@ -74,3 +74,24 @@ def collate(items: list[dict]) -> dict:
         "n_instance": len(items),
         "pair_index": torch.tensor([it["pair"] for it in items]),
     }
+
+
+class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Endless batches where batch number b depends only on (seed, b): epoch e = b // batches_per_epoch
+    is a permutation seeded by (seed, e). A resumed run starts at `start()` (the batches already seen)
+    and sees exactly the batches an uninterrupted run would have."""
+
+    def __init__(self, n_items: int, batch_size: int, seed: int, start=lambda: 0):
+        self.n, self.bs, self.seed, self.start = n_items, batch_size, seed, start
+        self.per_epoch = max(1, -(-n_items // batch_size))
+
+    def batch(self, b: int) -> list[int]:
+        epoch, pos = divmod(b, self.per_epoch)
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+        return perm[pos * self.bs : (pos + 1) * self.bs].tolist()
+
+    def __iter__(self):
+        b = int(self.start())
+        while True:
+            yield self.batch(b)
+            b += 1

@@ -68,7 +68,12 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
 
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensor shapes that do not fit
+        raise SpurgenError(
+            f"{what}: {path} does not match the architecture: {str(exc).splitlines()[-1].strip()[:300]}"
+        ) from None
     if result.missing_keys or result.unexpected_keys:
         raise SpurgenError(
             f"{what}: {path} does not match the architecture: "

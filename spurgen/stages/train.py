@@ -238,7 +238,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         trainer.fit(module, loader, ckpt_path=str(resume_from) if resume_from else None)
     finally:
         interrupt.uninstall()
-    trainer.save_checkpoint(str(last))
+    trainer.save_checkpoint(str(last), weights_only=False)
 
     final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     meta.update(
