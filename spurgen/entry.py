@@ -35,6 +35,7 @@ class GenerateApp:
     data: Any = None  # model presets also set data/train/trainer keys; unused here
     train: Any = None
     trainer: Any = None
+    eval: Any = None  # the tiny preset also picks the tiny classifier set; unused here
     method_version: str = METHOD_VERSION
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,19 @@ def _online(host: str = "api.wandb.ai", timeout: float = 1.5) -> bool:
         return True
     except OSError:
         return False
+
+
+@contextmanager
+def argv_secrets_masked():
+    """sys.argv with secret-looking override values masked (W&B records the command line)."""
+    saved = sys.argv
+    sys.argv = [
+        f"{a.split('=', 1)[0]}=***" if "=" in a and SECRET_KEY.search(a.split("=", 1)[0]) else a for a in saved
+    ]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 def wandb_mode(requested: str) -> str:
@@ -72,7 +87,8 @@ def build_logger(settings, run_dir: Path, config: dict, name: str, group: str | 
             resume="allow" if run_id else None,
             config=scrub_secrets(config),
         )
-        if mode != "disabled" and is_global_zero():  # other DDP ranks hold a dummy run
+        if mode != "disabled" and is_global_zero():
+  # other DDP ranks hold a dummy run
             run_id_file.write_text(logger.experiment.id)
         return logger
     raise ValueError(f"unknown logger kind {kind!r}")

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from spurgen.config import register_configs, register_resolvers, validate
 from spurgen.distributed import is_global_zero
 from spurgen.errors import SpurgenError
-from spurgen.loggers import scrub_hydra_files
+from spurgen.loggers import argv_secrets_masked, scrub_hydra_files
 
 register_configs()
 register_resolvers()
@@ -31,21 +31,8 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
     try:
         validate(cfg)
         scrub_hydra_files(Path(cfg.run_dir))
-        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-        run_dir = Path(cfg.run_dir)
-        result: dict = {}
-        if "train" in cfg.stages:
-            from spurgen.stages.train import train
-
-            result["train"] = train(cfg, run_dir)
-        if "generate" in cfg.stages and is_global_zero():  # under DDP, rank 0 only
-            from spurgen.stages.generate import run_stage as generate_stage
-
-            result["generate"] = generate_stage(cfg, run_dir)
-        if "evaluate" in cfg.stages and is_global_zero():
-            from spurgen.stages.evaluate import run_stage as evaluate_stage
-
-            result["evaluate"] = evaluate_stage(cfg, run_dir)
+        with argv_secrets_masked():  # Hydra has parsed the command line; loggers record it
+            result = run_stages(cfg, Path(cfg.run_dir))
         _last_result.clear()
         _last_result.update(result)
         return result.get("train", {}).get("final_losses", {}).get("train/loss")
@@ -53,6 +40,25 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
         print(f"spurgen: error: {exc}", file=sys.stderr)
         _remove_if_only_hydra_files(cfg)
         sys.exit(exc.exit_code)
+
+
+def run_stages(cfg: DictConfig, run_dir: Path) -> dict:
+    """Seed, then train -> generate -> evaluate (those listed in cfg.stages)."""
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    result: dict = {}
+    if "train" in cfg.stages:
+        from spurgen.stages.train import train
+
+        result["train"] = train(cfg, run_dir)
+    if "generate" in cfg.stages and is_global_zero():  # under DDP, rank 0 only
+        from spurgen.stages.generate import run_stage as generate_stage
+
+        result["generate"] = generate_stage(cfg, run_dir)
+    if "evaluate" in cfg.stages and is_global_zero():
+        from spurgen.stages.evaluate import run_stage as evaluate_stage
+
+        result["evaluate"] = evaluate_stage(cfg, run_dir)
+    return result
 
 
 def _remove_if_only_hydra_files(cfg: DictConfig) -> None:

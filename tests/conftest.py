@@ -5,9 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+os.environ["HF_HUB_OFFLINE"] = "1"  # before torch/diffusers/transformers pull in huggingface_hub
 
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# huggingface_hub reads HF_HUB_OFFLINE when it is first imported: set it before anything imports it.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("WANDB_MODE", "offline")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 REPO = Path(__file__).resolve().parents[1]
 
