@@ -30,7 +30,9 @@ from bench_report import write_report  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int | None = None) -> dict[str, dict]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int | None = None
+) -> dict[str, dict]:
     """Round-robin timing; returns name -> {median, p10, p90, mean, n} in seconds."""
     names = list(fns)
     for _ in range(1 if warmup is None and repeats > 1 else warmup or 0):
@@ -38,7 +40,7 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
             fns[name]()
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             t0 = time.perf_counter()
             fns[name]()
@@ -63,7 +65,9 @@ def _child(size: str, kind: str, name: str, steps: int, queue) -> None:
     queue.put({"peak_mib": peak, "added_mib": peak - before})
 
 
-def peak_memory(jobs: list[tuple[str, str, str]], steps: int, fresh: bool = True) -> dict[tuple[str, str, str], dict]:
+def peak_memory(
+    jobs: list[tuple[str, str, str]], steps: int, fresh: bool = True
+) -> dict[tuple[str, str, str], dict]:
     """fresh=False (the smoke test) runs the same code in this process: no server start-up. (Forking a
     process whose OpenMP pool has run can hang the child, so there is no fork path.)"""
     out = {}
@@ -88,9 +92,17 @@ def peak_memory(jobs: list[tuple[str, str, str]], steps: int, fresh: bool = True
 
 
 def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "gpu": torch.cuda.is_available()}
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.is_available(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,23 +124,47 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         r: dict = {}
         plan = [
-            ("costs", "cost ratios", lambda s=size: sections.cost_ratios(s, interleaved, 3 if args.smoke else 7)),
-            ("step", "(a) training step, SFSL settings",
-             lambda s=size: sections.training_steps(s, interleaved, repeats, smoke=args.smoke)),
+            (
+                "costs",
+                "cost ratios",
+                lambda s=size: sections.cost_ratios(s, interleaved, 3 if args.smoke else 7),
+            ),
+            (
+                "step",
+                "(a) training step, SFSL settings",
+                lambda s=size: sections.training_steps(s, interleaved, repeats, smoke=args.smoke),
+            ),
             ("term", "SFSL term alone", lambda s=size: sections.sfsl_terms(s, interleaved, repeats)),
             ("framework", "(b) Lightning fit vs plain loop", lambda s=size: sections.framework(s, repeats)),
-            ("eval", "(c) evaluation", lambda s=size: sections.evaluation(s, interleaved, repeats, smoke=args.smoke)),
-            ("gen", "(d) generation", lambda s=size: sections.generation(s, interleaved, repeats, smoke=args.smoke)),
+            (
+                "eval",
+                "(c) evaluation",
+                lambda s=size: sections.evaluation(s, interleaved, repeats, smoke=args.smoke),
+            ),
+            (
+                "gen",
+                "(d) generation",
+                lambda s=size: sections.generation(s, interleaved, repeats, smoke=args.smoke),
+            ),
             ("fidelity", "fidelity", lambda s=size: sections.fidelity(s, smoke=args.smoke)),
-            ("memory", "peak memory (fresh children)", lambda s=size: {
-                f"{k}/{n}": v for (_, k, n), v in peak_memory(sections.memory_jobs(s, args.smoke), n_mem, not args.smoke).items()}),
+            (
+                "memory",
+                "peak memory (fresh children)",
+                lambda s=size: {
+                    f"{k}/{n}": v
+                    for (_, k, n), v in peak_memory(
+                        sections.memory_jobs(s, args.smoke), n_mem, not args.smoke
+                    ).items()
+                },
+            ),
         ]
         for key, title, fn in plan:
             t1 = time.time()
             r[key] = fn()
             print(f"[bench] {size}: {title}: {time.time() - t1:.1f} s", flush=True)
-            (out / "bench.partial.json").write_text(json.dumps(results | {"sizes": {**results["sizes"], size: r}},
-                                                               indent=2, default=str))
+            (out / "bench.partial.json").write_text(
+                json.dumps(results | {"sizes": {**results["sizes"], size: r}}, indent=2, default=str)
+            )
         results["sizes"][size] = r
     results["seconds"] = round(time.time() - t0, 1)
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=str))

@@ -29,7 +29,7 @@ from bench_setup import (
 )
 
 Timer = Callable[..., dict]
-PROPORTIONAL_STEP = ("lambda_sfsl=0", "SFSL exact", "SFSL fast (loss=fast)")
+PROPORTIONAL_STEP = ("lambda_sfsl=0", "SFSL exact", "SFSL fast (loss=fast)", "SFSL decode at f input")
 # Real costs on this kind of CPU (../shared/ENVIRONMENT.md; ResNet-50 measured here, random init, batch 1).
 REAL = {"unet": 9.5, "vae_decode": 29.0, "resnet50_224": None}
 
@@ -41,7 +41,13 @@ def summarize(values: list[float]) -> dict:
     def q(f: float) -> float:
         return s[min(len(s) - 1, int(round(f * (len(s) - 1))))]
 
-    return {"median": statistics.median(s), "p10": q(0.1), "p90": q(0.9), "mean": statistics.fmean(s), "n": len(s)}
+    return {
+        "median": statistics.median(s),
+        "p10": q(0.1),
+        "p90": q(0.9),
+        "mean": statistics.fmean(s),
+        "n": len(s),
+    }
 
 
 def _optimizer(parts) -> torch.optim.Optimizer:
@@ -59,7 +65,11 @@ def cost_ratios(size: str, timer: Timer, repeats: int) -> dict:
     z, t = torch.randn(1, 4, h, h), torch.tensor([500])
     enc = torch.randn(1, 8, parts.text_encoder.config.hidden_size)
     x = torch.rand(1, 3, spec.resolution, spec.resolution)
-    fns = {"unet": lambda: parts.unet(z, t, enc), "vae_decode": lambda: parts.vae.decode(z), "extractor": lambda: ex.features(x)}
+    fns = {
+        "unet": lambda: parts.unet(z, t, enc),
+        "vae_decode": lambda: parts.vae.decode(z),
+        "extractor": lambda: ex.features(x),
+    }
     if size == "proportional":
         r50 = timm.create_model("resnet50").eval()
         x224 = torch.rand(1, 3, 224, 224)
@@ -76,8 +86,10 @@ def training_steps(size: str, timer: Timer, repeats: int, smoke: bool = False) -
     parts, ex = spec.parts(), spec.extractor()
     batch, opt = make_batch(parts, spec.resolution), _optimizer(parts)
     names = list(SETTINGS) if size == "tiny" and not smoke else list(PROPORTIONAL_STEP)
-    fns = {n: spurgen_step(make_module(parts, ex, SETTINGS[n], spec.resolution), opt, batch, SETTINGS[n].bf16)
-           for n in names}
+    fns = {
+        n: spurgen_step(make_module(parts, ex, SETTINGS[n], spec.resolution), opt, batch, SETTINGS[n].bf16)
+        for n in names
+    }
     fns["plain loop, lambda_sfsl=0"] = plain_step(parts, opt, batch)
     return timer(fns, repeats)
 
@@ -92,7 +104,7 @@ def sfsl_terms(size: str, timer: Timer, repeats: int) -> dict:
         "exact (1 sample)": sfsl_term(parts, ex, EXACT, 1, 1),
         "decoder checkpointing": sfsl_term(parts, ex, Setting(decoder_checkpointing=True), 1, 1),
         "decode at f input": sfsl_term(parts, ex, at_f, 1, 1),
-        "fast (f input + checkpointing)": sfsl_term(parts, ex, FAST, 1, 1),
+        "fast (loss=fast)": sfsl_term(parts, ex, FAST, 1, 1),
         "4 samples, 1 gated: decode gated only (sfsl.py)": sfsl_term(parts, ex, at_f, 4, 1),
         "4 samples, 1 gated: decode all, then mask": sfsl_term(parts, ex, at_f, 4, 1, decode_all=True),
     }
@@ -134,10 +146,13 @@ def framework(size: str, repeats: int, block: int = 5) -> dict:
     warnings.filterwarnings("ignore")
     spec = SIZES[size]
     parts, ex = spec.parts(), spec.extractor()
-    item = {"instance": torch.rand(3, spec.resolution, spec.resolution) * 2 - 1,
-            "instance_ids": make_batch(parts, spec.resolution)["input_ids"][0], "pair": 0,
-            "class": torch.rand(3, spec.resolution, spec.resolution) * 2 - 1,
-            "class_ids": make_batch(parts, spec.resolution)["input_ids"][1]}
+    item = {
+        "instance": torch.rand(3, spec.resolution, spec.resolution) * 2 - 1,
+        "instance_ids": make_batch(parts, spec.resolution)["input_ids"][0],
+        "pair": 0,
+        "class": torch.rand(3, spec.resolution, spec.resolution) * 2 - 1,
+        "class_ids": make_batch(parts, spec.resolution)["input_ids"][1],
+    }
     loader = DataLoader([item] * 10_000, batch_size=1, collate_fn=collate)
     module = make_module(parts, ex, SETTINGS["lambda_sfsl=0"], spec.resolution)
     opt = _optimizer(parts)
@@ -146,9 +161,17 @@ def framework(size: str, repeats: int, block: int = 5) -> dict:
     plain: list[float] = []
     for _ in range(math.ceil(repeats / block)):
         clock = _StepClock()
-        trainer = L.Trainer(accelerator="cpu", max_steps=block + 1, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
-                            callbacks=[clock.callback], num_sanity_val_steps=0)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_steps=block + 1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            gradient_clip_val=1.0,
+            callbacks=[clock.callback],
+            num_sanity_val_steps=0,
+        )
         trainer.fit(module, loader)
         lit += clock.steps()
         step = _plain_loader_step(parts, opt, iter(loader))
@@ -187,8 +210,9 @@ def _classifiers(size: str) -> dict:
 
         from spurgen.models.extractors import FrozenImageModel
 
-        out["resnet50 (full width, 224 px)"] = FrozenImageModel(timm.create_model("resnet50"), "fc", 224, False,
-                                                               name="resnet50")
+        out["resnet50 (full width, 224 px)"] = FrozenImageModel(
+            timm.create_model("resnet50"), "fc", 224, False, name="resnet50"
+        )
     return out
 
 
@@ -213,8 +237,10 @@ def evaluation(size: str, timer: Timer, repeats: int, smoke: bool = False) -> di
     out = {}
     for name, model in _classifiers(size).items():
         n = len(paths) if "full width" not in name else 8
-        fns = {"batched (predict_set)": lambda m=model, n=n: predict_set([m], paths[:n], 0, batch_size=32),
-               "naive loop": lambda m=model, n=n: naive_predict(m, paths[:n])}
+        fns = {
+            "batched (predict_set)": lambda m=model, n=n: predict_set([m], paths[:n], 0, batch_size=32),
+            "naive loop": lambda m=model, n=n: naive_predict(m, paths[:n]),
+        }
         res = timer(fns, repeats)
         out[name] = {k: {**v, "images": n} for k, v in res.items()}
     return out
@@ -228,15 +254,24 @@ def generation(size: str, timer: Timer, repeats: int, smoke: bool = False) -> di
     parts = spec.parts()
     pipe = make_pipeline(parts.unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.sample_scheduler)
     n, steps = (1, 2) if smoke else (spec.gen_images, spec.gen_steps)
-    res = timer({"sample": lambda: sample(pipe, ["a photo of a sks flower"] * n, list(range(n)), steps, 3.0,
-                                          spec.resolution, "bird")}, repeats)
+    res = timer(
+        {
+            "sample": lambda: sample(
+                pipe, ["a photo of a sks flower"] * n, list(range(n)), steps, 3.0, spec.resolution, "bird"
+            )
+        },
+        repeats,
+    )
     return {"images": n, "steps": steps, **res["sample"]}
 
 
 def _unet_sfsl_grad(parts, ex, setting: Setting, z_t, t, enc) -> torch.Tensor:
     loss = setting.loss()
-    loss.set_references(ex.features(torch.rand(3, 3, parts.resolution, parts.resolution,
-                                               generator=torch.Generator().manual_seed(1))).detach())
+    loss.set_references(
+        ex.features(
+            torch.rand(3, 3, parts.resolution, parts.resolution, generator=torch.Generator().manual_seed(1))
+        ).detach()
+    )
     parts.unet.zero_grad(set_to_none=True)
     with autocast(setting.bf16):
         out = parts.unet(z_t, t, enc).sample
@@ -266,7 +301,7 @@ def fidelity(size: str, smoke: bool = False) -> dict:
         f"decode at f input / 2 ({half.decode_size} px)": half,
         "fast (loss=fast)": FAST,
         "exact, bf16 autocast": Setting(bf16=True),
-        "fast, bf16 autocast": Setting(decode_at_extractor_size=True, decoder_checkpointing=True, bf16=True),
+        "fast, bf16 autocast": Setting(decoder_checkpointing=True, bf16=True),
     }
     if smoke:
         cases = {"fast (loss=fast)": FAST}
@@ -274,20 +309,31 @@ def fidelity(size: str, smoke: bool = False) -> dict:
         cases = {k: v for k, v in cases.items() if not v.bf16}
     for name, setting in cases.items():
         grad = _unet_sfsl_grad(parts, ex, setting, z_t, t, enc)
-        out[name] = {"cosine": float(F.cosine_similarity(grad, exact, dim=0)),
-                     "norm_ratio": float(grad.norm() / exact.norm())}
+        out[name] = {
+            "cosine": float(F.cosine_similarity(grad, exact, dim=0)),
+            "norm_ratio": float(grad.norm() / exact.norm()),
+        }
     return out
 
 
-MEMORY_STEP = ("lambda_sfsl=0", "SFSL exact", "SFSL decode at f input", "SFSL decoder checkpointing",
-               "SFSL fast (loss=fast)")
+MEMORY_STEP = (
+    "lambda_sfsl=0",
+    "SFSL exact",
+    "SFSL decode at f input",
+    "SFSL decoder checkpointing",
+    "SFSL fast (loss=fast)",
+)
 
 
 def memory_jobs(size: str, smoke: bool = False) -> list[tuple[str, str, str]]:
     steps = ("SFSL fast (loss=fast)",) if smoke else MEMORY_STEP
     jobs = [(size, "step", n) for n in steps]
     if not smoke:
-        jobs += [(size, "eval", "batched (predict_set)"), (size, "eval", "naive loop"), (size, "gen", "sample")]
+        jobs += [
+            (size, "eval", "batched (predict_set)"),
+            (size, "eval", "naive loop"),
+            (size, "gen", "sample"),
+        ]
     return jobs
 
 
@@ -297,12 +343,16 @@ def memory_job(size: str, kind: str, name: str) -> Callable[[], object]:
     if kind == "step":
         parts, ex = spec.parts(), spec.extractor()
         module = make_module(parts, ex, SETTINGS[name], spec.resolution)
-        return spurgen_step(module, _optimizer(parts), make_batch(parts, spec.resolution), SETTINGS[name].bf16)
+        return spurgen_step(
+            module, _optimizer(parts), make_batch(parts, spec.resolution), SETTINGS[name].bf16
+        )
     if kind == "eval":
         from spurgen.eval.predict import predict_set
 
         model = spec.extractor()
-        paths = _write_images(Path(tempfile.mkdtemp(prefix="spurgen-bench-mem-")), spec.eval_images, spec.resolution)
+        paths = _write_images(
+            Path(tempfile.mkdtemp(prefix="spurgen-bench-mem-")), spec.eval_images, spec.resolution
+        )
         if name.startswith("batched"):
             return lambda: predict_set([model], paths, 0, batch_size=32)
         return lambda: naive_predict(model, paths)
@@ -311,4 +361,6 @@ def memory_job(size: str, kind: str, name: str) -> Callable[[], object]:
     parts = spec.parts()
     pipe = make_pipeline(parts.unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.sample_scheduler)
     n = spec.gen_images
-    return lambda: sample(pipe, ["a photo of a sks flower"] * n, list(range(n)), spec.gen_steps, 3.0, spec.resolution)
+    return lambda: sample(
+        pipe, ["a photo of a sks flower"] * n, list(range(n)), spec.gen_steps, 3.0, spec.resolution
+    )

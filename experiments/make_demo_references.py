@@ -25,7 +25,10 @@ def flower_image(seed: int, size: int = 64) -> Image.Image:
         for k in range(6):
             a = 2 * math.pi * k / 6 + rng.random()
             px, py = cx + r * math.cos(a), cy + r * math.sin(a)
-            d.ellipse([px - r / 1.6, py - r / 1.6, px + r / 1.6, py + r / 1.6], fill=(200 + rng.randint(0, 55), 20, 30))
+            d.ellipse(
+                [px - r / 1.6, py - r / 1.6, px + r / 1.6, py + r / 1.6],
+                fill=(200 + rng.randint(0, 55), 20, 30),
+            )
         d.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=(250, 210, 60))
     return im.filter(ImageFilter.SMOOTH)
 

@@ -38,15 +38,23 @@ class SampleImages(L.Callback):
         if self.num_samples == 0 or not trainer.is_global_zero:
             return
         images = module.log_images(
-            [self.prompt] * self.num_samples, self.seeds, self.steps, self.guidance, self.resolution,
+            [self.prompt] * self.num_samples,
+            self.seeds,
+            self.steps,
+            self.guidance,
+            self.resolution,
             self.negative_prompt,
         )
         grid = image_grid(images)
         save_png_atomic(grid, self.out_dir / f"{name}.png", {**self.meta, "prompt": self.prompt})
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image("samples/instance_prompt", [grid], step=trainer.global_step,
-                                 caption=[f"{name}: {self.prompt}"])
+                logger.log_image(
+                    "samples/instance_prompt",
+                    [grid],
+                    step=trainer.global_step,
+                    caption=[f"{name}: {self.prompt}"],
+                )
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step

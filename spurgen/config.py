@@ -62,7 +62,9 @@ class SFSLConfig:
     decode_size: int | None = None  # null: decode at full resolution, then resize for f
     every_n_steps: int = 1
     decoder_checkpointing: bool = False  # recompute decoder activations in backward (memory, same value)
-    decode_at_extractor_size: bool = False  # decode z0_hat resized to f's input size / 8 (overrides decode_size)
+    decode_at_extractor_size: bool = (
+        False  # decode z0_hat resized to f's input size / 8 (overrides decode_size)
+    )
 
 
 @dataclass
@@ -329,9 +331,13 @@ def asset_path(name: str) -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("spurgen_asset"):
         OmegaConf.register_new_resolver("spurgen_asset", asset_path)
-    if not OmegaConf.has_resolver("spurgen_eq"):  # ${spurgen_eq:${lambda_sfsl},0}: a switch for one sweep value
+    if not OmegaConf.has_resolver(
+        "spurgen_eq"
+    ):  # ${spurgen_eq:${lambda_sfsl},0}: a switch for one sweep value
         OmegaConf.register_new_resolver("spurgen_eq", lambda a, b: float(a) == float(b))
-    if not OmegaConf.has_resolver("spurgen_subdir"):  # a sweep run's folder name, cut to fit (spurgen/sweep.py)
+    if not OmegaConf.has_resolver(
+        "spurgen_subdir"
+    ):  # a sweep run's folder name, cut to fit (spurgen/sweep.py)
         from spurgen.sweep import short_dirname
 
         OmegaConf.register_new_resolver("spurgen_subdir", short_dirname)

@@ -50,7 +50,11 @@ def file_lock(path: str | Path) -> Iterator[None]:
 def _multi_device(trainer_cfg) -> bool:
     strategy = str(trainer_cfg.get("strategy", "auto"))
     devices = trainer_cfg.get("devices", 1)
-    many = devices in (-1, "auto", "-1") or (isinstance(devices, int) and devices > 1) or isinstance(devices, list)
+    many = (
+        devices in (-1, "auto", "-1")
+        or (isinstance(devices, int) and devices > 1)
+        or isinstance(devices, list)
+    )
     return "ddp" in strategy and "spawn" not in strategy and many
 
 

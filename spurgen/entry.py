@@ -85,7 +85,9 @@ def resolve_target(cfg: DictConfig, images_dir: str | Path | None = None) -> tup
     elif images_dir is not None:
         index = read_generate_json(Path(images_dir)).get("class_index")
     if index is None:
-        raise SpurgenError("no target class: give class=<name> (a conf/class file) or class=imagenet target.index=<i>")
+        raise SpurgenError(
+            "no target class: give class=<name> (a conf/class file) or class=imagenet target.index=<i>"
+        )
     if not 0 <= int(index) < imagenet.NUM_CLASSES:
         raise SpurgenError(f"target.index: ImageNet class index must be in 0..999, got {index}")
     if target is not None:

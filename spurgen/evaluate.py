@@ -1,6 +1,6 @@
 """Measure a folder of images across classifiers (METHOD.md, 'Evaluation').
 
-    python -m spurgen.evaluate images_dir=outputs/.../generated class=hummingbird eval.reference_dir=refs/
+python -m spurgen.evaluate images_dir=outputs/.../generated class=hummingbird eval.reference_dir=refs/
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ def _task(cfg: DictConfig) -> dict:
     result = evaluate(cfg.eval, cfg.images_dir, cfg.out_dir, index, component, cfg.logger, cfg.out_dir)
     out = Path(cfg.out_dir)
     for name, numbers in result["results"].items():
-        rates = ", ".join(f"{c} {v['spurious_rate']['value']:.3f}" for c, v in numbers["per_classifier"].items())
+        rates = ", ".join(
+            f"{c} {v['spurious_rate']['value']:.3f}" for c, v in numbers["per_classifier"].items()
+        )
         print(f"spurgen: {name} ({numbers['num_images']} images) spurious rate: {rates}")
     print(f"spurgen: results in {out / 'metrics.json'}")
     return result

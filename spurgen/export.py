@@ -1,6 +1,6 @@
 """Export the images predicted as the target by at least m classifiers: the spurious test set.
 
-    python -m spurgen.export images_dir=outputs/.../generated min_classifiers=3 out_dir=spurious_set/
+python -m spurgen.export images_dir=outputs/.../generated min_classifiers=3 out_dir=spurious_set/
 """
 
 from __future__ import annotations

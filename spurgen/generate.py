@@ -1,6 +1,6 @@
 """Generate images from a fine-tuned pipeline (or the base model with generate.baseline=true).
 
-    python -m spurgen.generate pipeline_dir=outputs/.../pipeline generate.num_images=200
+python -m spurgen.generate pipeline_dir=outputs/.../pipeline generate.num_images=200
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ def _task(cfg: DictConfig) -> dict:
     else:
         out_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir) / default_out
     summary = generate(cfg.generate, pipeline_dir, out_dir, cfg.target, cfg.model)
-    print(f"spurgen: {summary['num_images']} images in {out_dir} ({summary['generated_now']} new, "
-          f"{summary['black_images']} all black)")
+    print(
+        f"spurgen: {summary['num_images']} images in {out_dir} ({summary['generated_now']} new, "
+        f"{summary['black_images']} all black)"
+    )
     return summary
 
 

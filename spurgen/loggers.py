@@ -42,7 +42,8 @@ def argv_secrets_masked():
     """sys.argv with secret-looking override values masked (W&B records the command line)."""
     saved = sys.argv
     sys.argv = [
-        f"{a.split('=', 1)[0]}=***" if "=" in a and SECRET_KEY.search(a.split("=", 1)[0]) else a for a in saved
+        f"{a.split('=', 1)[0]}=***" if "=" in a and SECRET_KEY.search(a.split("=", 1)[0]) else a
+        for a in saved
     ]
     try:
         yield
@@ -88,7 +89,7 @@ def build_logger(settings, run_dir: Path, config: dict, name: str, group: str | 
             config=scrub_secrets(config),
         )
         if mode != "disabled" and is_global_zero():
-  # other DDP ranks hold a dummy run
+            # other DDP ranks hold a dummy run
             run_id_file.write_text(logger.experiment.id)
         return logger
     raise ValueError(f"unknown logger kind {kind!r}")

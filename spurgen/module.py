@@ -126,7 +126,9 @@ class SpurgenModule(L.LightningModule):
         counted over the whole run (and restored on resume), so nothing else changes a step's noise."""
         b = self.batches_seen if batch_number is None else batch_number
         if batch_number is None and self._trainer is not None and self._trainer.world_size > 1:
-            b = int(b) * self._trainer.world_size + self._trainer.global_rank  # DDP: rank r, global batch b*W+r
+            b = (
+                int(b) * self._trainer.world_size + self._trainer.global_rank
+            )  # DDP: rank r, global batch b*W+r
         return torch.Generator("cpu").manual_seed(self.seed * 1_000_003 + int(b))
 
     def sfsl_context(self) -> SFSLContext:
@@ -194,7 +196,10 @@ class SpurgenModule(L.LightningModule):
             te = [p for p in self.text_encoder.parameters() if p.requires_grad]
             groups.append({"params": te, "lr": self.optim.lr_text_encoder})
         return make_optimizer(
-            self.optim.optimizer, groups, weight_decay=self.optim.weight_decay, betas=self.optim.betas,
+            self.optim.optimizer,
+            groups,
+            weight_decay=self.optim.weight_decay,
+            betas=self.optim.betas,
             eps=self.optim.eps,
         )
 

@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpurgenError as exc:
         print(f"spurgen: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(f"spurgen: report written: {paths['report.md']} ({paths['report.csv'].name}, {len(paths) - 2} figures)")
+    print(
+        f"spurgen: report written: {paths['report.md']} ({paths['report.csv'].name}, {len(paths) - 2} figures)"
+    )
     return 0
 
 

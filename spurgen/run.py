@@ -1,7 +1,7 @@
 """spurgen's entry point: compose the config, validate, seed, then run the stages. Wiring only.
 
-    python -m spurgen.run class=sulphur_butterfly lambda_sfsl=0.1
-    python -m spurgen.run -m class=hummingbird,koala lambda_sfsl=0,0.1,1
+python -m spurgen.run class=sulphur_butterfly lambda_sfsl=0.1
+python -m spurgen.run -m class=hummingbird,koala lambda_sfsl=0,0.1,1
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from spurgen.config import register_configs, register_resolvers, validate
 from spurgen.distributed import is_global_zero
+from spurgen.entry import run_main
 from spurgen.errors import SpurgenError
 from spurgen.loggers import argv_secrets_masked, scrub_hydra_files
 
@@ -84,7 +85,9 @@ def _precheck_output_dir(argv: list[str]) -> str | None:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK):
-        return f"output folder {target} is not writable (at {probe}); choose another with hydra.run.dir=<folder>"
+        return (
+            f"output folder {target} is not writable (at {probe}); choose another with hydra.run.dir=<folder>"
+        )
     return None
 
 
@@ -96,15 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"spurgen: error: {problem}", file=sys.stderr)
         return SpurgenError.exit_code
-    sys.argv = [saved[0] if saved else "spurgen.run", *args]
-    try:
-        _hydra_entry()
-        return 0
-    except SystemExit as exc:
-        code = exc.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    finally:
-        sys.argv = saved
+    return run_main(_hydra_entry, saved[0] if saved else "spurgen.run", args)
 
 
 if __name__ == "__main__":

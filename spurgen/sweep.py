@@ -57,6 +57,6 @@ def short_dirname(override_dirname: str) -> str:
             items.append(piece)
         else:
             items[-1] += "," + piece
-    items.sort(key=lambda kv: (FIRST_KEYS.index(kv.split("=")[0]) if kv.split("=")[0] in FIRST_KEYS else 9))
+    items.sort(key=lambda kv: FIRST_KEYS.index(kv.split("=")[0]) if kv.split("=")[0] in FIRST_KEYS else 9)
     digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:8]
     return ",".join(items)[: MAX_DIRNAME - 9].replace("/", "_") + "-" + digest

@@ -15,12 +15,22 @@ from .conftest import REPO
 def test_bench_smoke(tmp_path):
     out = subprocess.run(
         [sys.executable, str(REPO / "experiments" / "bench.py"), "--smoke", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=180, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     report = (tmp_path / "BENCHMARKS.md").read_text()
-    for heading in ["(a) Training step", "(b) Framework overhead", "(c) Evaluation", "(d) Generation",
-                    "Fidelity", "Peak memory", "No GPU was available"]:
+    for heading in [
+        "(a) Training step",
+        "(b) Framework overhead",
+        "(c) Evaluation",
+        "(d) Generation",
+        "Fidelity",
+        "Peak memory",
+        "No GPU was available",
+    ]:
         assert heading in report, heading
     data = json.loads((tmp_path / "bench.json").read_text())
     tiny = data["sizes"]["tiny"]

@@ -79,12 +79,26 @@ def test_imagenet_class_takes_name_from_label_list():
 
 def test_cli_contract_keys_exist():
     cfg = load(
-        "lambda_sfsl=1", "seed=3", "loss.lambda_prior=0.5", "loss.sfsl.distance=mse",
-        "loss.sfsl.reference=nearest", "loss.sfsl.layer=body", "loss.sfsl.t_max=300",
-        "loss.sfsl.decode_size=224", "loss.sfsl.every_n_steps=2", "data.reference_dir=/x",
-        "data.num_references=3", "data.num_class_images=7", "data.resolution=64", "train.lr_unet=1e-5",
-        "train.lr_text_encoder=1e-6", "train.checkpoint_every_n_steps=5", "train.keep_last_n=3",
-        "trainer.max_steps=20", "trainer.precision=bf16-mixed", "logger=wandb",
+        "lambda_sfsl=1",
+        "seed=3",
+        "loss.lambda_prior=0.5",
+        "loss.sfsl.distance=mse",
+        "loss.sfsl.reference=nearest",
+        "loss.sfsl.layer=body",
+        "loss.sfsl.t_max=300",
+        "loss.sfsl.decode_size=224",
+        "loss.sfsl.every_n_steps=2",
+        "data.reference_dir=/x",
+        "data.num_references=3",
+        "data.num_class_images=7",
+        "data.resolution=64",
+        "train.lr_unet=1e-5",
+        "train.lr_text_encoder=1e-6",
+        "train.checkpoint_every_n_steps=5",
+        "train.keep_last_n=3",
+        "trainer.max_steps=20",
+        "trainer.precision=bf16-mixed",
+        "logger=wandb",
     )
     assert cfg.loss.lambda_sfsl == 1.0 and cfg.loss.sfsl.decode_size == 224
     assert cfg.trainer.precision == "bf16-mixed" and cfg.logger.kind == "wandb"

@@ -60,8 +60,11 @@ def test_reference_selection_is_deterministic_and_checked(tmp_path):
 
 
 def make_spurious_imagenet(root):
-    for name, n in [("n01833805_hummingbird_94_feeder_1", 3), ("n01833805_hummingbird_94_flower_4", 2),
-                    ("n01882714_koala_105_euc_0", 2)]:
+    for name, n in [
+        ("n01833805_hummingbird_94_feeder_1", 3),
+        ("n01833805_hummingbird_94_flower_4", 2),
+        ("n01882714_koala_105_euc_0", 2),
+    ]:
         write_images(root / name, n)
     (root / "timestamp.txt").write_text("2\n")
     return root
@@ -93,8 +96,9 @@ def test_small_images_are_upscaled_with_a_warning(tmp_path):
 
 def test_batch_holds_instance_half_first(tmp_path):
     cls = write_images(tmp_path / "cls", 3, size=32)
-    ds = DreamBoothDataset(torch.zeros(2, 3, 32, 32), torch.zeros(5, dtype=torch.long), cls,
-                           torch.ones(5, dtype=torch.long), 32)
+    ds = DreamBoothDataset(
+        torch.zeros(2, 3, 32, 32), torch.zeros(5, dtype=torch.long), cls, torch.ones(5, dtype=torch.long), 32
+    )
     assert len(ds) == 3
     batch = collate([ds[0], ds[1]])
     assert batch["pixel_values"].shape == (4, 3, 32, 32) and batch["n_instance"] == 2

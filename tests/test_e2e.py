@@ -15,19 +15,48 @@ from .conftest import FAST, run_cli
 @pytest.mark.slow
 def test_tiny_run_leaves_every_output(tmp_path):
     run = tmp_path / "run"
-    code = run_cli([
-        "trainer.max_steps=4", "train.checkpoint_every_n_steps=2", "train.sample_every_n_steps=2",
-        "train.num_samples=2", "trainer.enable_progress_bar=false", "logger=wandb", "data.num_class_images=2",
-        "lambda_sfsl=0.5", "loss.sfsl.t_max=1000", f"hydra.run.dir={run}",
-    ])
+    code = run_cli(
+        [
+            "trainer.max_steps=4",
+            "train.checkpoint_every_n_steps=2",
+            "train.sample_every_n_steps=2",
+            "train.num_samples=2",
+            "trainer.enable_progress_bar=false",
+            "logger=wandb",
+            "data.num_class_images=2",
+            "lambda_sfsl=0.5",
+            "loss.sfsl.t_max=1000",
+            f"hydra.run.dir={run}",
+        ]
+    )
     assert code == 0
-    for rel in ["pipeline/model_index.json", "pipeline/unet", "pipeline/vae", "pipeline/text_encoder",
-                "pipeline/tokenizer", "pipeline/scheduler", "pipeline/spurgen.json", "checkpoints/last.ckpt",
-                "samples/step_000002.png", "samples/final_grid.png", ".hydra/config.yaml", "run.json"]:
+    for rel in [
+        "pipeline/model_index.json",
+        "pipeline/unet",
+        "pipeline/vae",
+        "pipeline/text_encoder",
+        "pipeline/tokenizer",
+        "pipeline/scheduler",
+        "pipeline/spurgen.json",
+        "checkpoints/last.ckpt",
+        "samples/step_000002.png",
+        "samples/final_grid.png",
+        ".hydra/config.yaml",
+        "run.json",
+    ]:
         assert (run / rel).exists(), rel
     meta = json.loads((run / "pipeline" / "spurgen.json").read_text())
-    for key in ["identifier", "concept", "class_index", "instance_prompt", "class_prompt", "resolution",
-                "method_version", "config_hash", "model_is_tiny_random"]:
+    for key in [
+        "identifier",
+        "concept",
+        "class_index",
+        "instance_prompt",
+        "class_prompt",
+        "resolution",
+        "method_version",
+        "config_hash",
+        "model_is_tiny_random",
+    ]:
         assert key in meta, key
     assert meta["model_is_tiny_random"] is True and meta["instance_prompt"] == "a photo of a sks flower"
     assert meta["steps"] == 4 and meta["class_index"] == 94

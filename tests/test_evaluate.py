@@ -23,11 +23,22 @@ def make_generated(folder: Path, n: int = 6, class_index: int = 94) -> Path:
     lines = []
     for i, p in enumerate(paths):
         t = TEMPLATES[i % 2]
-        lines.append(json.dumps({"file": p.name, "prompt": t.replace("{prompt}", "a photo of a sks flower"),
-                                 "template": t, "seed": i}))
+        lines.append(
+            json.dumps(
+                {
+                    "file": p.name,
+                    "prompt": t.replace("{prompt}", "a photo of a sks flower"),
+                    "template": t,
+                    "seed": i,
+                }
+            )
+        )
     (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
-    (folder / "generate.json").write_text(json.dumps({"class_index": class_index, "model_is_tiny_random": True,
-                                                      "num_images": n, "black_images": 0}))
+    (folder / "generate.json").write_text(
+        json.dumps(
+            {"class_index": class_index, "model_is_tiny_random": True, "num_images": n, "black_images": 0}
+        )
+    )
     return folder
 
 
@@ -48,14 +59,31 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 def test_evaluate_writes_every_output(data, tmp_path):
     out = tmp_path / "eval"
-    rc = main([f"images_dir={data['generated']}", "eval=tiny", "class=hummingbird", "target.component=1",
-               f"eval.reference_dir={data['si']}", f"eval.baseline_dir={data['baseline']}",
-               f"eval.imagenet_val_dir={data['val']}", f"hydra.run.dir={out}", "eval.bootstrap_samples=200"])
+    rc = main(
+        [
+            f"images_dir={data['generated']}",
+            "eval=tiny",
+            "class=hummingbird",
+            "target.component=1",
+            f"eval.reference_dir={data['si']}",
+            f"eval.baseline_dir={data['baseline']}",
+            f"eval.imagenet_val_dir={data['val']}",
+            f"hydra.run.dir={out}",
+            "eval.bootstrap_samples=200",
+        ]
+    )
     assert rc == 0
-    assert {"metrics.json", "metrics.csv", "spurious_rate.png", "contact_sheet.html", "predictions.jsonl"} <= {
-        p.name for p in out.iterdir()}
+    assert {
+        "metrics.json",
+        "metrics.csv",
+        "spurious_rate.png",
+        "contact_sheet.html",
+        "predictions.jsonl",
+    } <= {p.name for p in out.iterdir()}
     m = json.loads((out / "metrics.json").read_text())
-    assert m["method_version"] == "1" and m["model_is_tiny_random"] is True and m["random_classifiers"] == TINY
+    assert (
+        m["method_version"] == "1" and m["model_is_tiny_random"] is True and m["random_classifiers"] == TINY
+    )
     assert m["target"]["index"] == 94 and m["target"]["component"] == 1
     assert m["sets"]["reference"]["num_images"] == 3  # component 1 of class 94 only
     assert set(m["results"]) == {"images", "reference", "baseline"}
@@ -73,10 +101,17 @@ def test_evaluate_writes_every_output(data, tmp_path):
     assert score["num_val"] == 4 and set(score) >= {"images", "reference", "baseline"}
     assert 0 <= score["images"]["roc_auc"] <= 1 and 0 < score["images"]["ap"] <= 1
     flat = m["metrics"]
-    for key in ("eval/spurious_rate/tiny_vit", "eval/top5_rate/tiny_vit", "eval/mean_p_target/tiny_vit",
-                "eval/similarity/tiny_vit", "eval/consistency_all", "eval_reference/spurious_rate/tiny_vit",
-                "eval_baseline/spurious_rate/tiny_vit", "eval/spurious_score_auc/tiny_vit",
-                "eval_reference/spurious_score_ap/tiny_vit"):
+    for key in (
+        "eval/spurious_rate/tiny_vit",
+        "eval/top5_rate/tiny_vit",
+        "eval/mean_p_target/tiny_vit",
+        "eval/similarity/tiny_vit",
+        "eval/consistency_all",
+        "eval_reference/spurious_rate/tiny_vit",
+        "eval_baseline/spurious_rate/tiny_vit",
+        "eval/spurious_score_auc/tiny_vit",
+        "eval_reference/spurious_score_ap/tiny_vit",
+    ):
         assert key in flat
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert {r["set"] for r in rows} == {"images", "reference", "baseline"}
@@ -166,8 +201,17 @@ def test_bad_input_is_one_clear_error(data, tmp_path, capsys):
 @pytest.mark.slow
 def test_wandb_offline_logs_table_chart_and_grid(data, tmp_path):
     out = tmp_path / "eval"
-    rc = main([f"images_dir={data['generated']}", "eval=tiny", f"eval.reference_dir={data['si']}",
-               "target.component=2", "class=hummingbird", "logger=wandb", f"hydra.run.dir={out}"])
+    rc = main(
+        [
+            f"images_dir={data['generated']}",
+            "eval=tiny",
+            f"eval.reference_dir={data['si']}",
+            "target.component=2",
+            "class=hummingbird",
+            "logger=wandb",
+            f"hydra.run.dir={out}",
+        ]
+    )
     assert rc == 0
     runs = list((out / "wandb").glob("offline-run-*"))
     assert runs and (out / "wandb_run_id.txt").exists()

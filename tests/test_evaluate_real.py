@@ -43,8 +43,15 @@ def test_coffee_and_chelsea_with_real_efficientnet_lite0(tmp_path):
     Image.fromarray(skimage_data.chelsea()).save(images / "chelsea.png")
     out = tmp_path / "eval"
     spec = f"[{{name: effnet, source: timm, arch: efficientnet_lite0, weights: '{weights}'}}]"
-    rc = main([f"images_dir={images}", "class=imagenet", "target.index=967", f"eval.classifiers={spec}",
-               f"hydra.run.dir={out}"])
+    rc = main(
+        [
+            f"images_dir={images}",
+            "class=imagenet",
+            "target.index=967",
+            f"eval.classifiers={spec}",
+            f"hydra.run.dir={out}",
+        ]
+    )
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["target"] == {"index": 967, "name": "espresso", "component": None}
@@ -52,6 +59,9 @@ def test_coffee_and_chelsea_with_real_efficientnet_lite0(tmp_path):
     rate = metrics["results"]["images"]["per_classifier"]["effnet"]["spurious_rate"]
     assert rate["value"] == 0.5 and rate["count"] == 1 and rate["n"] == 2
     assert metrics["metrics"]["eval/spurious_rate/effnet"] == 0.5
-    preds = {json.loads(line)["file"]: json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()}
+    preds = {
+        json.loads(line)["file"]: json.loads(line)
+        for line in (out / "predictions.jsonl").read_text().splitlines()
+    }
     assert preds["coffee.png"]["classifiers"]["effnet"]["top5"][0] == 967
     assert set(preds["chelsea.png"]["classifiers"]["effnet"]["top5"]) & set(range(281, 286))

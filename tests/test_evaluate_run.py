@@ -9,8 +9,12 @@ import pytest
 from tests.conftest import FAST, run_cli
 
 TINY_GEN_EVAL = [
-    "generate.num_images=3", "generate.num_inference_steps=2", "generate.guidance_scale=3.0",
-    "generate.baseline=true", "eval.classifier_set=tiny", "eval.bootstrap_samples=100",
+    "generate.num_images=3",
+    "generate.num_inference_steps=2",
+    "generate.guidance_scale=3.0",
+    "generate.baseline=true",
+    "eval.classifier_set=tiny",
+    "eval.bootstrap_samples=100",
 ]
 
 
@@ -26,6 +30,9 @@ def test_run_train_generate_evaluate(tmp_path):
     assert m["model_is_tiny_random"] is True and m["generator_is_tiny_random"] is True
     assert set(m["results"]) == {"images", "baseline", "reference"}  # the run's (demo) references
     assert "eval/similarity/tiny_vit" in m["metrics"]
-    assert "eval/spurious_rate/tiny_effnet" in m["metrics"] and "eval_baseline/spurious_rate/tiny_vit" in m["metrics"]
+    assert (
+        "eval/spurious_rate/tiny_effnet" in m["metrics"]
+        and "eval_baseline/spurious_rate/tiny_vit" in m["metrics"]
+    )
     first = json.loads((run_dir / "generated" / "manifest.jsonl").read_text().splitlines()[0])
     assert first["prompt"] == "a photo of a sks flower" and "hummingbird" in first["negative_prompt"]

@@ -23,7 +23,14 @@ def test_export_copies_images_voted_by_at_least_m_classifiers(tmp_path, capsys):
 
     out = tmp_path / "dataset"
     h = f"hydra.run.dir={tmp_path}/h"
-    argv = [f"images_dir={images}", "eval=tiny", "class=imagenet", f"target.index={target}", f"out_dir={out}", h]
+    argv = [
+        f"images_dir={images}",
+        "eval=tiny",
+        "class=imagenet",
+        f"target.index={target}",
+        f"out_dir={out}",
+        h,
+    ]
     assert main([*argv, "min_classifiers=1"]) == 0
     recs = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     expected = [p.name for p, v in zip(paths, votes, strict=True) if v >= 1]
@@ -32,7 +39,9 @@ def test_export_copies_images_voted_by_at_least_m_classifiers(tmp_path, capsys):
     r = recs[0]
     assert r["seed"] == 0 and r["prompt"] == "a photo of a sks flower" and r["votes"] == votes[0]
     assert set(r["classifiers"]) == set(TINY)
-    assert r["classifiers"][TINY[0]]["prediction"] == target and 0 < r["classifiers"][TINY[0]]["p_target"] <= 1
+    assert (
+        r["classifiers"][TINY[0]]["prediction"] == target and 0 < r["classifiers"][TINY[0]]["p_target"] <= 1
+    )
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["num_exported"] == len(expected) and meta["model_is_tiny_random"] is True
 

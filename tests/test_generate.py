@@ -15,9 +15,15 @@ from spurgen.config import GenerateConfig
 from spurgen.generate import main
 
 META = {
-    "identifier": "sks", "concept": "flower", "instance_prompt": "a photo of a sks flower",
-    "class_prompt": "a photo of a flower", "negative_prompt": "hummingbird, bird", "resolution": 32,
-    "model_is_tiny_random": True, "method_version": "1", "class_index": 94,
+    "identifier": "sks",
+    "concept": "flower",
+    "instance_prompt": "a photo of a sks flower",
+    "class_prompt": "a photo of a flower",
+    "negative_prompt": "hummingbird, bird",
+    "resolution": 32,
+    "model_is_tiny_random": True,
+    "method_version": "1",
+    "class_index": 94,
 }
 FAST = ["generate.num_inference_steps=2", "generate.guidance_scale=3.0", "generate.batch_size=2"]
 
@@ -51,7 +57,13 @@ def _gen_cfg(**kw):
 @pytest.mark.slow
 def test_generate_manifest_seeds_templates_and_rerun_skip(pipeline_dir, tmp_path):
     out = tmp_path / "gen"
-    argv = [f"pipeline_dir={pipeline_dir}", f"out_dir={out}", "generate.num_images=5", f"hydra.run.dir={tmp_path}/h", *FAST]
+    argv = [
+        f"pipeline_dir={pipeline_dir}",
+        f"out_dir={out}",
+        "generate.num_images=5",
+        f"hydra.run.dir={tmp_path}/h",
+        *FAST,
+    ]
     assert main(argv) == 0
     recs = _manifest(out)
     assert [r["file"] for r in recs] == [f"{i:05d}.png" for i in range(5)]
@@ -114,7 +126,9 @@ def test_crash_leaves_only_complete_images_and_rerun_finishes(pipeline_dir, tmp_
 def test_black_images_are_counted(pipeline_dir, tmp_path, monkeypatch, caplog):
     import spurgen.stages.generate as G
 
-    monkeypatch.setattr(G, "sample", lambda pipe, prompts, *a, **k: [Image.new("RGB", (32, 32))] * len(prompts))
+    monkeypatch.setattr(
+        G, "sample", lambda pipe, prompts, *a, **k: [Image.new("RGB", (32, 32))] * len(prompts)
+    )
     summary = G.generate(_gen_cfg(num_images=3), pipeline_dir, tmp_path / "g")
     assert summary["black_images"] == 3
     assert all(r["black"] for r in _manifest(tmp_path / "g"))
@@ -124,8 +138,14 @@ def test_black_images_are_counted(pipeline_dir, tmp_path, monkeypatch, caplog):
 def test_baseline_uses_the_base_model_and_the_class_prompt(pipeline_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(pipeline_dir, run / "pipeline")
-    argv = [f"pipeline_dir={run / 'pipeline'}", "model=tiny", "generate.baseline=true", "generate.num_images=2",
-            f"hydra.run.dir={tmp_path}/h", *FAST]
+    argv = [
+        f"pipeline_dir={run / 'pipeline'}",
+        "model=tiny",
+        "generate.baseline=true",
+        "generate.num_images=2",
+        f"hydra.run.dir={tmp_path}/h",
+        *FAST,
+    ]
     assert main(argv) == 0
     recs = _manifest(run / "baseline")
     assert [r["prompt"] for r in recs] == ["a photo of a flower", "a photo of a flower on the beach"]
@@ -145,8 +165,20 @@ def test_bad_input_is_one_clear_error(pipeline_dir, tmp_path, capsys):
     assert main([f"pipeline_dir={foreign}", h, *FAST]) == 2
     assert "spurgen: error:" in (e := _err(capsys)) and "generate.instance_prompt" in e
     out = tmp_path / "f_out"
-    assert main([f"pipeline_dir={foreign}", "generate.instance_prompt=a photo of a sks flower", "class=koala",
-                 "generate.num_images=1", f"out_dir={out}", h, *FAST]) == 0
+    assert (
+        main(
+            [
+                f"pipeline_dir={foreign}",
+                "generate.instance_prompt=a photo of a sks flower",
+                "class=koala",
+                "generate.num_images=1",
+                f"out_dir={out}",
+                h,
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert _manifest(out)[0]["negative_prompt"].startswith("koala")
     assert main([h]) == 2 and "pipeline_dir is required" in _err(capsys)
     assert main([f"pipeline_dir={tmp_path / 'missing'}", h]) == 2 and "does not exist" in _err(capsys)

@@ -80,7 +80,10 @@ def _madry_checkpoint(path: Path, with_model_prefix: bool = True, pickled: bool 
     torch.manual_seed(0)
     net = torchvision.models.resnet18(weights=None).eval()
     sd = net.state_dict()
-    state = {"module.normalizer.new_mean": torch.zeros(3, 1, 1), "module.attacker.normalize.new_std": torch.ones(3, 1, 1)}
+    state = {
+        "module.normalizer.new_mean": torch.zeros(3, 1, 1),
+        "module.attacker.normalize.new_std": torch.ones(3, 1, 1),
+    }
     state.update({f"module.attacker.model.{k}": v for k, v in sd.items()})
     if with_model_prefix:
         state.update({f"module.model.{k}": v.clone() for k, v in sd.items()})
@@ -93,7 +96,13 @@ def _madry_checkpoint(path: Path, with_model_prefix: bool = True, pickled: bool 
 
 def test_madry_key_prefixes():
     t = torch.zeros(1)
-    both = {"model": {"module.normalizer.new_mean": t, "module.model.fc.bias": t, "module.attacker.model.fc.weight": t}}
+    both = {
+        "model": {
+            "module.normalizer.new_mean": t,
+            "module.model.fc.bias": t,
+            "module.attacker.model.fc.weight": t,
+        }
+    }
     assert list(loaders.madry_state_dict(both)) == ["fc.bias"]  # module.model.* preferred
     only_attacker = {"model": {"module.attacker.normalize.new_std": t, "module.attacker.model.fc.weight": t}}
     assert list(loaders.madry_state_dict(only_attacker)) == ["fc.weight"]
@@ -109,7 +118,9 @@ def test_madry_loads_with_outside_normalisation(tmp_path):
     assert not m.normalizes_inside and m.input_size == 224
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        expected = net(_normalise(torch.nn.functional.interpolate(x, size=(224, 224), mode="bicubic", antialias=True)))
+        expected = net(
+            _normalise(torch.nn.functional.interpolate(x, size=(224, 224), mode="bicubic", antialias=True))
+        )
         assert torch.allclose(m.logits(x), expected, atol=1e-4)
     assert m.features(x).shape == (2, 512)
 
@@ -131,8 +142,14 @@ def test_madry_pickle_only_behind_the_option(tmp_path):
 def test_robustbench_missing_offline_names_the_file(tmp_path):
     expected = tmp_path / "imagenet" / "Linf" / "Salman2020Do_R50.pt"
     with pytest.raises(MissingWeightsError, match=str(expected)):
-        loaders.load_classifier({"name": "salman", "source": "robustbench", "arch": "Salman2020Do_R50",
-                                 "model_dir": str(tmp_path)})
+        loaders.load_classifier(
+            {
+                "name": "salman",
+                "source": "robustbench",
+                "arch": "Salman2020Do_R50",
+                "model_dir": str(tmp_path),
+            }
+        )
 
 
 @pytest.mark.slow
@@ -170,14 +187,24 @@ def test_feature_extractor_configs_use_the_loaders(tmp_path):
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in _tiny_timm().state_dict().items()}, str(w))
-    cfg = _compose(["feature_extractor=timm", "feature_extractor.arch=test_efficientnet",
-                    f"feature_extractor.weights={w}"])
+    cfg = _compose(
+        [
+            "feature_extractor=timm",
+            "feature_extractor.arch=test_efficientnet",
+            f"feature_extractor.weights={w}",
+        ]
+    )
     fx = instantiate(cfg.feature_extractor)
     assert fx.features(torch.rand(1, 3, 32, 32)).ndim == 2
     madry = tmp_path / "imagenet_l2_3_0.pt"
     _madry_checkpoint(madry)
-    cfg = _compose(["feature_extractor=robust_resnet50_madry", f"feature_extractor.weights={madry}",
-                    "feature_extractor.arch=resnet18"])
+    cfg = _compose(
+        [
+            "feature_extractor=robust_resnet50_madry",
+            f"feature_extractor.weights={madry}",
+            "feature_extractor.arch=resnet18",
+        ]
+    )
     assert instantiate(cfg.feature_extractor).features(torch.rand(1, 3, 32, 32)).shape == (1, 512)
     for name in ("salman2020", "engstrom2019"):
         cfg = _compose([f"feature_extractor={name}", f"feature_extractor.model_dir={tmp_path}"])
@@ -208,7 +235,12 @@ def test_default_classifier_set_offline_fails_with_one_clear_message(tmp_path, m
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("SPURGEN_MADRY_WEIGHTS", str(tmp_path / "imagenet_l2_3_0.pt"))
     specs = classifier_specs(OmegaConf.structured(EvalConfig(seed=0, classifier_set="default")))
-    assert [s.name for s in specs][:4] == ["resnet50", "vit_base_patch16_224", "convnext_base", "efficientnet_b0"]
+    assert [s.name for s in specs][:4] == [
+        "resnet50",
+        "vit_base_patch16_224",
+        "convnext_base",
+        "efficientnet_b0",
+    ]
     assert specs[4].source == "madry" and specs[4].temperature == pytest.approx(0.7156)
     for spec in specs:
         expected = "imagenet_l2_3_0.pt" if spec.source == "madry" else f"timm/{spec.arch}"

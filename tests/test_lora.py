@@ -27,7 +27,7 @@ def test_gpu_presets_compose(preset, lora):
     assert cfg.trainer.max_steps == 1000  # the model preset's own trainer settings survive
     assert cfg.train.gradient_checkpointing and cfg.train.optimizer == "adamw8bit"
     assert cfg.train.lora_rank == lora
-    assert cfg.loss.sfsl.decode_at_extractor_size and cfg.loss.sfsl.decoder_checkpointing
+    assert cfg.loss.sfsl.decoder_checkpointing and not cfg.loss.sfsl.decode_at_extractor_size
     assert cfg.loss.sfsl.t_max == 500 and cfg.loss.sfsl.decode_size is None
 
 
@@ -62,8 +62,17 @@ def test_lora_merge_keeps_the_function(tiny_parts):
 @pytest.mark.slow
 def test_lora_run_saves_a_merged_standard_pipeline(tmp_path):
     run = tmp_path / "run"
-    code = run_cli([*FAST, "train.lora_rank=4", "train.lr_unet=1e-3", "lambda_sfsl=0.1", "loss=fast",
-                    "loss.sfsl.t_max=1000", f"hydra.run.dir={run}"])
+    code = run_cli(
+        [
+            *FAST,
+            "train.lora_rank=4",
+            "train.lr_unet=1e-3",
+            "lambda_sfsl=0.1",
+            "loss=fast",
+            "loss.sfsl.t_max=1000",
+            f"hydra.run.dir={run}",
+        ]
+    )
     assert code == 0
     script = (
         "import sys, torch\n"
@@ -79,4 +88,6 @@ def test_lora_run_saves_a_merged_standard_pipeline(tmp_path):
     from spurgen.models.tiny import build_tiny_sd
 
     fresh = build_tiny_sd().unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q.weight
-    assert abs(float(out.stdout.strip().splitlines()[-1]) - float(fresh.sum())) > 0, "the LoRA update is merged"
+    assert abs(float(out.stdout.strip().splitlines()[-1]) - float(fresh.sum())) > 0, (
+        "the LoRA update is merged"
+    )

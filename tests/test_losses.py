@@ -44,8 +44,9 @@ def test_predict_z0_inverts_forward_process_with_true_noise():
     z_t = sched.add_noise(z, eps, t)
     ab = sched.alphas_cumprod[t]
     assert torch.allclose(predict_z0(z_t, eps, ab, "epsilon"), z, atol=1e-4)
-    sched_v = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                            prediction_type="v_prediction")
+    sched_v = DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction"
+    )
     v = sched_v.get_velocity(z, eps, t)
     assert torch.allclose(predict_z0(z_t, v, ab, "v_prediction"), z, atol=1e-4)
 

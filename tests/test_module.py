@@ -21,9 +21,16 @@ def make_module(lambda_sfsl=1.0, t_max=1000, prediction_type="epsilon", seed=0, 
     refs = torch.rand(3, 3, 32, 32)
     sfsl = SpuriousFeatureSimilarityLoss(t_max=t_max)
     module = SpurgenModule(
-        parts.unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.noise_scheduler,
-        build_tiny_extractor(), SpurgenObjective(1.0, lambda_sfsl, sfsl),
-        OptimSettings(lr_unet=lr, lr_text_encoder=lr), seed=seed, reference_images=refs,
+        parts.unet,
+        parts.text_encoder,
+        parts.tokenizer,
+        parts.vae,
+        parts.noise_scheduler,
+        build_tiny_extractor(),
+        SpurgenObjective(1.0, lambda_sfsl, sfsl),
+        OptimSettings(lr_unet=lr, lr_text_encoder=lr),
+        seed=seed,
+        reference_images=refs,
         sample_scheduler=parts.sample_scheduler,
     )
     return module, parts
@@ -94,8 +101,14 @@ def _fit(module, parts, steps, tmp_path, precision="32-true", callbacks=()):
     )
     loader = DataLoader(ds, batch_size=2, collate_fn=collate, shuffle=False)
     trainer = L.Trainer(
-        max_steps=steps, accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+        max_steps=steps,
+        accelerator="cpu",
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
         callbacks=list(callbacks),
     )
     trainer.fit(module, loader)
@@ -170,9 +183,11 @@ def test_sfsl_on_fixed_batch_drops_after_short_training_with_large_lambda():
     def fixed_sfsl():
         g = module.step_generator(10_000)
         with torch.no_grad():
-            return module.compute_losses(batch, g, timesteps=torch.tensor([50, 300, 50, 300])).parts[
-                "loss_sfsl"
-            ].item()
+            return (
+                module.compute_losses(batch, g, timesteps=torch.tensor([50, 300, 50, 300]))
+                .parts["loss_sfsl"]
+                .item()
+            )
 
     before = fixed_sfsl()
     opt = module.configure_optimizers()

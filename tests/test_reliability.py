@@ -18,8 +18,15 @@ from safetensors.torch import load_file
 
 from .conftest import REPO, run_cli, write_images
 
-RUN = ["debug=default", "trainer.max_steps=6", "train.checkpoint_every_n_steps=2", "data.num_class_images=2",
-       "data.num_references=2", "lambda_sfsl=0.5", "loss.sfsl.t_max=1000"]
+RUN = [
+    "debug=default",
+    "trainer.max_steps=6",
+    "train.checkpoint_every_n_steps=2",
+    "data.num_class_images=2",
+    "data.num_references=2",
+    "lambda_sfsl=0.5",
+    "loss.sfsl.t_max=1000",
+]
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
@@ -44,10 +51,21 @@ def reference_run(tmp_path_factory):
 
 
 def _killed_subprocess(run: Path, step: int, signal_name: str = "KILL") -> int:
-    env = {**os.environ, "SPURGEN_FAULT_KILL_AT_STEP": str(step), "SPURGEN_FAULT_SIGNAL": signal_name,
-           "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "spurgen.run", *RUN, f"hydra.run.dir={run}"], env=env,
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "SPURGEN_FAULT_KILL_AT_STEP": str(step),
+        "SPURGEN_FAULT_SIGNAL": signal_name,
+        "OMP_NUM_THREADS": "2",
+        "HF_HUB_OFFLINE": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "spurgen.run", *RUN, f"hydra.run.dir={run}"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return proc.returncode
 
 
@@ -77,7 +95,9 @@ def test_fault_injection_kill_resume_and_corruption(reference_run, tmp_path, mon
     write_images(refs, 3)
     (refs / "img_001.png").write_bytes((refs / "img_001.png").read_bytes()[:60])
     tried += 1
-    code = run_cli([*RUN, "data.num_references=3", f"data.reference_dir={refs}", f"hydra.run.dir={tmp_path}/bad"])
+    code = run_cli(
+        [*RUN, "data.num_references=3", f"data.reference_dir={refs}", f"hydra.run.dir={tmp_path}/bad"]
+    )
     nothing_lost += code == 2 and not (tmp_path / "bad").exists()
     print(f"fault injection: tried {tried} cases, {nothing_lost} ended with nothing lost")
     assert nothing_lost == tried
@@ -89,14 +109,17 @@ def test_sigterm_and_sigint_save_a_checkpoint(reference_run, tmp_path, monkeypat
     run = tmp_path / "run"
     monkeypatch.setenv("SPURGEN_FAULT_KILL_AT_STEP", "3")
     monkeypatch.setenv("SPURGEN_FAULT_SIGNAL", name)
-    assert run_cli([*RUN, f"hydra.run.dir={run}"]) == code
+    assert run_cli([*RUN, "logger=wandb", f"hydra.run.dir={run}"]) == code
     err = capsys.readouterr().err
     assert f"SIG{name} received" in err and "resume=" in err
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3
     monkeypatch.delenv("SPURGEN_FAULT_KILL_AT_STEP")
-    assert run_cli([*RUN, f"resume={run}"]) == 0
+    assert run_cli([*RUN, "logger=wandb", f"resume={run}"]) == 0
     assert same_weights(run, reference_run)
+    # the W&B run continues under the same id: two offline run folders, one id
+    ids = {p.name.rsplit("-", 1)[-1] for p in (run / "wandb").glob("offline-run-*")}
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 2 and len(ids) == 1, ids
 
 
 def test_checkpoints_keep_last_n(reference_run):
@@ -183,7 +206,9 @@ def test_bad_input_rows(tmp_path, capsys):
     _bad(tmp_path, ["loss.lambda_prior=abc"], capsys, "lambda_prior")
     _bad(tmp_path, ["loss.lambda_prior=nan"], capsys, "lambda_prior")
     _bad(tmp_path, ["class=unicorn"], capsys, "hummingbird")
-    code = run_cli([*RUN, f"hydra.run.dir={tmp_path}/afile/run"]) if (tmp_path / "afile").touch() is None else 0
+    code = (
+        run_cli([*RUN, f"hydra.run.dir={tmp_path}/afile/run"]) if (tmp_path / "afile").touch() is None else 0
+    )
     assert code == 2 and "not writable" in capsys.readouterr().err
 
 
@@ -191,8 +216,12 @@ def test_small_references_are_upscaled_with_a_warning(tmp_path):
     small = tmp_path / "small"
     write_images(small, 2, size=12)
     with pytest.warns(UserWarning, match="upscaled"):
-        assert run_cli([*RUN, "trainer.max_steps=1", f"data.reference_dir={small}",
-                        f"hydra.run.dir={tmp_path}/run"]) == 0
+        assert (
+            run_cli(
+                [*RUN, "trainer.max_steps=1", f"data.reference_dir={small}", f"hydra.run.dir={tmp_path}/run"]
+            )
+            == 0
+        )
 
 
 @pytest.mark.slow
@@ -223,8 +252,18 @@ def test_no_unsafe_torch_load_in_the_package():
 def test_secrets_never_saved(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "sekrit-env-key")
     run = tmp_path / "run"
-    assert run_cli([*RUN, "trainer.max_steps=2", "+extras.hf_token=sekrit-token", "logger=wandb",
-                    f"hydra.run.dir={run}"]) == 0
+    assert (
+        run_cli(
+            [
+                *RUN,
+                "trainer.max_steps=2",
+                "+extras.hf_token=sekrit-token",
+                "logger=wandb",
+                f"hydra.run.dir={run}",
+            ]
+        )
+        == 0
+    )
     for path in run.rglob("*"):
         if path.is_file() and path.stat().st_size < 50_000_000:
             blob = path.read_bytes()

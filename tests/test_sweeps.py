@@ -22,8 +22,16 @@ def _block(rate: float, sim: float = 0.5) -> dict:
     return {"per_classifier": per, "consistency": {"all": {"value": rate}, "at_least_half": {"value": rate}}}
 
 
-def _fake_run(root: Path, name: str, lam: float, seed: int, rate: float, version: str = "1",
-              metrics: bool | str = True, baseline: bool = False) -> None:
+def _fake_run(
+    root: Path,
+    name: str,
+    lam: float,
+    seed: int,
+    rate: float,
+    version: str = "1",
+    metrics: bool | str = True,
+    baseline: bool = False,
+) -> None:
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     cfg = {"target": {"name": "koala", "index": 105}, "lambda_sfsl": lam, "seed": seed}
@@ -34,9 +42,17 @@ def _fake_run(root: Path, name: str, lam: float, seed: int, rate: float, version
         if baseline:
             results["baseline"] = _block(0.05)
         (run / "eval").mkdir()
-        (run / "eval" / "metrics.json").write_text(json.dumps({
-            "method_version": version, "model_is_tiny_random": False, "target": {"index": 105, "name": "koala"},
-            "results": results, "sets": {}}))
+        (run / "eval" / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "method_version": version,
+                    "model_is_tiny_random": False,
+                    "target": {"index": 105, "name": "koala"},
+                    "results": results,
+                    "sets": {},
+                }
+            )
+        )
     elif metrics == "broken":
         (run / "eval").mkdir()
         (run / "eval" / "metrics.json").write_text("{not json")
@@ -51,7 +67,9 @@ def fake_sweep(tmp_path) -> Path:
     _fake_run(root, "lambda_sfsl=1,seed=1", 1, 1, 0.0, metrics="broken")
     _fake_run(root, "lambda_sfsl=1,seed=2", 1, 2, 0.0, metrics=False)
     _fake_run(root, "lambda_sfsl=0,seed=2", 0, 2, 0.9, version="2")
-    multirun = {"hydra": {"sweeper": {"params": {"lambda_sfsl": "0,1", "seed": "0,1,2,3"}}, "overrides": {"task": []}}}
+    multirun = {
+        "hydra": {"sweeper": {"params": {"lambda_sfsl": "0,1", "seed": "0,1,2,3"}}, "overrides": {"task": []}}
+    }
     (root / "multirun.yaml").write_text(yaml.safe_dump(multirun))
     return root
 
@@ -68,8 +86,14 @@ def test_report_lists_broken_and_missing_runs_and_separates_versions(fake_sweep)
     assert "lambda_sfsl=1,seed=3" in problems
     assert "Method versions differ" in md and "## Method version 2" in md
     rows = list(__import__("csv").DictReader(open(fake_sweep / "report.csv")))
-    lam0 = [r for r in rows if r["method_version"] == "1" and r["row"] == "images" and r["lambda_sfsl"] == "0.0"
-            and r["metric"] == "spurious_rate/a"]
+    lam0 = [
+        r
+        for r in rows
+        if r["method_version"] == "1"
+        and r["row"] == "images"
+        and r["lambda_sfsl"] == "0.0"
+        and r["metric"] == "spurious_rate/a"
+    ]
     assert len(lam0) == 1 and float(lam0[0]["mean"]) == pytest.approx(0.3) and lam0[0]["n_seeds"] == "2"
     assert float(lam0[0]["std"]) == pytest.approx(0.1414, abs=1e-3)  # seed 2 (version 2) not averaged in
     base = [r for r in rows if r["row"] == "baseline" and r["metric"] == "spurious_rate/a"]
@@ -94,7 +118,11 @@ def test_short_dirname_keeps_short_names_and_fits_long_ones():
     assert short_dirname("class=koala,lambda_sfsl=0.1") == "class=koala,lambda_sfsl=0.1"
     long = "a.very.long.key=" + "x" * 300 + ",lambda_sfsl=1,class=koala"
     name = short_dirname(long)
-    assert len(name) <= 160 and name.startswith("class=koala,lambda_sfsl=1") and name != short_dirname(long + "y")
+    assert (
+        len(name) <= 160
+        and name.startswith("class=koala,lambda_sfsl=1")
+        and name != short_dirname(long + "y")
+    )
 
 
 def test_rank_batch_sampler_gives_ranks_disjoint_batches():
@@ -120,11 +148,20 @@ def test_ablation_grid_and_baseline_switch():
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", ["experiment=ablation_six_classes"], return_hydra_config=True)
         params = cfg.hydra.sweeper.params
-        assert len(params["class"].split(",")) == 6 and params.lambda_sfsl == "0,0.01,0.1,1" and params.seed == "0,1,2"
+        assert (
+            len(params["class"].split(",")) == 6
+            and params.lambda_sfsl == "0,0.01,0.1,1"
+            and params.seed == "0,1,2"
+        )
         for name in params["class"].split(","):
             assert (Path(CONF_DIR) / "class" / f"{name}.yaml").exists()
-        assert compose("config", ["experiment=ablation_six_classes", "lambda_sfsl=0"]).generate.baseline is True
-        assert compose("config", ["experiment=ablation_six_classes", "lambda_sfsl=0.1"]).generate.baseline is False
+        assert (
+            compose("config", ["experiment=ablation_six_classes", "lambda_sfsl=0"]).generate.baseline is True
+        )
+        assert (
+            compose("config", ["experiment=ablation_six_classes", "lambda_sfsl=0.1"]).generate.baseline
+            is False
+        )
         assert OmegaConf.select(cfg, "hydra.sweep.dir").startswith("multirun/ablation_six_classes/")
 
 
@@ -133,8 +170,16 @@ def test_ablation_grid_and_baseline_switch():
 def test_tiny_multirun_joblib_then_report(tmp_path):
     """2 classes x 2 lambdas through the joblib launcher (2 processes), then the report: 4 rows, figures."""
     sweep = tmp_path / "sweep"
-    argv = ["-m", "experiment=tiny_lambda_grid", "class=hummingbird,koala", "lambda_sfsl=0,1",
-            "hydra/launcher=local_parallel", f"hydra.sweep.dir={sweep}", *FAST, *TINY_GEN]
+    argv = [
+        "-m",
+        "experiment=tiny_lambda_grid",
+        "class=hummingbird,koala",
+        "lambda_sfsl=0,1",
+        "hydra/launcher=local_parallel",
+        f"hydra.sweep.dir={sweep}",
+        *FAST,
+        *TINY_GEN,
+    ]
     assert run_cli(argv) == 0
     runs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(runs) == 4 and all((r / "eval" / "metrics.json").exists() for r in runs)
@@ -161,8 +206,18 @@ def test_ddp_two_cpu_ranks_gloo(tmp_path):
     pipeline and runs generate/evaluate; both ranks train."""
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "spurgen.run", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-           "trainer.precision=32-true", f"hydra.run.dir={run_dir}", *FAST, *TINY_GEN]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spurgen.run",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        f"hydra.run.dir={run_dir}",
+        *FAST,
+        *TINY_GEN,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
@@ -172,7 +227,13 @@ def test_ddp_two_cpu_ranks_gloo(tmp_path):
 
 
 def test_ddp_inside_basic_sweep_fails_early(tmp_path, capsys):
-    argv = ["-m", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.sweep.dir={tmp_path}",
-            *FAST]
+    argv = [
+        "-m",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        f"hydra.sweep.dir={tmp_path}",
+        *FAST,
+    ]
     assert run_cli(argv) == 2
     assert "submitit_slurm" in capsys.readouterr().err

@@ -24,7 +24,10 @@ def load_training_images(paths: list[Path], resolution: int, center_crop: bool =
 
 def tokenize(tokenizer, prompt: str) -> torch.Tensor:
     ids = tokenizer(
-        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        prompt,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
         return_tensors="pt",
     ).input_ids
     return ids[0]  # (L,)

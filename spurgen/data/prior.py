@@ -53,17 +53,35 @@ def ensure_class_images(
         missing = count - len(existing)
         if missing > 0:
             (folder / "prior.json").write_text(
-                json.dumps({"model": parts.model_id, "prompt": prompt, "resolution": resolution, "count": count,
-                            "model_is_tiny_random": parts.is_tiny_random}, indent=2)
+                json.dumps(
+                    {
+                        "model": parts.model_id,
+                        "prompt": prompt,
+                        "resolution": resolution,
+                        "count": count,
+                        "model_is_tiny_random": parts.is_tiny_random,
+                    },
+                    indent=2,
+                )
             )
-            pipe = make_pipeline(parts.unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.sample_scheduler)
+            pipe = make_pipeline(
+                parts.unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.sample_scheduler
+            )
             taken = {p.name for p in existing}
             todo = [i for i in range(count) if f"class_{i:05d}.png" not in taken][:missing]
             with tqdm(total=len(todo), desc=f"prior images '{prompt}'", unit="img") as bar:
                 for start in range(0, len(todo), batch_size):
                     idx = todo[start : start + batch_size]
-                    ims = sample(pipe, [prompt] * len(idx), idx, steps, guidance, resolution, negative_prompt,
-                                 batch_size)
+                    ims = sample(
+                        pipe,
+                        [prompt] * len(idx),
+                        idx,
+                        steps,
+                        guidance,
+                        resolution,
+                        negative_prompt,
+                        batch_size,
+                    )
                     for i, im in zip(idx, ims, strict=True):
                         save_png_atomic(im, folder / f"class_{i:05d}.png", {"prompt": prompt, "seed": i})
                     bar.update(len(idx))

@@ -29,9 +29,7 @@ def reference_folder(
     )
 
 
-def select_references(
-    folder: Path, num: int, seed: int, names: list[str] | None = None
-) -> list[Path]:
+def select_references(folder: Path, num: int, seed: int, names: list[str] | None = None) -> list[Path]:
     """`num` files picked deterministically from the seed (or the named files, in order)."""
     files = list_images(folder)
     if names:

@@ -56,7 +56,9 @@ def select_folder(images_dir: str | Path, class_index: int, component: int | Non
     candidates = [p for p in scan(images_dir) if p.class_index == class_index]
     if not candidates:
         raise SpurgenError(f"Spurious ImageNet folder {images_dir} has no images of class {class_index}")
-    listing = ", ".join(f"component {p.component} ({p.num_images} images, {p.folder.name})" for p in candidates)
+    listing = ", ".join(
+        f"component {p.component} ({p.num_images} images, {p.folder.name})" for p in candidates
+    )
     if component is None:
         if len(candidates) > 1:
             raise SpurgenError(

@@ -54,7 +54,11 @@ def proportion(hits: np.ndarray) -> dict:
 def mean_with_bootstrap(values: np.ndarray, seed: int, num_samples: int = 1000) -> dict:
     values = np.asarray(values, dtype=np.float64)
     lo, hi = bootstrap_mean_interval(values, seed, num_samples)
-    return {"value": float(values.mean()) if values.size else float("nan"), "ci": [lo, hi], "n": int(values.size)}
+    return {
+        "value": float(values.mean()) if values.size else float("nan"),
+        "ci": [lo, hi],
+        "n": int(values.size),
+    }
 
 
 def consistency(predicted_target: np.ndarray) -> dict:

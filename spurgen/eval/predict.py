@@ -62,13 +62,17 @@ def resize_image(x: torch.Tensor, size: int, interpolation: str, crop_pct: float
     """(3, H, W) -> (3, size, size). crop_pct None: resize without crop; else the shorter side to
     floor(size / crop_pct), then a centre crop of size (timm / torchvision evaluation transform)."""
     x = x.unsqueeze(0)
-    mode_kw = dict(mode=interpolation, align_corners=False) if interpolation != "nearest" else dict(mode="nearest")
+    mode_kw = (
+        dict(mode=interpolation, align_corners=False) if interpolation != "nearest" else dict(mode="nearest")
+    )
     if crop_pct is None:
         out = F.interpolate(x, size=(size, size), antialias=interpolation != "nearest", **mode_kw)
     else:
         h, w = x.shape[-2:]
         short = int(math.floor(size / crop_pct))
-        nh, nw = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
+        nh, nw = (
+            (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
+        )
         out = F.interpolate(x, size=(nh, nw), antialias=interpolation != "nearest", **mode_kw)
         top, left = (nh - size) // 2, (nw - size) // 2
         out = out[..., top : top + size, left : left + size]
@@ -107,7 +111,9 @@ def predict_set(
                 thumbs.append(t)
             chunk.append(to_tensor(im))
         for (size, interp, crop_pct), members in groups.items():
-            x = torch.stack([resize_image(c, size, interp, crop_pct) for c in chunk]).to(device)  # (B, 3, S, S)
+            x = torch.stack([resize_image(c, size, interp, crop_pct) for c in chunk]).to(
+                device
+            )  # (B, 3, S, S)
             for m in members:
                 t0 = time.perf_counter()
                 with torch.inference_mode():
@@ -125,7 +131,10 @@ def predict_set(
                 seconds[m.name] += time.perf_counter() - t0
     out = {
         name: Predictions(
-            np.concatenate(r["i"]), np.concatenate(r["p"]), np.concatenate(r["t"]), np.concatenate(r["f"]),
+            np.concatenate(r["i"]),
+            np.concatenate(r["p"]),
+            np.concatenate(r["t"]),
+            np.concatenate(r["f"]),
             seconds[name],
         )
         for name, r in parts.items()

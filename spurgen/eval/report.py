@@ -53,12 +53,32 @@ def csv_rows(sets: dict[str, dict], scores: dict[str, dict]) -> list[dict]:
         for c, nums in numbers["per_classifier"].items():
             for metric, v in nums.items():
                 ci = v.get("ci", [None, None])
-                rows.append(dict(set=set_name, template=template, classifier=c, metric=metric,
-                                 value=v["value"], ci_low=ci[0], ci_high=ci[1], n=v.get("n")))
+                rows.append(
+                    dict(
+                        set=set_name,
+                        template=template,
+                        classifier=c,
+                        metric=metric,
+                        value=v["value"],
+                        ci_low=ci[0],
+                        ci_high=ci[1],
+                        n=v.get("n"),
+                    )
+                )
         for kind in ("all", "at_least_half"):
             v = numbers["consistency"][kind]
-            rows.append(dict(set=set_name, template=template, classifier="*", metric=f"consistency_{kind}",
-                             value=v["value"], ci_low=v["ci"][0], ci_high=v["ci"][1], n=v["n"]))
+            rows.append(
+                dict(
+                    set=set_name,
+                    template=template,
+                    classifier="*",
+                    metric=f"consistency_{kind}",
+                    value=v["value"],
+                    ci_low=v["ci"][0],
+                    ci_high=v["ci"][1],
+                    n=v["n"],
+                )
+            )
 
     for set_name, numbers in sets.items():
         add(set_name, "all", numbers)
@@ -68,8 +88,18 @@ def csv_rows(sets: dict[str, dict], scores: dict[str, dict]) -> list[dict]:
         for set_name, v in s.items():
             if isinstance(v, dict):
                 for metric in ("roc_auc", "ap", "ap_equal_size"):
-                    rows.append(dict(set=set_name, template="all", classifier=c, metric=f"spurious_score_{metric}",
-                                     value=v[metric], ci_low=None, ci_high=None, n=v["num_spurious"]))
+                    rows.append(
+                        dict(
+                            set=set_name,
+                            template="all",
+                            classifier=c,
+                            metric=f"spurious_score_{metric}",
+                            value=v[metric],
+                            ci_low=None,
+                            ci_high=None,
+                            n=v["num_spurious"],
+                        )
+                    )
     return rows
 
 
@@ -97,8 +127,14 @@ def bar_chart(path: Path, sets: dict[str, dict], title: str) -> Path:
         v = [numbers["per_classifier"][c]["spurious_rate"] for c in names]
         vals = np.array([r["value"] for r in v])
         err = np.clip(np.array([[r["value"] - r["ci"][0], r["ci"][1] - r["value"]] for r in v]).T, 0, None)
-        ax.bar(x + j * width - 0.4 + width / 2, vals, width, yerr=err, capsize=3,
-               label=f"{set_name} (n={numbers['num_images']})")
+        ax.bar(
+            x + j * width - 0.4 + width / 2,
+            vals,
+            width,
+            yerr=err,
+            capsize=3,
+            label=f"{set_name} (n={numbers['num_images']})",
+        )
     ax.set_xticks(x, names, rotation=20, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("spurious rate (95% Wilson)")
@@ -119,8 +155,14 @@ def _data_uri(im: Image.Image) -> str:
 
 
 def contact_sheet(
-    path: Path, files: list[Path], thumbs: list[Image.Image], records: list[dict],
-    preds: dict[str, Predictions], target: int, class_names: list[str], title: str,
+    path: Path,
+    files: list[Path],
+    thumbs: list[Image.Image],
+    records: list[dict],
+    preds: dict[str, Predictions],
+    target: int,
+    class_names: list[str],
+    title: str,
 ) -> Path:
     """One card per image: the thumbnail, its prompt and seed, and every classifier's top-3 (the target in
     bold). For a person to check that no image shows the class object (METHOD.md)."""
@@ -136,8 +178,12 @@ def contact_sheet(
                 top.append(f"<b>{label}</b>" if k == target else label)
             mark = "&#10003;" if int(p.top5[i, 0]) == target else "&middot;"
             lines.append(f"<div>{mark} <i>{html.escape(c)}</i>: {'; '.join(top)}</div>")
-        cap = html.escape(f"{f.name}" + (f" | seed {rec['seed']} | {rec.get('prompt', '')}" if "seed" in rec else ""))
-        cards.append(f'<div class="c"><img src="{_data_uri(t)}"><div class="n">{cap}</div>{"".join(lines)}</div>')
+        cap = html.escape(
+            f"{f.name}" + (f" | seed {rec['seed']} | {rec.get('prompt', '')}" if "seed" in rec else "")
+        )
+        cards.append(
+            f'<div class="c"><img src="{_data_uri(t)}"><div class="n">{cap}</div>{"".join(lines)}</div>'
+        )
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
         "body{font:12px sans-serif}.c{display:inline-block;width:260px;vertical-align:top;margin:6px;"
@@ -150,8 +196,14 @@ def contact_sheet(
 
 
 def log_wandb(
-    logger_cfg, run_dir: Path, name: str, metrics: dict, rows: list[dict], chart: Path,
-    generated: list[Image.Image], reference: list[Image.Image],
+    logger_cfg,
+    run_dir: Path,
+    name: str,
+    metrics: dict,
+    rows: list[dict],
+    chart: Path,
+    generated: list[Image.Image],
+    reference: list[Image.Image],
 ) -> None:
     """A table of every number, the bar chart and a grid of generated beside reference images. Resumes the
     run's W&B run when run_dir/wandb_run_id.txt exists (the training stage's)."""
@@ -164,11 +216,20 @@ def log_wandb(
     id_file = Path(run_dir) / "wandb_run_id.txt"
     run_id = id_file.read_text().strip() if id_file.exists() else None
     run = wandb.init(
-        project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group, name=logger_cfg.name or name,
-        dir=str(run_dir), mode=mode, id=run_id, resume="allow" if run_id else None, reinit="finish_previous",
+        project=logger_cfg.project,
+        entity=logger_cfg.entity,
+        group=logger_cfg.group,
+        name=logger_cfg.name or name,
+        dir=str(run_dir),
+        mode=mode,
+        id=run_id,
+        resume="allow" if run_id else None,
+        reinit="finish_previous",
     )
     table = wandb.Table(columns=CSV_FIELDS, data=[[r[k] for k in CSV_FIELDS] for r in rows])
-    payload = {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+    payload = {
+        k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))
+    }
     payload["eval/table"] = table
     payload["eval/spurious_rate_chart"] = wandb.Image(str(chart))
     if generated:

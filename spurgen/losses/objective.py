@@ -54,7 +54,9 @@ class SpurgenObjective(nn.Module):
     ):
         super().__init__()
         if lambda_prior < 0 or lambda_sfsl < 0:
-            raise ValueError(f"loss weights must be >= 0 (lambda_prior={lambda_prior}, lambda_sfsl={lambda_sfsl})")
+            raise ValueError(
+                f"loss weights must be >= 0 (lambda_prior={lambda_prior}, lambda_sfsl={lambda_sfsl})"
+            )
         if lambda_sfsl > 0 and sfsl is None:
             raise ValueError("lambda_sfsl > 0 needs an SFSL module")
         self.lambda_prior, self.lambda_sfsl = float(lambda_prior), float(lambda_sfsl)
@@ -74,8 +76,14 @@ class SpurgenObjective(nn.Module):
                 raise ValueError("lambda_sfsl > 0 needs the SFSL context (VAE, extractor, schedule)")
             n = step.n_instance
             value = self.sfsl(
-                step.z_t[:n], step.model_out[:n], step.t[:n], ctx.alphas_cumprod, ctx.prediction_type,
-                ctx.vae, ctx.extractor, step.pair_index,
+                step.z_t[:n],
+                step.model_out[:n],
+                step.t[:n],
+                ctx.alphas_cumprod,
+                ctx.prediction_type,
+                ctx.vae,
+                ctx.extractor,
+                step.pair_index,
             )
             if value is not None:
                 loss_sfsl = value

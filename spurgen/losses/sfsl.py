@@ -113,7 +113,10 @@ class SpuriousFeatureSimilarityLoss(nn.Module):
     ):
         super().__init__()
         self.layer = layer
-        distance, reference = str(getattr(distance, "value", distance)), str(getattr(reference, "value", reference))
+        distance, reference = (
+            str(getattr(distance, "value", distance)),
+            str(getattr(reference, "value", reference)),
+        )
         if distance not in ("cosine", "mse"):
             raise ValueError(f"distance must be cosine or mse, got {distance!r}")
         if reference not in ("mean", "nearest", "paired"):

@@ -72,8 +72,11 @@ class FrozenImageModel(nn.Module):
         """[0, 1] images (B, 3, H, W) -> the model's input: resized (no crop), normalised unless inside."""
         if x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(
-                x, size=(self.input_size, self.input_size), mode=self.interpolation,
-                align_corners=False, antialias=True,
+                x,
+                size=(self.input_size, self.input_size),
+                mode=self.interpolation,
+                align_corners=False,
+                antialias=True,
             )
         if not self.normalizes_inside:
             x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)

@@ -121,9 +121,16 @@ def load_timm(
     cfg = model.pretrained_cfg
     size = int(input_size or cfg.get("input_size", (3, 224, 224))[-1])
     wrapped = FrozenImageModel(
-        model, head=cfg.get("classifier", "fc"), input_size=size, normalizes_inside=False,
-        mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))), std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-        name=name, layer=layer, temperature=temperature, interpolation=_interp(cfg.get("interpolation")),
+        model,
+        head=cfg.get("classifier", "fc"),
+        input_size=size,
+        normalizes_inside=False,
+        mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+        std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+        name=name,
+        layer=layer,
+        temperature=temperature,
+        interpolation=_interp(cfg.get("interpolation")),
     )
     wrapped.crop_pct = float(cfg.get("crop_pct", 0.875))
     wrapped.is_random = bool(random_init)
@@ -159,8 +166,17 @@ def import_robustbench():
         try:
             pkg = importlib.import_module("pyautoattack")
             sys.modules["autoattack"] = pkg
-            for sub in ("autoattack", "state", "autopgd_base", "checks", "other_utils", "square",
-                        "fab_pt", "fab_base", "fab_projections"):
+            for sub in (
+                "autoattack",
+                "state",
+                "autopgd_base",
+                "checks",
+                "other_utils",
+                "square",
+                "fab_pt",
+                "fab_base",
+                "fab_projections",
+            ):
                 try:
                     sys.modules[f"autoattack.{sub}"] = importlib.import_module(f"pyautoattack.{sub}")
                 except ImportError:
@@ -197,21 +213,36 @@ def load_robustbench(
     path = Path(model_dir).expanduser() / "imagenet" / threat_model / f"{arch}.pt"
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("SPURGEN_OFFLINE") == "1"
     if not path.is_file() and offline:
-        raise _missing(path, f"classifier {name!r} (RobustBench {arch})",
-                       "download it once with network access or put the file there (model_dir=...)")
+        raise _missing(
+            path,
+            f"classifier {name!r} (RobustBench {arch})",
+            "download it once with network access or put the file there (model_dir=...)",
+        )
     load_model = import_robustbench()
     try:
-        model = load_model(arch, model_dir=str(Path(model_dir).expanduser()), dataset="imagenet",
-                           threat_model=threat_model)
+        model = load_model(
+            arch, model_dir=str(Path(model_dir).expanduser()), dataset="imagenet", threat_model=threat_model
+        )
     except KeyError:
-        raise SpurgenError(f"classifier {name!r}: RobustBench has no ImageNet {threat_model} model {arch!r}") from None
+        raise SpurgenError(
+            f"classifier {name!r}: RobustBench has no ImageNet {threat_model} model {arch!r}"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - robustbench raises anything (gdown, pickle, HTTP)
         if not path.is_file():
-            raise _missing(path, f"classifier {name!r} (RobustBench {arch})", f"download failed: {exc}") from None
+            raise _missing(
+                path, f"classifier {name!r} (RobustBench {arch})", f"download failed: {exc}"
+            ) from None
         raise SpurgenError(f"classifier {name!r}: robustbench could not load {path}: {exc}") from None
     head = "model.fc" if "model.fc" in dict(model.named_modules()) else _last_linear(model)
-    wrapped = FrozenImageModel(model, head, input_size or 224, normalizes_inside=True, name=name,
-                               layer=layer, temperature=temperature)
+    wrapped = FrozenImageModel(
+        model,
+        head,
+        input_size or 224,
+        normalizes_inside=True,
+        name=name,
+        layer=layer,
+        temperature=temperature,
+    )
     wrapped.crop_pct = 224 / 256  # RobustBench's 'Res256Crop224'
     wrapped.is_random = False
     return wrapped
@@ -231,7 +262,7 @@ def madry_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise SpurgenError("MadryLab checkpoint holds no state dict under 'model'")
     for prefix in MADRY_PREFIXES:
-        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if sub:
             return sub
     raise SpurgenError(
@@ -262,8 +293,15 @@ def load_madry(
         raise SpurgenError(f"{what}: torchvision has no architecture {arch!r}")
     model = getattr(torchvision.models, arch)(weights=None)
     _load_into(model, madry_state_dict(read_state_dict(path, allow_pickle, what)), path, what)
-    wrapped = FrozenImageModel(model, "fc", input_size or 224, normalizes_inside=False, name=name,
-                               layer=layer, temperature=temperature)
+    wrapped = FrozenImageModel(
+        model,
+        "fc",
+        input_size or 224,
+        normalizes_inside=False,
+        name=name,
+        layer=layer,
+        temperature=temperature,
+    )
     wrapped.crop_pct = 224 / 256
     wrapped.is_random = False
     return wrapped
@@ -280,13 +318,32 @@ def load_classifier(spec: Any) -> FrozenImageModel:
         if not arch:
             raise SpurgenError(f"classifier {name!r}: source timm needs arch=<timm model name>")
         kwargs = dict(get("model_kwargs") or {})
-        return load_timm(arch, get("weights"), name, temperature=temperature, input_size=size,
-                         random_init=bool(get("random_init", False)), allow_pickle=bool(get("allow_pickle")),
-                         model_kwargs=kwargs)
+        return load_timm(
+            arch,
+            get("weights"),
+            name,
+            temperature=temperature,
+            input_size=size,
+            random_init=bool(get("random_init", False)),
+            allow_pickle=bool(get("allow_pickle")),
+            model_kwargs=kwargs,
+        )
     if source == "robustbench":
         if not arch:
             raise SpurgenError(f"classifier {name!r}: source robustbench needs arch=<model name>")
-        return load_robustbench(arch, get("model_dir"), get("threat_model") or "Linf", name,
-                                temperature=temperature, input_size=size)
-    return load_madry(get("weights"), arch or "resnet50", bool(get("allow_pickle")), name,
-                      temperature=temperature, input_size=size)
+        return load_robustbench(
+            arch,
+            get("model_dir"),
+            get("threat_model") or "Linf",
+            name,
+            temperature=temperature,
+            input_size=size,
+        )
+    return load_madry(
+        get("weights"),
+        arch or "resnet50",
+        bool(get("allow_pickle")),
+        name,
+        temperature=temperature,
+        input_size=size,
+    )

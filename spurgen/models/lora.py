@@ -25,8 +25,12 @@ def apply_lora(
     if rank <= 0:
         raise ValueError(f"LoRA rank must be > 0, got {rank}")
     model.requires_grad_(False)
-    config = LoraConfig(r=int(rank), lora_alpha=float(alpha or rank), lora_dropout=float(dropout),
-                        target_modules=list(targets))
+    config = LoraConfig(
+        r=int(rank),
+        lora_alpha=float(alpha or rank),
+        lora_dropout=float(dropout),
+        target_modules=list(targets),
+    )
     model = inject_adapter_in_model(config, model)
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name)

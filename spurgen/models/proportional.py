@@ -54,9 +54,14 @@ def build_proportional_sd(
     tokenizer = build_tiny_tokenizer(max_length, tuple(words))
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=4 * text_hidden,
-            num_hidden_layers=text_layers, num_attention_heads=12, max_position_embeddings=max_length,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            vocab_size=len(tokenizer),
+            hidden_size=text_hidden,
+            intermediate_size=4 * text_hidden,
+            num_hidden_layers=text_layers,
+            num_attention_heads=12,
+            max_position_embeddings=max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
     )
@@ -85,17 +90,45 @@ def build_proportional_sd(
         sample_size=resolution,
         scaling_factor=0.18215,
     )
-    sched = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                 prediction_type=prediction_type, clip_sample=False)
-    ident = json.dumps([width_scale, vae_width_scale, resolution, norm_num_groups, text_layers, max_length, prediction_type,
-                        init_seed, list(words)])
+    sched = dict(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type=prediction_type,
+        clip_sample=False,
+    )
+    ident = json.dumps(
+        [
+            width_scale,
+            vae_width_scale,
+            resolution,
+            norm_num_groups,
+            text_layers,
+            max_length,
+            prediction_type,
+            init_seed,
+            list(words),
+        ]
+    )
     model_id = "proportional-random:" + hashlib.sha256(ident.encode()).hexdigest()[:12]
-    return SDParts(unet, text_encoder, tokenizer, vae, DDPMScheduler(**sched),
-                   DDIMScheduler(**sched, set_alpha_to_one=False, steps_offset=1), model_id, True)
+    return SDParts(
+        unet,
+        text_encoder,
+        tokenizer,
+        vae,
+        DDPMScheduler(**sched),
+        DDIMScheduler(**sched, set_alpha_to_one=False, steps_offset=1),
+        model_id,
+        True,
+    )
 
 
 def build_proportional_extractor(
-    width_scale: float = 0.25, input_size: int = 56, init_seed: int = 0, layer: str = "pool",
+    width_scale: float = 0.25,
+    input_size: int = 56,
+    init_seed: int = 0,
+    layer: str = "pool",
 ) -> FrozenImageModel:
     """A ResNet-50 (Bottleneck, 3-4-6-3 blocks) with widths scaled by width_scale; random, frozen."""
     state = torch.random.get_rng_state()
@@ -103,5 +136,6 @@ def build_proportional_extractor(
     channels = _scale(RESNET50, width_scale, 4)
     model = ResNet(Bottleneck, [3, 4, 6, 3], channels=channels, stem_width=channels[0])
     torch.random.set_rng_state(state)
-    return FrozenImageModel(model, "fc", input_size, normalizes_inside=False,
-                            name=f"resnet50_w{width_scale:g}", layer=layer)
+    return FrozenImageModel(
+        model, "fc", input_size, normalizes_inside=False, name=f"resnet50_w{width_scale:g}", layer=layer
+    )

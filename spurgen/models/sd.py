@@ -54,15 +54,18 @@ def load_sd(
     kw = dict(revision=revision) if not local else {}
     try:
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dtype, **kw)
+        text_encoder = CLIPTextModel.from_pretrained(
+            source, subfolder="text_encoder", torch_dtype=dtype, **kw
+        )
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", variant=variant, torch_dtype=dtype, **kw)
         unet = UNet2DConditionModel.from_pretrained(
             source, subfolder="unet", variant=variant, torch_dtype=dtype, **kw
         )
         noise_scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kw)
-        sampler_name = sample_scheduler or json.loads(
-            Path(_scheduler_config_file(source, kw)).read_text()
-        )["_class_name"]
+        sampler_name = (
+            sample_scheduler
+            or json.loads(Path(_scheduler_config_file(source, kw)).read_text())["_class_name"]
+        )
         sampler = getattr(diffusers, sampler_name).from_config(noise_scheduler.config)
     except (OSError, ValueError) as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"

@@ -135,8 +135,17 @@ def build_tiny_sd(
     noise_scheduler = DDPMScheduler(**sched_kwargs)
     sample_scheduler = DDIMScheduler(**sched_kwargs, set_alpha_to_one=False, steps_offset=1)
     ident = json.dumps(
-        [sample_size, block_out_channels, vae_channels, text_hidden, text_layers, max_length,
-         prediction_type, init_seed, list(words)]
+        [
+            sample_size,
+            block_out_channels,
+            vae_channels,
+            text_hidden,
+            text_layers,
+            max_length,
+            prediction_type,
+            init_seed,
+            list(words),
+        ]
     )
     model_id = "tiny-random:" + hashlib.sha256(ident.encode()).hexdigest()[:12]
     return SDParts(unet, text_encoder, tokenizer, vae, noise_scheduler, sample_scheduler, model_id, True)

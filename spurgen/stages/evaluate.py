@@ -137,14 +137,19 @@ def evaluate(
         "sets": {n: {"folder": str(s.folder), "num_images": len(s.paths)} for n, s in sets.items()},
         "preprocessing": {"crop": eval_cfg.crop, "imagenet_val": "model resize + centre crop"},
         "classifiers": [
-            {**OmegaConf.to_container(OmegaConf.create(s) if isinstance(s, dict) else s, resolve=True),
-             "normalizes_inside": m.normalizes_inside, "input_size": m.input_size}
+            {
+                **OmegaConf.to_container(OmegaConf.create(s) if isinstance(s, dict) else s, resolve=True),
+                "normalizes_inside": m.normalizes_inside,
+                "input_size": m.input_size,
+            }
             for s, m in zip(specs, models, strict=True)
         ],
         "results": numbers,
         "spurious_score": scores,
         "metrics": flat,
-        "generation": {k: gen_meta.get(k) for k in ("num_images", "black_images", "baseline", "model")} if gen_meta else None,
+        "generation": {k: gen_meta.get(k) for k in ("num_images", "black_images", "baseline", "model")}
+        if gen_meta
+        else None,
         "seconds": round(time.time() - t0, 2),
     }
     _write_outputs(out_dir, result, sets, preds, target, logger_cfg, run_dir)
@@ -158,23 +163,54 @@ def _write_outputs(out_dir, result, sets, preds, target, logger_cfg, run_dir) ->
     report.write_json(out_dir / "metrics.json", result)
     rows = report.csv_rows(result["results"], result["spurious_score"])
     report.write_csv(out_dir / "metrics.csv", rows)
-    title = f"target {target} ({result['target']['name']})" + (" [TINY RANDOM]" if result["model_is_tiny_random"] else "")
+    title = f"target {target} ({result['target']['name']})" + (
+        " [TINY RANDOM]" if result["model_is_tiny_random"] else ""
+    )
     chart = report.bar_chart(out_dir / "spurious_rate.png", result["results"], title)
     names = [imagenet.short_name(i) for i in range(imagenet.NUM_CLASSES)]
     main = sets["images"]
-    report.contact_sheet(out_dir / "contact_sheet.html", main.paths, preds["images"].thumbnails, main.records,
-                         preds["images"].per_classifier, target, names, title)
+    report.contact_sheet(
+        out_dir / "contact_sheet.html",
+        main.paths,
+        preds["images"].thumbnails,
+        main.records,
+        preds["images"].per_classifier,
+        target,
+        names,
+        title,
+    )
     lines = []
     for i, p in enumerate(main.paths):
-        per = {c: {"top5": pr.top5[i].tolist(), "top5_p": np.round(pr.top5_p[i], 6).tolist(),
-                   "p_target": float(pr.p_target[i])} for c, pr in preds["images"].per_classifier.items()}
-        lines.append(json.dumps({"file": p.name, **{k: main.records[i].get(k) for k in ("prompt", "template", "seed")},
-                                 "classifiers": per}))
+        per = {
+            c: {
+                "top5": pr.top5[i].tolist(),
+                "top5_p": np.round(pr.top5_p[i], 6).tolist(),
+                "p_target": float(pr.p_target[i]),
+            }
+            for c, pr in preds["images"].per_classifier.items()
+        }
+        lines.append(
+            json.dumps(
+                {
+                    "file": p.name,
+                    **{k: main.records[i].get(k) for k in ("prompt", "template", "seed")},
+                    "classifiers": per,
+                }
+            )
+        )
     report.write_atomic(out_dir / "predictions.jsonl", "\n".join(lines) + "\n")
     if logger_cfg is not None and logger_cfg.kind == "wandb":
         ref = preds["reference"].thumbnails if "reference" in preds else []
-        report.log_wandb(logger_cfg, Path(run_dir or out_dir), f"eval-{result['target']['name']}",
-                         result["metrics"], rows, chart, preds["images"].thumbnails, ref)
+        report.log_wandb(
+            logger_cfg,
+            Path(run_dir or out_dir),
+            f"eval-{result['target']['name']}",
+            result["metrics"],
+            rows,
+            chart,
+            preds["images"].thumbnails,
+            ref,
+        )
 
 
 def run_stage(cfg: DictConfig, run_dir: Path) -> dict:
@@ -187,9 +223,23 @@ def run_stage(cfg: DictConfig, run_dir: Path) -> dict:
     baseline = run_dir / "baseline"
     index, component = int(cfg.target.index), cfg.target.component
     try:
-        refs = reference_folder(cfg.data.reference_dir, cfg.data.spurious_imagenet_dir, index, component,
-                                asset_path("demo_references") if cfg.data.demo_references else None)
+        refs = reference_folder(
+            cfg.data.reference_dir,
+            cfg.data.spurious_imagenet_dir,
+            index,
+            component,
+            asset_path("demo_references") if cfg.data.demo_references else None,
+        )
     except SpurgenError:
         refs = None
-    return evaluate(cfg.eval, run_dir / "generated", run_dir / "eval", index, component, cfg.logger, run_dir,
-                    baseline if (baseline / "manifest.jsonl").exists() else None, refs)
+    return evaluate(
+        cfg.eval,
+        run_dir / "generated",
+        run_dir / "eval",
+        index,
+        component,
+        cfg.logger,
+        run_dir,
+        baseline if (baseline / "manifest.jsonl").exists() else None,
+        refs,
+    )

@@ -23,7 +23,17 @@ from spurgen.eval.report import write_atomic
 from spurgen.pipeline import make_pipeline, read_spurgen_json, sample, save_png_atomic
 
 log = logging.getLogger("spurgen")
-SETTING_KEYS = ("prompt", "template", "negative_prompt", "seed", "sampler", "steps", "guidance", "resolution", "model")
+SETTING_KEYS = (
+    "prompt",
+    "template",
+    "negative_prompt",
+    "seed",
+    "sampler",
+    "steps",
+    "guidance",
+    "resolution",
+    "model",
+)
 
 
 def is_black(im) -> bool:
@@ -31,11 +41,15 @@ def is_black(im) -> bool:
     return int(np.asarray(im).max()) <= 3
 
 
-def _prompts(gen: DictConfig, meta: dict, target: DictConfig | None, pipeline_dir: Path | None, baseline: bool) -> dict:
+def _prompts(
+    gen: DictConfig, meta: dict, target: DictConfig | None, pipeline_dir: Path | None, baseline: bool
+) -> dict:
     instance = gen.instance_prompt or meta.get("instance_prompt")
     klass = gen.class_prompt or meta.get("class_prompt")
     if baseline and not klass:
-        raise SpurgenError("generate.baseline=true needs the class prompt: set generate.class_prompt='a photo of a flower'")
+        raise SpurgenError(
+            "generate.baseline=true needs the class prompt: set generate.class_prompt='a photo of a flower'"
+        )
     if not baseline and not instance:
         raise SpurgenError(
             f"pipeline {pipeline_dir} has no {'spurgen.json with an ' if not meta else ''}instance prompt "
@@ -50,7 +64,12 @@ def _prompts(gen: DictConfig, meta: dict, target: DictConfig | None, pipeline_di
     else:
         negative = None
         log.warning("no negative prompt (no class known): images may show the class object")
-    return {"base": klass if baseline else instance, "negative": negative, "instance": instance, "class": klass}
+    return {
+        "base": klass if baseline else instance,
+        "negative": negative,
+        "instance": instance,
+        "class": klass,
+    }
 
 
 def check_config(gen: DictConfig) -> None:
@@ -68,8 +87,11 @@ def check_config(gen: DictConfig) -> None:
 
 
 def _pick_device(gen: DictConfig) -> tuple[torch.device, torch.dtype]:
-    device = torch.device("cuda" if gen.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if gen.device == "auto" else gen.device))
+    device = torch.device(
+        "cuda"
+        if gen.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if gen.device == "auto" else gen.device)
+    )
     if gen.dtype == "auto":
         return device, torch.float16 if device.type == "cuda" else torch.float32
     return device, getattr(torch, gen.dtype)
@@ -79,11 +101,15 @@ def load_generation_pipeline(baseline: bool, pipeline_dir: Path | None, model_cf
     """(pipeline, model id, tiny?) from pipeline_dir, or the base model (`model` config) for the baseline."""
     if baseline:
         if model_cfg is None:
-            raise SpurgenError("generate.baseline=true needs the base model: pass model=<preset> (e.g. model=sd15)")
+            raise SpurgenError(
+                "generate.baseline=true needs the base model: pass model=<preset> (e.g. model=sd15)"
+            )
         from hydra.utils import instantiate
 
         parts = instantiate(model_cfg)
-        pipe = make_pipeline(parts.unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.sample_scheduler)
+        pipe = make_pipeline(
+            parts.unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.sample_scheduler
+        )
         return pipe, parts.model_id, parts.is_tiny_random
     from diffusers import StableDiffusionPipeline
 
@@ -95,7 +121,9 @@ def load_generation_pipeline(baseline: bool, pipeline_dir: Path | None, model_cf
             str(pipeline_dir), safety_checker=None, requires_safety_checker=False, feature_extractor=None
         )
     except (OSError, ValueError) as exc:
-        raise SpurgenError(f"cannot load the pipeline in {pipeline_dir}: {str(exc).splitlines()[0]}") from None
+        raise SpurgenError(
+            f"cannot load the pipeline in {pipeline_dir}: {str(exc).splitlines()[0]}"
+        ) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe, _fingerprint(pipeline_dir), None
 
@@ -142,7 +170,9 @@ def generate(
             raise SpurgenError(f"generate.sampler={gen.sampler!r} is not a diffusers scheduler class")
         pipe.scheduler = getattr(diffusers, gen.sampler).from_config(pipe.scheduler.config)
     sampler = type(pipe.scheduler).__name__
-    resolution = int(gen.resolution or meta.get("resolution") or pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    resolution = int(
+        gen.resolution or meta.get("resolution") or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    )
     device, dtype = _pick_device(gen)
     pipe.to(device)
     if dtype != torch.float32:
@@ -151,23 +181,48 @@ def generate(
     plan = []
     for i in range(int(gen.num_images)):
         template = gen.templates[i % len(gen.templates)]
-        plan.append({
-            "file": f"{i:05d}.png", "index": i, "prompt": template.replace("{prompt}", prompts["base"]),
-            "template": template, "negative_prompt": prompts["negative"], "seed": int(gen.seed) + i,
-            "sampler": sampler, "steps": int(gen.num_inference_steps), "guidance": float(gen.guidance_scale),
-            "resolution": resolution, "model": model_id, "baseline": baseline,
-        })
+        plan.append(
+            {
+                "file": f"{i:05d}.png",
+                "index": i,
+                "prompt": template.replace("{prompt}", prompts["base"]),
+                "template": template,
+                "negative_prompt": prompts["negative"],
+                "seed": int(gen.seed) + i,
+                "sampler": sampler,
+                "steps": int(gen.num_inference_steps),
+                "guidance": float(gen.guidance_scale),
+                "resolution": resolution,
+                "model": model_id,
+                "baseline": baseline,
+            }
+        )
     records = {f: r for f, r in read_manifest(out_dir).items() if (out_dir / f).exists()}
     todo = [p for p in plan if not _complete(records.get(p["file"]), p)]
-    log.info("generate: %d images planned, %d already complete, %d to make", len(plan), len(plan) - len(todo), len(todo))
+    log.info(
+        "generate: %d images planned, %d already complete, %d to make",
+        len(plan),
+        len(plan) - len(todo),
+        len(todo),
+    )
     bs = int(gen.batch_size)
     for start in range(0, len(todo), bs):
         batch = todo[start : start + bs]
-        images = sample(pipe, [p["prompt"] for p in batch], [p["seed"] for p in batch], int(gen.num_inference_steps),
-                        float(gen.guidance_scale), resolution, prompts["negative"], batch_size=bs)
+        images = sample(
+            pipe,
+            [p["prompt"] for p in batch],
+            [p["seed"] for p in batch],
+            int(gen.num_inference_steps),
+            float(gen.guidance_scale),
+            resolution,
+            prompts["negative"],
+            batch_size=bs,
+        )
         for p, im in zip(batch, images, strict=True):
             rec = {**p, "black": is_black(im)}
-            save_png_atomic(im, out_dir / p["file"], {k: rec[k] for k in ("prompt", "seed", "steps", "guidance")})
+            save_png_atomic(
+                im, out_dir / p["file"], {k: rec[k] for k in ("prompt", "seed", "steps", "guidance")}
+            )
             records[p["file"]] = rec
         _write_manifest(out_dir, records)  # after every batch: a crash loses at most one batch
     _write_manifest(out_dir, records)
@@ -178,13 +233,24 @@ def generate(
     summary = {
         "method_version": meta.get("method_version", METHOD_VERSION),
         "model_is_tiny_random": tiny,
-        "class_index": meta.get("class_index", target.get("index") if target is not None and _has_index(target) else None),
-        "model": model_id, "pipeline_dir": str(pipeline_dir) if pipeline_dir else None,
-        "baseline": baseline, "num_images": len(planned), "black_images": black,
-        "generated_now": len(todo), "skipped": len(plan) - len(todo),
-        "instance_prompt": prompts["instance"], "class_prompt": prompts["class"],
-        "negative_prompt": prompts["negative"], "templates": list(gen.templates), "sampler": sampler,
-        "steps": int(gen.num_inference_steps), "guidance": float(gen.guidance_scale), "resolution": resolution,
+        "class_index": meta.get(
+            "class_index", target.get("index") if target is not None and _has_index(target) else None
+        ),
+        "model": model_id,
+        "pipeline_dir": str(pipeline_dir) if pipeline_dir else None,
+        "baseline": baseline,
+        "num_images": len(planned),
+        "black_images": black,
+        "generated_now": len(todo),
+        "skipped": len(plan) - len(todo),
+        "instance_prompt": prompts["instance"],
+        "class_prompt": prompts["class"],
+        "negative_prompt": prompts["negative"],
+        "templates": list(gen.templates),
+        "sampler": sampler,
+        "steps": int(gen.num_inference_steps),
+        "guidance": float(gen.guidance_scale),
+        "resolution": resolution,
         "seconds": round(time.time() - t0, 2),
     }
     write_atomic(out_dir / GENERATE_JSON, json.dumps(summary, indent=2))
@@ -210,7 +276,9 @@ def run_stage(cfg: DictConfig, run_dir: Path) -> dict:
     """The run's second stage: run_dir/pipeline -> run_dir/generated; with generate.baseline=true also the
     base model's images with the class prompt -> run_dir/baseline (the row every gain is measured against)."""
     run_dir = Path(run_dir)
-    summary = generate(cfg.generate, run_dir / "pipeline", run_dir / "generated", cfg.target, cfg.model, False)
+    summary = generate(
+        cfg.generate, run_dir / "pipeline", run_dir / "generated", cfg.target, cfg.model, False
+    )
     if cfg.generate.baseline:
         summary["baseline_summary"] = generate(
             cfg.generate, run_dir / "pipeline", run_dir / "baseline", cfg.target, cfg.model, True

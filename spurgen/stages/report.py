@@ -56,9 +56,15 @@ def _read_run(folder: Path) -> Run:
         metrics = json.loads(metrics_file.read_text())
         target = cfg["target"]
         return Run(
-            folder, str(target.get("name") or metrics["target"]["name"]), int(metrics["target"]["index"]),
-            float(cfg["lambda_sfsl"]), int(cfg["seed"]), str(metrics.get("method_version", "unknown")),
-            bool(metrics.get("model_is_tiny_random")), metrics["results"], metrics.get("sets") or {},
+            folder,
+            str(target.get("name") or metrics["target"]["name"]),
+            int(metrics["target"]["index"]),
+            float(cfg["lambda_sfsl"]),
+            int(cfg["seed"]),
+            str(metrics.get("method_version", "unknown")),
+            bool(metrics.get("model_is_tiny_random")),
+            metrics["results"],
+            metrics.get("sets") or {},
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"unreadable eval/metrics.json or config ({type(exc).__name__}: {exc})") from None
@@ -94,7 +100,9 @@ def collect(root: str | Path) -> Sweep:
         raise SpurgenError(f"sweep folder {root} does not exist")
     folders = sorted(p.parent.parent for p in root.rglob(".hydra/config.yaml") if p.parent.parent != root)
     if not folders:
-        raise SpurgenError(f"{root} holds no runs (no sub-folder with .hydra/config.yaml): is it a sweep folder?")
+        raise SpurgenError(
+            f"{root} holds no runs (no sub-folder with .hydra/config.yaml): is it a sweep folder?"
+        )
     sweep = Sweep(root)
     seen: set[frozenset[str]] = set()
     for folder in folders:
@@ -107,7 +115,9 @@ def collect(root: str | Path) -> Sweep:
             sweep.problems.append((str(folder.relative_to(root)), str(exc)))
     for job in _planned(root) or []:
         if job not in seen:
-            sweep.problems.append((",".join(sorted(job)), "planned by the sweep but never started (no folder)"))
+            sweep.problems.append(
+                (",".join(sorted(job)), "planned by the sweep but never started (no folder)")
+            )
     return sweep
 
 
@@ -152,10 +162,17 @@ def aggregate(runs: list[Run]) -> list[dict]:
         metrics = sorted({m for nums in per_seed for m in nums})
         seeds = sorted({e if isinstance(e, int) else e[0] for e in groups[key]})
         version, index, name, set_name, lam = key
-        rows.append({
-            "method_version": version, "class_index": index, "class_name": name, "row": set_name, "lambda_sfsl": lam,
-            "seeds": seeds, "stats": {m: _stats([nums.get(m) for nums in per_seed]) for m in metrics},
-        })
+        rows.append(
+            {
+                "method_version": version,
+                "class_index": index,
+                "class_name": name,
+                "row": set_name,
+                "lambda_sfsl": lam,
+                "seeds": seeds,
+                "stats": {m: _stats([nums.get(m) for nums in per_seed]) for m in metrics},
+            }
+        )
     return rows
 
 
@@ -174,12 +191,20 @@ def csv_lines(rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
         for metric, s in r["stats"].items():
-            out.append({
-                "method_version": r["method_version"], "class_index": r["class_index"], "class_name": r["class_name"],
-                "row": r["row"], "lambda_sfsl": "" if r["lambda_sfsl"] is None else r["lambda_sfsl"],
-                "metric": metric, "mean": s["mean"], "std": s["std"], "n_seeds": s["n"],
-                "seeds": " ".join(map(str, r["seeds"])),
-            })
+            out.append(
+                {
+                    "method_version": r["method_version"],
+                    "class_index": r["class_index"],
+                    "class_name": r["class_name"],
+                    "row": r["row"],
+                    "lambda_sfsl": "" if r["lambda_sfsl"] is None else r["lambda_sfsl"],
+                    "metric": metric,
+                    "mean": s["mean"],
+                    "std": s["std"],
+                    "n_seeds": s["n"],
+                    "seeds": " ".join(map(str, r["seeds"])),
+                }
+            )
     return out
 
 
@@ -187,13 +212,22 @@ def markdown(sweep: Sweep, rows: list[dict], figures: dict[str, Path], out_dir: 
     versions = sorted({r["method_version"] for r in rows})
     lines = [f"# spurgen sweep report: {sweep.root}", ""]
     if any(r.tiny for r in sweep.runs):
-        lines += ["> **TINY RANDOM MODELS** in some runs: these numbers check the plumbing and mean nothing.", ""]
-    lines += [f"{len(sweep.runs)} runs read, {len(sweep.problems)} missing or failed. Cells: mean ± seed-to-seed "
-              "std (n = seeds). Reference and baseline rows do not depend on lambda_sfsl (one value per seed). "
-              "Similarity: cos(phi(x), m) averaged over the classifiers (per classifier in report.csv).", ""]
+        lines += [
+            "> **TINY RANDOM MODELS** in some runs: these numbers check the plumbing and mean nothing.",
+            "",
+        ]
+    lines += [
+        f"{len(sweep.runs)} runs read, {len(sweep.problems)} missing or failed. Cells: mean ± seed-to-seed "
+        "std (n = seeds). Reference and baseline rows do not depend on lambda_sfsl (one value per seed). "
+        "Similarity: cos(phi(x), m) averaged over the classifiers (per classifier in report.csv).",
+        "",
+    ]
     if len(versions) > 1:
-        lines += [f"> **Method versions differ** ({', '.join(versions)}): each has its own section; they are "
-                  "never averaged together.", ""]
+        lines += [
+            f"> **Method versions differ** ({', '.join(versions)}): each has its own section; they are "
+            "never averaged together.",
+            "",
+        ]
     for version in versions:
         vrows = [r for r in rows if r["method_version"] == version]
         lines += [f"## Method version {version}", ""]
@@ -202,15 +236,31 @@ def markdown(sweep: Sweep, rows: list[dict], figures: dict[str, Path], out_dir: 
             lines += [f"![spurious rate vs lambda_sfsl]({fig.relative_to(out_dir)})", ""]
         for index, name in sorted({(r["class_index"], r["class_name"]) for r in vrows}):
             crows = [r for r in vrows if r["class_index"] == index]
-            classifiers = sorted({m.split("/", 1)[1] for r in crows for m in r["stats"] if m.startswith("spurious_rate/")})
-            head = ["row", *[f"spurious rate {c}" for c in classifiers], "consistency all", "consistency ≥ half",
-                    "similarity"]
+            classifiers = sorted(
+                {m.split("/", 1)[1] for r in crows for m in r["stats"] if m.startswith("spurious_rate/")}
+            )
+            head = [
+                "row",
+                *[f"spurious rate {c}" for c in classifiers],
+                "consistency all",
+                "consistency ≥ half",
+                "similarity",
+            ]
             lines += [f"### {name} ({index})", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for r in crows:
-                sims = [s["mean"] for m, s in r["stats"].items() if m.startswith("similarity/") and s["mean"] is not None]
+                sims = [
+                    s["mean"]
+                    for m, s in r["stats"].items()
+                    if m.startswith("similarity/") and s["mean"] is not None
+                ]
                 sim = f"{sum(sims) / len(sims):.3f}" if sims else "–"
-                cells = [_row_label(r), *[_fmt(r["stats"].get(f"spurious_rate/{c}")) for c in classifiers],
-                         _fmt(r["stats"].get("consistency_all")), _fmt(r["stats"].get("consistency_at_least_half")), sim]
+                cells = [
+                    _row_label(r),
+                    *[_fmt(r["stats"].get(f"spurious_rate/{c}")) for c in classifiers],
+                    _fmt(r["stats"].get("consistency_all")),
+                    _fmt(r["stats"].get("consistency_at_least_half")),
+                    sim,
+                ]
                 lines.append("| " + " | ".join(cells) + " |")
             grid = figures.get(f"grid:{version}:{index}")
             lines += ["", f"![reference beside generated]({grid.relative_to(out_dir)})" if grid else "", ""]
@@ -233,7 +283,9 @@ def _grid_rows(runs: list[Run]) -> list[tuple[str, list[Path]]]:
     return out
 
 
-def write_report(root: str | Path, out_dir: str | Path | None = None, to_wandb: bool = False) -> dict[str, Path]:
+def write_report(
+    root: str | Path, out_dir: str | Path | None = None, to_wandb: bool = False
+) -> dict[str, Path]:
     """Collect, aggregate and write report.md, report.csv and figures/ (into the sweep folder by default)."""
     import csv
 
@@ -245,21 +297,37 @@ def write_report(root: str | Path, out_dir: str | Path | None = None, to_wandb: 
     figures: dict[str, Path] = {}
     for version in sorted({r.method_version for r in sweep.runs}):
         vrows = [r for r in rows if r["method_version"] == version]
-        fig = rate_vs_lambda(vrows, out / "figures" / f"spurious_rate_vs_lambda_v{version}.png",
-                             f"{sweep.root.name}: spurious rate vs lambda_sfsl (method version {version})")
+        fig = rate_vs_lambda(
+            vrows,
+            out / "figures" / f"spurious_rate_vs_lambda_v{version}.png",
+            f"{sweep.root.name}: spurious rate vs lambda_sfsl (method version {version})",
+        )
         if fig:
             figures[f"rate:{version}"] = fig
         for index in sorted({r.class_index for r in sweep.runs if r.method_version == version}):
             cruns = [r for r in sweep.runs if r.method_version == version and r.class_index == index]
-            grid = class_grid(_grid_rows(cruns), out / "figures" / f"images_{index}_v{version}.png",
-                              f"{cruns[0].class_name} ({index}): reference, baseline, generated")
+            grid = class_grid(
+                _grid_rows(cruns),
+                out / "figures" / f"images_{index}_v{version}.png",
+                f"{cruns[0].class_name} ({index}): reference, baseline, generated",
+            )
             if grid:
                 figures[f"grid:{version}:{index}"] = grid
     out.mkdir(parents=True, exist_ok=True)
     lines = csv_lines(rows)
     with open(out / "report.csv", "w", newline="") as f:
-        fields = ["method_version", "class_index", "class_name", "row", "lambda_sfsl", "metric", "mean", "std",
-                  "n_seeds", "seeds"]
+        fields = [
+            "method_version",
+            "class_index",
+            "class_name",
+            "row",
+            "lambda_sfsl",
+            "metric",
+            "mean",
+            "std",
+            "n_seeds",
+            "seeds",
+        ]
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(lines)
@@ -276,12 +344,21 @@ def push_wandb(sweep: Sweep, lines: list[dict], figures: dict[str, Path]) -> Non
 
     from spurgen.loggers import wandb_mode
 
-    run = wandb.init(project="spurgen", group=sweep.root.name, job_type="report", name=f"report-{sweep.root.name}",
-                     dir=str(sweep.root), mode=wandb_mode("auto"), reinit="finish_previous")
+    run = wandb.init(
+        project="spurgen",
+        group=sweep.root.name,
+        job_type="report",
+        name=f"report-{sweep.root.name}",
+        dir=str(sweep.root),
+        mode=wandb_mode("auto"),
+        reinit="finish_previous",
+    )
     cols = list(lines[0]) if lines else ["metric"]
     payload = {"report/table": wandb.Table(columns=cols, data=[[ln[c] for c in cols] for ln in lines])}
     payload.update({f"report/{k.replace(':', '_')}": wandb.Image(str(p)) for k, p in figures.items()})
     if sweep.problems:
-        payload["report/problems"] = wandb.Table(columns=["run", "why"], data=[list(p) for p in sweep.problems])
+        payload["report/problems"] = wandb.Table(
+            columns=["run", "why"], data=[list(p) for p in sweep.problems]
+        )
     run.log(payload)
     run.finish()

@@ -19,7 +19,9 @@ PER_ROW = 6
 def rate_vs_lambda(rows: list[dict], path: Path, title: str) -> Path | None:
     """One panel per classifier: mean spurious rate (error bar: seed-to-seed std) against lambda_sfsl, a line
     per class; the baseline as a dotted line. x is symlog so lambda_sfsl = 0 has a place."""
-    classifiers = sorted({m.split("/", 1)[1] for r in rows for m in r["stats"] if m.startswith("spurious_rate/")})
+    classifiers = sorted(
+        {m.split("/", 1)[1] for r in rows for m in r["stats"] if m.startswith("spurious_rate/")}
+    )
     if not classifiers:
         return None
     fig, axes = plt.subplots(1, len(classifiers), figsize=(4.2 * len(classifiers), 3.6), squeeze=False)
@@ -31,8 +33,15 @@ def rate_vs_lambda(rows: list[dict], path: Path, title: str) -> Path | None:
             pts = [(r["lambda_sfsl"], r["stats"].get(f"spurious_rate/{c}")) for r in tuned]
             pts = [(x, s) for x, s in sorted(pts) if s and s["mean"] is not None]
             if pts:
-                ax.errorbar([x for x, _ in pts], [s["mean"] for _, s in pts], yerr=[s["std"] for _, s in pts],
-                            marker="o", capsize=3, color=color, label=f"{name} ({index})")
+                ax.errorbar(
+                    [x for x, _ in pts],
+                    [s["mean"] for _, s in pts],
+                    yerr=[s["std"] for _, s in pts],
+                    marker="o",
+                    capsize=3,
+                    color=color,
+                    label=f"{name} ({index})",
+                )
             for r in rows:
                 s = r["stats"].get(f"spurious_rate/{c}")
                 if r["class_index"] == index and r["row"] == "baseline" and s and s["mean"] is not None:

@@ -110,7 +110,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     check_writable(run_dir)
     check_launch(cfg.trainer)  # DDP inside a basic/joblib sweep cannot work: fail before building
     ref_paths = resolve_references(cfg)
-    check_optimizer(cfg.train.optimizer)  # adamw8bit without CUDA/bitsandbytes fails before any model is built
+    check_optimizer(
+        cfg.train.optimizer
+    )  # adamw8bit without CUDA/bitsandbytes fails before any model is built
 
     parts: SDParts = build(cfg.model)
     if parts.is_tiny_random:
@@ -150,7 +152,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         parts.unet.enable_gradient_checkpointing()
         parts.text_encoder.gradient_checkpointing_enable()
     if cfg.train.lora_rank > 0:  # LoRA adapters instead of full fine-tuning (spurgen/models/lora.py)
-        add_lora(parts, cfg.train.lora_rank, cfg.train.lora_alpha, cfg.train.lora_dropout, cfg.train.train_text_encoder)
+        add_lora(
+            parts,
+            cfg.train.lora_rank,
+            cfg.train.lora_alpha,
+            cfg.train.lora_dropout,
+            cfg.train.train_text_encoder,
+        )
     resolved = scrub_secrets(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     module = SpurgenModule(
         parts.unet,
