@@ -101,6 +101,18 @@ def test_report_lists_broken_and_missing_runs_and_separates_versions(fake_sweep)
     assert (fake_sweep / "figures" / "spurious_rate_vs_lambda_v1.png").exists()
 
 
+def test_report_pushes_table_and_figures_to_wandb_offline(fake_sweep, monkeypatch):
+    from spurgen.report import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert main([str(fake_sweep), "--wandb"]) == 0
+    runs = list((fake_sweep / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    files = {p.name for p in runs[0].rglob("*")}
+    assert any(f.endswith(".wandb") for f in files)
+    assert any(f.endswith(".png") for f in files) and any(f.endswith(".table.json") for f in files), files
+
+
 def test_report_bad_input_one_line_exit_2(tmp_path, capsys):
     from spurgen.report import main
 

@@ -338,6 +338,22 @@ def write_report(
     return paths
 
 
+def _training_group(root: Path) -> str:
+    """The W&B group the sweep's training runs got (spurgen.sweep.sweep_group): <experiment>-<folder>."""
+    import yaml
+
+    for hydra_yaml in sorted(root.glob("*/.hydra/hydra.yaml")):
+        try:
+            choices = (yaml.safe_load(hydra_yaml.read_text()) or {})["hydra"]["runtime"]["choices"]
+        except (OSError, KeyError, TypeError, yaml.YAMLError):
+            continue
+        experiment = choices.get("experiment")
+        if experiment and experiment != "null" and experiment not in root.name:
+            return f"{experiment}-{root.name}"
+        return root.name
+    return root.name
+
+
 def push_wandb(sweep: Sweep, lines: list[dict], figures: dict[str, Path]) -> None:
     """The table and figures as one W&B run (job_type report) in the sweep's group."""
     import wandb
@@ -346,7 +362,7 @@ def push_wandb(sweep: Sweep, lines: list[dict], figures: dict[str, Path]) -> Non
 
     run = wandb.init(
         project="spurgen",
-        group=sweep.root.name,
+        group=_training_group(sweep.root),
         job_type="report",
         name=f"report-{sweep.root.name}",
         dir=str(sweep.root),
@@ -354,7 +370,11 @@ def push_wandb(sweep: Sweep, lines: list[dict], figures: dict[str, Path]) -> Non
         reinit="finish_previous",
     )
     cols = list(lines[0]) if lines else ["metric"]
-    payload = {"report/table": wandb.Table(columns=cols, data=[[ln[c] for c in cols] for ln in lines])}
+    # W&B tables need one type per column: a column mixing numbers and text (lambda_sfsl is "" on the
+    # reference and baseline rows) becomes text
+    mixed = {c for c in cols if len({isinstance(ln[c], str) for ln in lines if ln[c] is not None}) > 1}
+    data = [[str(ln[c]) if c in mixed and ln[c] is not None else ln[c] for c in cols] for ln in lines]
+    payload = {"report/table": wandb.Table(columns=cols, data=data)}
     payload.update({f"report/{k.replace(':', '_')}": wandb.Image(str(p)) for k, p in figures.items()})
     if sweep.problems:
         payload["report/problems"] = wandb.Table(
