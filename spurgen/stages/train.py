@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -42,13 +43,11 @@ from spurgen.pipeline import save_pipeline
 
 log = logging.getLogger("spurgen")
 
-TINY_BANNER = (
-    "\n" + "!" * 78 + "\n"
-    "!!  TINY RANDOM MODELS: this run uses tiny, randomly initialised SD parts and extractor.     !!\n"
-    "!!  It checks the plumbing; its images, losses and rates mean nothing about real models.    !!\n"
-    + "!" * 78
-    + "\n"
+_BANNER_LINES = (
+    "TINY RANDOM MODELS: this run uses tiny, randomly initialised SD parts and extractor.",
+    "It checks the plumbing; its images, losses and rates mean nothing about real models.",
 )
+TINY_BANNER = "\n".join(["", "!" * 92, *(f"!!  {line:<86}!!" for line in _BANNER_LINES), "!" * 92, ""])
 
 
 def run_metadata(cfg: DictConfig, parts: SDParts | None, **extra) -> dict:
@@ -103,6 +102,33 @@ def check_writable(run_dir: Path) -> None:
         ) from None
 
 
+def build_dataset(
+    cfg: DictConfig, parts: SDParts, ref_images: torch.Tensor, resolution: int
+) -> DreamBoothDataset:
+    """Instance (reference) examples plus, with prior preservation, class images from the frozen model."""
+    with_prior = cfg.loss.lambda_prior > 0 and cfg.data.num_class_images > 0
+    class_paths = []
+    if with_prior:
+        class_paths = ensure_class_images(
+            parts,
+            cfg.data.class_prompt,
+            resolution,
+            int(cfg.data.num_class_images),
+            cfg.data.class_images_dir,
+            cfg.data.class_image_steps,
+            cfg.data.class_image_guidance,
+            cfg.data.class_image_batch_size,
+        )
+    return DreamBoothDataset(
+        ref_images,
+        tokenize(parts.tokenizer, cfg.data.instance_prompt),
+        class_paths,
+        tokenize(parts.tokenizer, cfg.data.class_prompt) if with_prior else None,
+        resolution,
+        cfg.data.center_crop,
+    )
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Returns the run metadata (also written to run_dir/run.json)."""
     run_dir = Path(run_dir)
@@ -122,30 +148,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("references (%d): %s", len(ref_paths), ", ".join(p.name for p in ref_paths))
     ref_images = load_training_images(ref_paths, resolution, cfg.data.center_crop)  # (R, 3, H, W) in [0, 1]
 
-    with_prior = cfg.loss.lambda_prior > 0 and cfg.data.num_class_images > 0
-    class_paths = (
-        ensure_class_images(
-            parts,
-            class_prompt,
-            resolution,
-            int(cfg.data.num_class_images),
-            cfg.data.class_images_dir,
-            cfg.data.class_image_steps,
-            cfg.data.class_image_guidance,
-            cfg.data.class_image_batch_size,
-        )
-        if with_prior
-        else []
-    )
+    dataset = build_dataset(cfg, parts, ref_images, resolution)
     tok = parts.tokenizer
-    dataset = DreamBoothDataset(
-        ref_images,
-        tokenize(tok, instance_prompt),
-        class_paths,
-        tokenize(tok, class_prompt) if with_prior else None,
-        resolution,
-        cfg.data.center_crop,
-    )
     objective = build(cfg.loss)
     extractor = build(cfg.feature_extractor) if objective.uses_sfsl else None
     if cfg.train.gradient_checkpointing:
