@@ -12,13 +12,12 @@ import hashlib
 import json
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from timm.models.resnet import Bottleneck, ResNet
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from spurgen.models.extractors import FrozenImageModel
 from spurgen.models.parts import SDParts
-from spurgen.models.tiny import build_tiny_tokenizer
+from spurgen.models.tiny import build_tiny_tokenizer, random_text_encoder, sd_schedulers
 
 SD15_UNET = (320, 640, 1280, 1280)
 SD15_VAE = (128, 256, 512, 512)
@@ -52,19 +51,7 @@ def build_proportional_sd(
     text_hidden = _scale((SD15_TEXT,), width_scale, 12)[0]
     torch.manual_seed(init_seed)
     tokenizer = build_tiny_tokenizer(max_length, tuple(words))
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=text_hidden,
-            intermediate_size=4 * text_hidden,
-            num_hidden_layers=text_layers,
-            num_attention_heads=12,
-            max_position_embeddings=max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = random_text_encoder(tokenizer, text_hidden, text_layers, 12, 4 * text_hidden, max_length)
     factor = 2 ** (len(vae_ch) - 1)
     unet = UNet2DConditionModel(
         sample_size=resolution // factor,
@@ -90,14 +77,6 @@ def build_proportional_sd(
         sample_size=resolution,
         scaling_factor=0.18215,
     )
-    sched = dict(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type=prediction_type,
-        clip_sample=False,
-    )
     ident = json.dumps(
         [
             width_scale,
@@ -117,8 +96,7 @@ def build_proportional_sd(
         text_encoder,
         tokenizer,
         vae,
-        DDPMScheduler(**sched),
-        DDIMScheduler(**sched, set_alpha_to_one=False, steps_offset=1),
+        *sd_schedulers(prediction_type),
         model_id,
         True,
     )

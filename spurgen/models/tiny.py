@@ -72,6 +72,38 @@ def build_tiny_tokenizer(max_length: int = 77, words: tuple[str, ...] = ()) -> C
     return tok
 
 
+def random_text_encoder(
+    tokenizer: CLIPTokenizer, hidden: int, layers: int, heads: int, intermediate: int, max_length: int
+) -> CLIPTextModel:
+    """A randomly initialised CLIP text encoder sized for `tokenizer`'s vocabulary."""
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=intermediate,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def sd_schedulers(prediction_type: str) -> tuple[DDPMScheduler, DDIMScheduler]:
+    """SD 1.x's training schedule (scaled-linear betas, 1000 steps) and a DDIM sampler on it."""
+    kwargs = dict(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type=prediction_type,
+        clip_sample=False,
+    )
+    return DDPMScheduler(**kwargs), DDIMScheduler(**kwargs, set_alpha_to_one=False, steps_offset=1)
+
+
 def build_tiny_sd(
     sample_size: int = 16,
     block_out_channels: tuple[int, ...] = (32, 64),
@@ -87,19 +119,7 @@ def build_tiny_sd(
     block_out_channels, vae_channels = tuple(block_out_channels), tuple(vae_channels)
     torch.manual_seed(init_seed)
     tokenizer = build_tiny_tokenizer(max_length, tuple(words))
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=text_hidden,
-            intermediate_size=2 * text_hidden,
-            num_hidden_layers=text_layers,
-            num_attention_heads=4,
-            max_position_embeddings=max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = random_text_encoder(tokenizer, text_hidden, text_layers, 4, 2 * text_hidden, max_length)
     n = len(block_out_channels)
     unet = UNet2DConditionModel(
         sample_size=sample_size,
@@ -124,16 +144,7 @@ def build_tiny_sd(
         norm_num_groups=8,
         sample_size=sample_size * 2 ** (len(vae_channels) - 1),
     )
-    sched_kwargs = dict(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type=prediction_type,
-        clip_sample=False,
-    )
-    noise_scheduler = DDPMScheduler(**sched_kwargs)
-    sample_scheduler = DDIMScheduler(**sched_kwargs, set_alpha_to_one=False, steps_offset=1)
+    noise_scheduler, sample_scheduler = sd_schedulers(prediction_type)
     ident = json.dumps(
         [
             sample_size,
