@@ -64,6 +64,7 @@ def test_tiny_run_leaves_every_output(tmp_path):
     assert model_index["safety_checker"] == [None, None]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 4 and ckpt["spurgen_config"]["lambda_sfsl"] == 0.5
+    assert ckpt["spurgen_config"]["model_is_tiny_random"] is True
     assert any((run / "wandb").glob("offline-run-*")), "W&B offline run folder"
     assert (run / "wandb_run_id.txt").exists()
 

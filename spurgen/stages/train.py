@@ -164,6 +164,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             cfg.train.train_text_encoder,
         )
     resolved = scrub_secrets(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    resolved["model_is_tiny_random"] = parts.is_tiny_random  # in checkpoints and the W&B config too
     module = SpurgenModule(
         parts.unet,
         parts.text_encoder,
