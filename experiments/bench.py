@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         results["sizes"][size] = r
     results["seconds"] = round(time.time() - t0, 1)
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "bench.partial.json").unlink(missing_ok=True)  # progress file of an unfinished run
     cmd = "python experiments/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
     write_report(results, out / "BENCHMARKS.md", cmd.strip())
     print(f"[bench] done in {results['seconds']} s: {out / 'BENCHMARKS.md'}", flush=True)
