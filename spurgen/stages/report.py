@@ -126,7 +126,8 @@ def _stats(values: list[float]) -> dict:
     if not vals:
         return {"mean": None, "std": None, "n": 0}
     mean = sum(vals) / len(vals)
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    # one seed has no seed-to-seed spread: None, not 0
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
     return {"mean": mean, "std": std, "n": len(vals)}
 
 
@@ -179,6 +180,8 @@ def aggregate(runs: list[Run]) -> list[dict]:
 def _fmt(s: dict | None) -> str:
     if not s or s["mean"] is None:
         return "–"
+    if s["std"] is None:
+        return f"{s['mean']:.3f} (n={s['n']})"
     return f"{s['mean']:.3f} ± {s['std']:.3f} (n={s['n']})"
 
 

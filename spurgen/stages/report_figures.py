@@ -36,7 +36,7 @@ def rate_vs_lambda(rows: list[dict], path: Path, title: str) -> Path | None:
                 ax.errorbar(
                     [x for x, _ in pts],
                     [s["mean"] for _, s in pts],
-                    yerr=[s["std"] for _, s in pts],
+                    yerr=[s["std"] or 0.0 for _, s in pts],  # one seed: no spread
                     marker="o",
                     capsize=3,
                     color=color,
