@@ -70,7 +70,9 @@ def newest_loadable_checkpoint(folder: Path) -> Path | None:
         if not path.exists():
             continue
         try:
-            torch.load(path, map_location="cpu", weights_only=True)
+            # mmap: checks the archive (a truncated file has no zip directory) without reading every
+            # tensor, so a multi-GB checkpoint is not read twice on resume
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             return path
         except Exception:  # noqa: BLE001 - corrupt or truncated: try the next one
             continue

@@ -52,6 +52,10 @@ def rate_vs_lambda(rows: list[dict], path: Path, title: str) -> Path | None:
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(c)
     axes[0][0].legend(fontsize=7, title="dotted: baseline", title_fontsize=7)
+    return _save(fig, path, title)
+
+
+def _save(fig, path: Path, title: str) -> Path:
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,9 +88,4 @@ def class_grid(rows_of_images: list[tuple[str, list[Path]]], path: Path, title: 
             else:
                 ax.axis("off")
         axes[i][0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
