@@ -134,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
                 "(a) training step, SFSL settings",
                 lambda s=size: sections.training_steps(s, interleaved, repeats, smoke=args.smoke),
             ),
+            (
+                "run",
+                "(a) training run, t drawn as in training",
+                lambda s=size: sections.training_run(s, repeats, smoke=args.smoke),
+            ),
             ("term", "SFSL term alone", lambda s=size: sections.sfsl_terms(s, interleaved, repeats)),
             ("framework", "(b) Lightning fit vs plain loop", lambda s=size: sections.framework(s, repeats)),
             (

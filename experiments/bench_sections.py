@@ -15,8 +15,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from bench_setup import (
+    APPROX_KEY,
     EXACT,
-    FAST,
+    FAST_KEY,
+    LOW_MEMORY,
+    LOW_MEMORY_KEY,
     SETTINGS,
     SIZES,
     Setting,
@@ -29,7 +32,7 @@ from bench_setup import (
 )
 
 Timer = Callable[..., dict]
-PROPORTIONAL_STEP = ("lambda_sfsl=0", "SFSL exact", "SFSL fast (loss=fast)", "SFSL decode at f input")
+PROPORTIONAL_STEP = ("lambda_sfsl=0", FAST_KEY, LOW_MEMORY_KEY, APPROX_KEY)
 # Real costs on this kind of CPU (../shared/ENVIRONMENT.md; ResNet-50 measured here, random init, batch 1).
 REAL = {"unet": 9.5, "vae_decode": 29.0, "resnet50_224": None}
 
@@ -51,8 +54,11 @@ def summarize(values: list[float]) -> dict:
 
 
 def _optimizer(parts) -> torch.optim.Optimizer:
+    """spurgen's optimiser (spurgen/optim.py: fused AdamW where it runs), shared by every loop compared."""
+    from spurgen.optim import make_optimizer
+
     params = [p for m in (parts.unet, parts.text_encoder) for p in m.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=1e-6)
+    return make_optimizer("adamw", [{"params": params}], lr=1e-6, weight_decay=1e-2)
 
 
 def cost_ratios(size: str, timer: Timer, repeats: int) -> dict:
@@ -94,6 +100,43 @@ def training_steps(size: str, timer: Timer, repeats: int, smoke: bool = False) -
     return timer(fns, repeats)
 
 
+def training_run(size: str, repeats: int, smoke: bool = False) -> dict:
+    """(a) as training runs: t drawn from each step's seeded generator (so the t_max gate skips the term on
+    about half the steps), lambda_sfsl = 0 and loss=fast interleaved on the same step numbers (the same t).
+    Reported as means over the steps, with the fraction of steps on which the term ran."""
+    spec = SIZES[size]
+    parts, ex = spec.parts(), spec.extractor()
+    batch, opt = make_batch(parts, spec.resolution), _optimizer(parts)
+    names = ("lambda_sfsl=0", FAST_KEY)
+    fns = {
+        n: spurgen_step(
+            make_module(parts, ex, SETTINGS[n], spec.resolution), opt, batch, False, fixed_t=False
+        )
+        for n in names
+    }
+    steps = 2 if smoke else max(2, 2 * repeats)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    ran: list[bool] = []
+    for n in names:  # warm-up (step numbers 0, consumed by both)
+        fns[n]()
+    for r in range(steps):
+        for n in names if r % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            samples = fns[n]()
+            times[n].append(time.perf_counter() - t0)
+            if n == FAST_KEY:
+                ran.append(samples > 0)
+    on = [v for v, a in zip(times[FAST_KEY], ran, strict=True) if a]
+    off = [v for v, a in zip(times[FAST_KEY], ran, strict=True) if not a]
+    return {
+        **{n: summarize(v) for n, v in times.items()},
+        "steps": steps,
+        "term_ran": sum(ran),
+        "fast_mean_term_ran": statistics.fmean(on) if on else None,
+        "fast_mean_term_skipped": statistics.fmean(off) if off else None,
+    }
+
+
 def sfsl_terms(size: str, timer: Timer, repeats: int) -> dict:
     """L_SFSL alone (forward + backward to the model output) for each shortcut, and gate-then-decode vs
     decode-then-gate with 1 of 4 instance samples under t_max (at f's input size)."""
@@ -101,10 +144,9 @@ def sfsl_terms(size: str, timer: Timer, repeats: int) -> dict:
     parts, ex = spec.parts(), spec.extractor()
     at_f = Setting(decode_at_extractor_size=True)
     fns = {
-        "exact (1 sample)": sfsl_term(parts, ex, EXACT, 1, 1),
-        "decoder checkpointing": sfsl_term(parts, ex, Setting(decoder_checkpointing=True), 1, 1),
-        "decode at f input": sfsl_term(parts, ex, at_f, 1, 1),
-        "fast (loss=fast)": sfsl_term(parts, ex, FAST, 1, 1),
+        "exact (1 sample; loss=fast)": sfsl_term(parts, ex, EXACT, 1, 1),
+        "decoder checkpointing (loss=low_memory)": sfsl_term(parts, ex, LOW_MEMORY, 1, 1),
+        "decode at f input (loss=approx)": sfsl_term(parts, ex, at_f, 1, 1),
         "4 samples, 1 gated: decode gated only (sfsl.py)": sfsl_term(parts, ex, at_f, 4, 1),
         "4 samples, 1 gated: decode all, then mask": sfsl_term(parts, ex, at_f, 4, 1, decode_all=True),
     }
@@ -112,7 +154,10 @@ def sfsl_terms(size: str, timer: Timer, repeats: int) -> dict:
 
 
 class _StepClock:
-    """Lightning callback: wall time between consecutive batch starts (all framework work included)."""
+    """Lightning callback + instrumented module: the wall time between consecutive batch starts (all
+    framework work included), and within each step the time spent in spurgen's own math (training_step,
+    backward, gradient clipping, the optimiser's update). Their difference is the time Lightning itself
+    takes per step, measured inside the same steps, so it is free of the run-to-run noise of an A/B."""
 
     def __init__(self) -> None:
         from lightning.pytorch.callbacks import Callback
@@ -122,20 +167,58 @@ class _StepClock:
         class _CB(Callback):
             def on_train_batch_start(self, *_a) -> None:
                 clock.marks.append(time.perf_counter())
+                clock.math.append(0.0)
 
             def on_train_end(self, *_a) -> None:
                 clock.marks.append(time.perf_counter())
 
         self.marks: list[float] = []
+        self.math: list[float] = []
         self.callback = _CB()
+
+    def timed(self, fn: Callable) -> Callable:
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.math[-1] += time.perf_counter() - t0
+
+        return wrapper
+
+    def instrument(self, module) -> None:
+        """Time the module's math; the optimiser's own update is timed apart from Lightning's closure."""
+        for name in ("training_step", "backward", "configure_gradient_clipping"):
+            setattr(module, name, self.timed(getattr(type(module), name).__get__(module)))
+        configure = type(module).configure_optimizers.__get__(module)
+
+        def configure_optimizers():
+            opt = configure()
+            update = opt.step
+            timed_update = self.timed(update)
+
+            def step(closure=None):
+                loss = closure() if closure is not None else None  # Lightning's closure: timed inside
+                timed_update()
+                return loss
+
+            opt.step = step
+            return opt
+
+        module.configure_optimizers = configure_optimizers
 
     def steps(self) -> list[float]:
         return [b - a for a, b in zip(self.marks[1:-1], self.marks[2:], strict=False)]  # drop the first step
 
+    def own(self) -> list[float]:
+        """Per step: wall time minus the time in spurgen's math = what Lightning adds."""
+        return [w - m for w, m in zip(self.steps(), self.math[1:], strict=False)]
 
-def framework(size: str, repeats: int, block: int = 5) -> dict:
-    """(b) spurgen's Lightning fit against a plain loop over the same DataLoader, lambda_sfsl = 0, per step,
-    alternating blocks of `block` steps (the first step of each block is dropped)."""
+
+def framework(size: str, repeats: int, block: int = 8) -> dict:
+    """(b) spurgen's Lightning fit against a plain loop over the same DataLoader, lambda_sfsl = 0, per step:
+    alternating blocks of `block` steps (the first step of each block dropped, the order swapped each block),
+    and Lightning's own time per step measured inside the fit (_StepClock)."""
     import lightning as L
     from torch.utils.data import DataLoader
 
@@ -154,13 +237,16 @@ def framework(size: str, repeats: int, block: int = 5) -> dict:
         "class_ids": make_batch(parts, spec.resolution)["input_ids"][1],
     }
     loader = DataLoader([item] * 10_000, batch_size=1, collate_fn=collate)
-    module = make_module(parts, ex, SETTINGS["lambda_sfsl=0"], spec.resolution)
     opt = _optimizer(parts)
     block = max(1, min(block, repeats))  # smoke (1 repeat): one fit of 2 steps
     lit: list[float] = []
+    own: list[float] = []
     plain: list[float] = []
-    for _ in range(math.ceil(repeats / block)):
+
+    def run_lightning() -> None:
+        module = make_module(parts, ex, SETTINGS["lambda_sfsl=0"], spec.resolution)
         clock = _StepClock()
+        clock.instrument(module)
         trainer = L.Trainer(
             accelerator="cpu",
             max_steps=block + 1,
@@ -173,14 +259,25 @@ def framework(size: str, repeats: int, block: int = 5) -> dict:
             num_sanity_val_steps=0,
         )
         trainer.fit(module, loader)
-        lit += clock.steps()
+        lit.extend(clock.steps())
+        own.extend(clock.own())
+
+    def run_plain() -> None:
         step = _plain_loader_step(parts, opt, iter(loader))
         for i in range(block + 1):
             t0 = time.perf_counter()
             step()
             if i:
                 plain.append(time.perf_counter() - t0)
-    return {"Lightning fit (spurgen module)": summarize(lit), "plain PyTorch loop": summarize(plain)}
+
+    for b in range(math.ceil(repeats / block)):
+        for run in (run_lightning, run_plain) if b % 2 == 0 else (run_plain, run_lightning):
+            run()
+    return {
+        "Lightning fit (spurgen module)": summarize(lit),
+        "plain PyTorch loop": summarize(plain),
+        "Lightning's own time in a fit step": summarize(own),
+    }
 
 
 def _plain_loader_step(parts, opt, batches) -> Callable[[], None]:
@@ -227,22 +324,61 @@ def naive_predict(model, paths: list[Path]) -> None:
             model.logits(x[None]).softmax(dim=1)
 
 
+def spurgen_eval_model(model):
+    """The classifier as spurgen.evaluate runs it: a copy placed with eval.channels_last (the default)."""
+    import copy
+
+    from spurgen.eval.predict import place
+
+    fast = copy.deepcopy(model)
+    place([fast], torch.device("cpu"), True)
+    return fast
+
+
+def gemm_gflops(repeats: int = 5) -> float:
+    """This machine's float32 matrix-multiply rate (GFLOP/s, 2048^3), the ceiling for convolutions here."""
+    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    a @ b
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t0)
+    return 2 * 2048**3 / statistics.median(ts) / 1e9
+
+
+def gflop_per_image(model) -> float:
+    """Forward FLOPs of one image at the model's input size (torch's FLOP counter: convolutions, matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.rand(1, 3, model.input_size, model.input_size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.logits(x)
+    return counter.get_total_flops() / 1e9
+
+
 def evaluation(size: str, timer: Timer, repeats: int, smoke: bool = False) -> dict:
-    """(c) spurgen.eval.predict.predict_set (batched, inference_mode) vs the naive loop, per classifier."""
+    """(c) spurgen.eval.predict.predict_set (batched, inference_mode, channels-last: what spurgen.evaluate
+    runs) vs the naive loop (the model as built, one image at a time), per classifier; with the FLOP rate
+    each reaches against this machine's matrix-multiply rate."""
     from spurgen.eval.predict import predict_set
 
     spec = SIZES[size]
     folder = Path(tempfile.mkdtemp(prefix="spurgen-bench-eval-"))
     paths = _write_images(folder, 8 if smoke else spec.eval_images, spec.resolution)
-    out = {}
+    out: dict = {"gemm_gflops": gemm_gflops(), "classifiers": {}}
     for name, model in _classifiers(size).items():
         n = len(paths) if "full width" not in name else 8
+        fast = spurgen_eval_model(model)
         fns = {
-            "batched (predict_set)": lambda m=model, n=n: predict_set([m], paths[:n], 0, batch_size=32),
+            "batched (predict_set)": lambda m=fast, n=n: predict_set([m], paths[:n], 0, batch_size=32),
             "naive loop": lambda m=model, n=n: naive_predict(m, paths[:n]),
         }
         res = timer(fns, repeats)
-        out[name] = {k: {**v, "images": n} for k, v in res.items()}
+        out["classifiers"][name] = {
+            "gflop_per_image": gflop_per_image(model),
+            **{k: {**v, "images": n} for k, v in res.items()},
+        }
     return out
 
 
@@ -294,17 +430,17 @@ def fidelity(size: str, smoke: bool = False) -> dict:
         enc = parts.text_encoder(make_batch(parts, spec.resolution, 3)["input_ids"][:3])[0]
     exact = _unet_sfsl_grad(parts, ex, EXACT, z_t, t, enc)
     out = {}
-    half = Setting(decode_size=max(8, ex.input_size // 2))
-    cases = {
-        "decoder checkpointing": Setting(decoder_checkpointing=True),
-        f"decode at f input ({ex.input_size} px)": Setting(decode_at_extractor_size=True),
-        f"decode at f input / 2 ({half.decode_size} px)": half,
-        "fast (loss=fast)": FAST,
-        "exact, bf16 autocast": Setting(bf16=True),
-        "fast, bf16 autocast": Setting(decoder_checkpointing=True, bf16=True),
-    }
+    full, f_in = spec.resolution, ex.input_size
+    cases = {LOW_MEMORY_KEY.removeprefix("SFSL "): LOW_MEMORY}
+    # decoding z0_hat resized to smaller latents: f's input / 2, f's input (loss=approx), then on towards full
+    for px in sorted({max(8, f_in // 2), f_in, (f_in + full) // 2, full - full // 8}):
+        if px < full:
+            label = " (loss=approx)" if px == f_in else ""
+            cases[f"decode at {px} px of {full}{label}"] = Setting(decode_size=px)
+    cases["exact, bf16 autocast"] = Setting(bf16=True)
+    cases["decoder checkpointing, bf16 autocast"] = Setting(decoder_checkpointing=True, bf16=True)
     if smoke:
-        cases = {"fast (loss=fast)": FAST}
+        cases = {LOW_MEMORY_KEY.removeprefix("SFSL "): LOW_MEMORY}
     elif size != "tiny":  # bf16 is emulated on this CPU (no avx512_bf16): minutes per gradient at this size
         cases = {k: v for k, v in cases.items() if not v.bf16}
     for name, setting in cases.items():
@@ -316,17 +452,11 @@ def fidelity(size: str, smoke: bool = False) -> dict:
     return out
 
 
-MEMORY_STEP = (
-    "lambda_sfsl=0",
-    "SFSL exact",
-    "SFSL decode at f input",
-    "SFSL decoder checkpointing",
-    "SFSL fast (loss=fast)",
-)
+MEMORY_STEP = ("lambda_sfsl=0", FAST_KEY, APPROX_KEY, LOW_MEMORY_KEY)
 
 
 def memory_jobs(size: str, smoke: bool = False) -> list[tuple[str, str, str]]:
-    steps = ("SFSL fast (loss=fast)",) if smoke else MEMORY_STEP
+    steps = (FAST_KEY,) if smoke else MEMORY_STEP
     jobs = [(size, "step", n) for n in steps]
     if not smoke:
         jobs += [
@@ -354,7 +484,8 @@ def memory_job(size: str, kind: str, name: str) -> Callable[[], object]:
             Path(tempfile.mkdtemp(prefix="spurgen-bench-mem-")), spec.eval_images, spec.resolution
         )
         if name.startswith("batched"):
-            return lambda: predict_set([model], paths, 0, batch_size=32)
+            fast = spurgen_eval_model(model)
+            return lambda: predict_set([fast], paths, 0, batch_size=32)
         return lambda: naive_predict(model, paths)
     from spurgen.pipeline import make_pipeline, sample
 

@@ -195,9 +195,11 @@ class SpurgenModule(L.LightningModule):
         if self.optim.train_text_encoder:
             te = [p for p in self.text_encoder.parameters() if p.requires_grad]
             groups.append({"params": te, "lr": self.optim.lr_text_encoder})
+        fp16 = self._trainer is not None and str(self.trainer.precision).startswith("16")
         return make_optimizer(
             self.optim.optimizer,
             groups,
+            fused=False if fp16 else None,
             weight_decay=self.optim.weight_decay,
             betas=self.optim.betas,
             eps=self.optim.eps,

@@ -29,11 +29,33 @@ def check_optimizer(name: str) -> None:
         ) from exc
 
 
-def make_optimizer(name: str, groups: list[dict], **kwargs) -> torch.optim.Optimizer:
-    """AdamW over the parameter groups, in 32-bit or bitsandbytes 8-bit form."""
+def can_fuse(groups: list[dict]) -> bool:
+    """torch's fused AdamW (one kernel over all parameters) runs on CPU and CUDA for floating tensors
+    that share one device."""
+    params = [p for g in groups for p in g["params"]]
+    devices = {p.device for p in params}
+    return (
+        len(devices) == 1
+        and next(iter(devices)).type in ("cpu", "cuda")
+        and all(p.dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64) for p in params)
+    )
+
+
+def make_optimizer(
+    name: str, groups: list[dict], fused: bool | None = None, **kwargs
+) -> torch.optim.Optimizer:
+    """AdamW over the parameter groups, in 32-bit or bitsandbytes 8-bit form.
+
+    fused=None uses torch's fused AdamW where it can run (same update, one kernel: at the proportional size
+    on 2 CPU cores the optimiser step fell from 217 to 86 ms, experiments/bench.py). Pass fused=False
+    under fp16 autocast with a GradScaler and gradient clipping, which Lightning does not allow for an
+    optimiser that unscales internally.
+    """
     check_optimizer(name)
     if name == "adamw8bit":
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(groups, **kwargs)
-    return torch.optim.AdamW(groups, **kwargs)
+    if fused is None:
+        fused = can_fuse(groups)
+    return torch.optim.AdamW(groups, fused=bool(fused), **kwargs)

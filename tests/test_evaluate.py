@@ -143,6 +143,28 @@ def test_each_image_decoded_once_and_shared(data, monkeypatch):
     assert np.allclose(out.per_classifier[m.name].p_target, p_alone, atol=1e-6)
 
 
+def test_channels_last_placement_keeps_the_predictions(data):
+    """eval.channels_last (the default) changes only the memory layout: the same top-5 and probabilities."""
+    import spurgen.eval.predict as P
+    from spurgen.models.loaders import load_classifier
+    from spurgen.stages.evaluate import classifier_specs
+
+    specs = classifier_specs(_tiny_eval_cfg())
+    default = [load_classifier(s) for s in specs]
+    cl = [load_classifier(s) for s in specs]
+    P.place(default, torch.device("cpu"), False)
+    P.place(cl, torch.device("cpu"), True)
+    conv = next(w for w in cl[0].parameters() if w.ndim == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    paths = sorted(data["generated"].glob("*.png"))
+    a, b = P.predict_set(default, paths, 94), P.predict_set(cl, paths, 94)
+    for name, pa in a.per_classifier.items():
+        pb = b.per_classifier[name]
+        assert np.array_equal(pa.top5[:, 0], pb.top5[:, 0])
+        assert np.allclose(pa.p_target, pb.p_target, atol=1e-5)
+        assert np.allclose(pa.features, pb.features, atol=1e-4)
+
+
 def _tiny_eval_cfg():
     from omegaconf import OmegaConf
 

@@ -199,3 +199,21 @@ def test_sfsl_on_fixed_batch_drops_after_short_training_with_large_lambda():
     after = fixed_sfsl()
     assert before > 0
     assert after < before, (before, after)
+
+
+def test_optimizer_is_fused_where_it_runs():
+    """AdamW uses torch's fused kernel on CPU/CUDA parameters (the same update, one kernel); fused=False and
+    8-bit stay available."""
+    from spurgen.optim import can_fuse, make_optimizer
+
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    opt = make_optimizer("adamw", [{"params": [w]}], lr=1e-3)
+    assert opt.defaults["fused"] is True and can_fuse([{"params": [w]}])
+    assert make_optimizer("adamw", [{"params": [w]}], fused=False, lr=1e-3).defaults["fused"] is False
+    ref = torch.nn.Parameter(w.detach().clone())
+    opt_ref = torch.optim.AdamW([ref], lr=1e-3)
+    for _ in range(3):
+        for p, o in ((w, opt), (ref, opt_ref)):
+            p.grad = torch.ones_like(p)
+            o.step()
+    torch.testing.assert_close(w.detach(), ref.detach())
