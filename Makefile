@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install test test-fast lint format run bench clean
+.PHONY: help install test test-fast lint format run bench bench-gpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ run:  ## the embedded tiny default: train -> generate -> evaluate on CPU
 
 bench:  ## benchmark suite (writes BENCHMARKS.md)
 	$(PY) experiments/bench.py
+
+bench-gpu:  ## SD 1.5's architecture at 512² in bf16 on a CUDA GPU (writes BENCHMARKS_GPU.md)
+	$(PY) experiments/bench_gpu.py --out .
 
 clean:  ## remove run outputs and caches
 	rm -rf outputs multirun .pytest_cache

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from .conftest import REPO
 
@@ -43,3 +44,45 @@ def test_bench_smoke(tmp_path):
     own = framework["Lightning's own time in a fit step"]["median"]
     assert 0 <= own < framework["Lightning fit (spurgen module)"]["median"]
     assert tiny["eval"]["classifiers"]["tiny_cnn"]["gflop_per_image"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_bench_script_smoke(tmp_path):
+    """experiments/bench_gpu.py (the real-size GPU measurement) runs end to end on the tiny parts on CPU."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "experiments" / "bench_gpu.py"),
+            *("--size", "tiny", "--device", "cpu", "--fp32", "--repeats", "1", "--gen-images", "1"),
+            *("--gen-steps", "2", "--out", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads((tmp_path / "bench_gpu.json").read_text())
+    steps = data["steps"]
+    assert set(steps) == {"lambda_sfsl=0", "SFSL exact (loss=fast)", "SFSL loss=low_memory"}
+    for v in steps.values():
+        assert v["median_s"] > 0 and v["tflop_per_step"] > 0
+    # the SFSL adds the decoder's and f's FLOPs; checkpointing adds one more decoder forward
+    assert steps["lambda_sfsl=0"]["tflop_per_step"] < steps["SFSL exact (loss=fast)"]["tflop_per_step"]
+    assert steps["SFSL exact (loss=fast)"]["tflop_per_step"] < steps["SFSL loss=low_memory"]["tflop_per_step"]
+    assert data["generation"]["images_per_s"] > 0
+    assert "| SFSL exact (loss=fast) |" in (tmp_path / "BENCHMARKS_GPU.md").read_text()
+
+
+def test_gpu_bench_without_cuda_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("checks the message shown without CUDA")
+    out = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "bench_gpu.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert out.returncode == 2 and "no CUDA device" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "bench_gpu.json").exists()
