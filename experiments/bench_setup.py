@@ -75,10 +75,12 @@ class Setting:
         False  # torch.autocast(bf16) around the step, fp32 master weights (trainer.precision=bf16-mixed)
     )
     t_max: int = 500
+    every_n_steps: int = 1
 
     def loss(self) -> SpuriousFeatureSimilarityLoss:
         return SpuriousFeatureSimilarityLoss(
             t_max=self.t_max,
+            every_n_steps=self.every_n_steps,
             decode_size=self.decode_size,
             decoder_checkpointing=self.decoder_checkpointing,
             decode_at_extractor_size=self.decode_at_extractor_size,
@@ -93,6 +95,7 @@ LOW_MEMORY = Setting(decoder_checkpointing=True)  # conf/loss/low_memory.yaml
 FAST_KEY = "SFSL exact (loss=default = loss=fast)"
 LOW_MEMORY_KEY = "SFSL decoder checkpointing (loss=low_memory)"
 APPROX_KEY = "SFSL decode at f input (loss=approx)"
+EVERY_2_KEY = "SFSL exact, every 2nd step (loss.sfsl.every_n_steps=2)"
 SETTINGS = {
     "lambda_sfsl=0": Setting(lambda_sfsl=0.0),
     FAST_KEY: FAST,
@@ -100,6 +103,7 @@ SETTINGS = {
     LOW_MEMORY_KEY: LOW_MEMORY,
     "SFSL exact, bf16 autocast": Setting(bf16=True),
     "SFSL decoder checkpointing, bf16 autocast": dataclasses.replace(LOW_MEMORY, bf16=True),
+    EVERY_2_KEY: Setting(every_n_steps=2),
 }
 
 
