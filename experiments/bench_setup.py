@@ -38,11 +38,23 @@ class Size:
     note: str
 
 
+def frozen_vae(build: Callable[[], SDParts]) -> Callable[[], SDParts]:
+    """Parts as SpurgenModule holds them: the VAE frozen (no weight gradients), also where a section uses the
+    parts without a module (L_SFSL alone, fidelity)."""
+
+    def parts() -> SDParts:
+        built = build()
+        built.vae.requires_grad_(False)
+        return built
+
+    return parts
+
+
 SIZES = {
     "tiny": Size(
         "tiny",
         32,
-        build_tiny_sd,
+        frozen_vae(build_tiny_sd),
         build_tiny_extractor,
         4,
         10,
@@ -52,7 +64,7 @@ SIZES = {
     "proportional": Size(
         "proportional",
         128,
-        lambda: build_proportional_sd(width_scale=0.25, vae_width_scale=0.5, resolution=128),
+        frozen_vae(lambda: build_proportional_sd(width_scale=0.25, vae_width_scale=0.5, resolution=128)),
         lambda: build_proportional_extractor(width_scale=0.25, input_size=56),
         1,
         4,
