@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bench_setup import FAST_KEY
+from bench_setup import BASE_CACHED_KEY, FAST_CACHED_KEY, FAST_KEY
 
 REAL_UNET_S, REAL_VAE_S = (
     9.5,
@@ -82,9 +82,10 @@ def _size_section(name: str, r: dict, repeats: int) -> tuple[list[str], list[str
     ]
     lines += [f"| {k} | {_ms(v)} | {v['median'] / base:.2f} |" for k, v in s.items()]
     run = r["run"]
-    run0, runf = run["lambda_sfsl=0"]["mean"], run[FAST_KEY]["mean"]
+    run0, runf = run[BASE_CACHED_KEY]["mean"], run[FAST_CACHED_KEY]["mean"]
     lines += [
         f"\n### (a) Training run: t drawn as in training, {run['steps']} steps per setting (ms)\n",
+        "Latents cached (train.cache_latents, the default), as in training.\n",
         "| setting | mean | median [p10, p90] | mean x lambda_sfsl=0 |",
         "|---|---|---|---|",
     ]
@@ -166,14 +167,17 @@ def _size_section(name: str, r: dict, repeats: int) -> tuple[list[str], list[str
         )
         lines.append(f"| {k} | {v['peak_mib']:.0f} | {v['added_mib']:.0f} | {rel} |")
     if name == "proportional":
+        base_c = s[BASE_CACHED_KEY]["median"]
+        fast_c = s[FAST_CACHED_KEY]["median"] / base_c
         fast = s[FAST_KEY]["median"] / base
         run_ratio = runf / run0
         targets.append(
-            f"- fast SFSL step <= 1.5x a lambda_sfsl=0 step: as training runs (t drawn, the term ran on "
-            f"{run['term_ran']} of {run['steps']} steps), {run_ratio:.2f}x {_pass(run_ratio <= 1.5)}; "
-            f"on a step where the term runs, {fast:.2f}x {_pass(fast <= 1.5)}"
+            f"- fast SFSL step <= 1.5x a lambda_sfsl=0 step: as training runs (latents cached, t drawn: the term "
+            f"ran on {run['term_ran']} of {run['steps']} steps), {run_ratio:.2f}x {_pass(run_ratio <= 1.5)}; "
+            f"on a step where the term runs, {fast_c:.2f}x with latents cached {_pass(fast_c <= 1.5)}, "
+            f"{fast:.2f}x without {_pass(fast <= 1.5)}"
         )
-        if fast > 1.5:
+        if min(fast, fast_c) > 1.5:
             targets.append(
                 f"  - on such a step the exact term alone (decoder forward and backward, f) takes {ex * 1e3:.0f} ms "
                 f"= {ex / base:.2f} of a lambda_sfsl=0 step, so the step costs about {1 + ex / base:.2f}x whatever "

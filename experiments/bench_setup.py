@@ -88,6 +88,7 @@ class Setting:
     )
     t_max: int = 500
     every_n_steps: int = 1
+    cache_latents: bool = False  # train.cache_latents (the training default is true)
 
     def loss(self) -> SpuriousFeatureSimilarityLoss:
         return SpuriousFeatureSimilarityLoss(
@@ -107,7 +108,9 @@ LOW_MEMORY = Setting(decoder_checkpointing=True)  # conf/loss/low_memory.yaml
 FAST_KEY = "SFSL exact (loss=default = loss=fast)"
 LOW_MEMORY_KEY = "SFSL decoder checkpointing (loss=low_memory)"
 APPROX_KEY = "SFSL decode at f input (loss=approx)"
-EVERY_2_KEY = "SFSL exact, every 2nd step (loss.sfsl.every_n_steps=2)"
+EVERY_2_KEY = "SFSL exact, every 2nd step (loss.sfsl.every_n_steps=2), latents cached"
+BASE_CACHED_KEY = "lambda_sfsl=0, latents cached"
+FAST_CACHED_KEY = "SFSL exact (loss=fast), latents cached"
 SETTINGS = {
     "lambda_sfsl=0": Setting(lambda_sfsl=0.0),
     FAST_KEY: FAST,
@@ -115,7 +118,9 @@ SETTINGS = {
     LOW_MEMORY_KEY: LOW_MEMORY,
     "SFSL exact, bf16 autocast": Setting(bf16=True),
     "SFSL decoder checkpointing, bf16 autocast": dataclasses.replace(LOW_MEMORY, bf16=True),
-    EVERY_2_KEY: Setting(every_n_steps=2),
+    BASE_CACHED_KEY: Setting(lambda_sfsl=0.0, cache_latents=True),
+    FAST_CACHED_KEY: Setting(cache_latents=True),
+    EVERY_2_KEY: Setting(every_n_steps=2, cache_latents=True),
 }
 
 
@@ -130,6 +135,8 @@ def make_batch(parts: SDParts, resolution: int, n_instance: int = 1, seed: int =
             "pair": i,
             "class": torch.rand(3, resolution, resolution, generator=g) * 2 - 1,
             "class_ids": cls_ids,
+            "instance_key": f"instance/{i}",  # used only by a module with cache_latents
+            "class_key": f"class/{i}",
         }
         for i in range(n_instance)
     ]
@@ -156,6 +163,7 @@ def make_module(
         OptimSettings(lr_unet=1e-6, lr_text_encoder=1e-6),
         reference_images=reference_images(resolution) if sfsl else None,
         sample_scheduler=parts.sample_scheduler,
+        cache_latents=setting.cache_latents,
     )
     module.prepare_references()
     return module

@@ -116,6 +116,7 @@ class TrainConfig:
     lora_alpha: float | None = None  # null: = lora_rank
     lora_dropout: float = 0.0
     on_nonfinite: str = "stop"  # stop (message naming the term and step) | skip (skip the step, count it)
+    cache_latents: bool = True  # encode each training image with the frozen VAE once, not every step
 
 
 @dataclass

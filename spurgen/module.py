@@ -54,6 +54,7 @@ class SpurgenModule(L.LightningModule):
         reference_images: torch.Tensor | None = None,  # (R, 3, H, W) in [0, 1], the training transform
         sample_scheduler=None,
         run_config: dict | None = None,
+        cache_latents: bool = False,
     ):
         super().__init__()
         self.unet, self.text_encoder, self.vae = unet, text_encoder, vae
@@ -79,6 +80,8 @@ class SpurgenModule(L.LightningModule):
             raise ValueError("lambda_sfsl > 0 needs a feature extractor and reference images")
         self.register_buffer("reference_images", reference_images, persistent=False)
         self._references_set = False
+        self.cache_latents = bool(cache_latents)
+        self._latents: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # image key -> E(x)'s (mean, std)
         self.train()
 
     # -- frozen means frozen ---------------------------------------------------------------------------
@@ -151,9 +154,9 @@ class SpurgenModule(L.LightningModule):
         n_inst = int(batch["n_instance"])
         dev = pixels.device
         with torch.no_grad():
-            dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
-            noise_z = torch.randn(dist.mean.shape, generator=generator).to(dev, dist.mean.dtype)
-            z = (dist.mean + dist.std * noise_z) * self.vae.config.scaling_factor  # (B, 4, h, w)
+            mean, std = self.latent_distribution(pixels, batch.get("keys"))
+            noise_z = torch.randn(mean.shape, generator=generator).to(dev, mean.dtype)
+            z = (mean + std * noise_z) * self.vae.config.scaling_factor  # (B, 4, h, w)
         z = z.float()
         eps = torch.randn(z.shape, generator=generator).to(dev)
         n_steps = self.noise_scheduler.config.num_train_timesteps
@@ -167,6 +170,25 @@ class SpurgenModule(L.LightningModule):
         step = StepTensors(out, target, z_t, t, n_inst, batch.get("pair_index"))
         ctx = self.sfsl_context() if self.objective.uses_sfsl else None
         return self.objective(step, ctx, global_step)
+
+    @torch.no_grad()
+    def latent_distribution(
+        self, pixels: torch.Tensor, keys: list[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """E(x)'s Gaussian (mean, std), each (B, 4, h, w). With cache_latents and keys naming the images, each
+        image is encoded once, alone (so its value never depends on its batch-mates), and reused: the VAE is
+        frozen and the training transform deterministic, so only the sampled z changes from step to step."""
+        if not (self.cache_latents and keys):
+            dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+            return dist.mean, dist.std
+        for j, key in enumerate(keys):
+            if key not in self._latents:
+                dist = self.vae.encode(pixels[j : j + 1].to(self.vae.dtype)).latent_dist
+                self._latents[key] = (dist.mean[0], dist.std[0])
+        return (
+            torch.stack([self._latents[k][0] for k in keys]),
+            torch.stack([self._latents[k][1] for k in keys]),
+        )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         res = self.compute_losses(batch, self.step_generator(), self.global_step)

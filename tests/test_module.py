@@ -217,3 +217,41 @@ def test_optimizer_is_fused_where_it_runs():
             p.grad = torch.ones_like(p)
             o.step()
     torch.testing.assert_close(w.detach(), ref.detach())
+
+
+def test_cached_latents_give_the_same_losses_and_encode_each_image_once():
+    """train.cache_latents: each keyed image is encoded once, alone; the losses of later steps match encoding
+    every step (to float rounding: a batch encode and a one-image encode may round differently)."""
+    module, parts = make_module(lambda_sfsl=1.0)
+    cached, _ = make_module(lambda_sfsl=1.0)
+    cached.load_state_dict(module.state_dict(), strict=False)
+    cached.vae.load_state_dict(module.vae.state_dict())
+    cached.feature_extractor.load_state_dict(module.feature_extractor.state_dict())
+    cached.cache_latents = True
+    for m in (module, cached):
+        m.prepare_references()
+    batch = make_batch(parts) | {"keys": ["instance/0", "instance/1", "class/0", "class/1"]}
+    calls = []
+    encode = cached.vae.encode
+    cached.vae.encode = lambda x: calls.append(x.shape[0]) or encode(x)
+    for step in range(3):
+        a = module.compute_losses(batch, module.step_generator(step), step)
+        b = cached.compute_losses(batch, cached.step_generator(step), step)
+        torch.testing.assert_close(b.total, a.total, rtol=1e-4, atol=1e-5)
+        for name in a.parts:
+            torch.testing.assert_close(b.parts[name], a.parts[name], rtol=1e-4, atol=1e-5)
+    assert calls == [1, 1, 1, 1]  # four images, each encoded alone, once over three steps
+    unkeyed = make_batch(parts, seed=1)  # no keys (e.g. a hand-made batch): encoded every time, never cached
+    cached.compute_losses(unkeyed, cached.step_generator(3), 3)
+    assert calls[-1] == 4 and len(cached._latents) == 4
+
+
+def test_dataset_items_name_their_images_for_the_cache(tmp_path):
+    from tests.conftest import write_images
+
+    parts = build_tiny_sd()
+    ids = tokenize(parts.tokenizer, "a photo of a sks flower")
+    ds = DreamBoothDataset(torch.rand(2, 3, 32, 32), ids, write_images(tmp_path, 3, size=32), ids, 32)
+    batch = collate([ds[i] for i in range(4)])
+    assert batch["keys"] == [f"instance/{i % 2}" for i in range(4)] + [f"class/{i % 3}" for i in range(4)]
+    assert torch.equal(batch["pixel_values"][4], batch["pixel_values"][7])  # class/0 twice: same pixels

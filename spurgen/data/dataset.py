@@ -56,27 +56,41 @@ class DreamBoothDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         k = i % len(self.instance_images)
-        item = {"instance": self.instance_images[k] * 2 - 1, "instance_ids": self.instance_ids, "pair": k}
+        item = {
+            "instance": self.instance_images[k] * 2 - 1,
+            "instance_ids": self.instance_ids,
+            "pair": k,
+            "instance_key": f"instance/{k}",  # the same pixels every time it comes back (no random transform)
+        }
         if self.with_prior:
-            path = self.class_paths[i % len(self.class_paths)]
-            item["class"] = train_transform(load_rgb(path), self.resolution, self.center_crop) * 2 - 1
+            j = i % len(self.class_paths)
+            item["class"] = (
+                train_transform(load_rgb(self.class_paths[j]), self.resolution, self.center_crop) * 2 - 1
+            )
             item["class_ids"] = self.class_ids
+            item["class_key"] = f"class/{j}"
         return item
 
 
 def collate(items: list[dict]) -> dict:
-    """pixel_values (B, 3, R, R) in [-1, 1], input_ids (B, L): instance half first."""
+    """pixel_values (B, 3, R, R) in [-1, 1], input_ids (B, L): instance half first. `keys` (when the items
+    carry them) name each row's image, for the latent cache (SpurgenModule, train.cache_latents)."""
     pixels = [it["instance"] for it in items]
     ids = [it["instance_ids"] for it in items]
+    keys = [it.get("instance_key") for it in items]
     if "class" in items[0]:
         pixels += [it["class"] for it in items]
         ids += [it["class_ids"] for it in items]
-    return {
+        keys += [it.get("class_key") for it in items]
+    out = {
         "pixel_values": torch.stack(pixels),
         "input_ids": torch.stack(ids),
         "n_instance": len(items),
         "pair_index": torch.tensor([it["pair"] for it in items]),
     }
+    if all(k is not None for k in keys):
+        out["keys"] = keys
+    return out
 
 
 class StepBatchSampler(torch.utils.data.Sampler[list[int]]):

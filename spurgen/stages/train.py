@@ -187,6 +187,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         reference_images=ref_images if objective.uses_sfsl else None,
         sample_scheduler=parts.sample_scheduler,
         run_config=resolved,
+        cache_latents=cfg.train.cache_latents,
     )
 
     # batch b depends only on (seed, b), and a resumed run starts at the batches its checkpoint had seen
