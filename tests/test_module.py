@@ -255,3 +255,19 @@ def test_dataset_items_name_their_images_for_the_cache(tmp_path):
     batch = collate([ds[i] for i in range(4)])
     assert batch["keys"] == [f"instance/{i % 2}" for i in range(4)] + [f"class/{i % 3}" for i in range(4)]
     assert torch.equal(batch["pixel_values"][4], batch["pixel_values"][7])  # class/0 twice: same pixels
+
+
+def test_gradients_are_freed_right_after_each_update(tmp_path):
+    """No gradient survives into the next step's forward (Lightning would free them only after it)."""
+    from lightning.pytorch.callbacks import Callback
+
+    alive = []
+
+    class Probe(Callback):
+        def on_train_batch_start(self, trainer, module, *_):
+            alive.append(sum(p.grad is not None for p in module.parameters()))
+
+    module, parts = make_module(lambda_sfsl=0.0)
+    _fit(module, parts, 3, tmp_path, callbacks=[Probe()])
+    assert alive == [0, 0, 0]
+    assert any(p.requires_grad for p in module.unet.parameters())
