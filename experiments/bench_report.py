@@ -28,6 +28,8 @@ STATIC = """
 | loss=approx | decode at f input: cheap, but its gradient is far from the exact one at the proportional size (see Fidelity) | `loss=approx` (conf/loss/approx.yaml) |
 | fused AdamW | torch's one-kernel AdamW (same update), used wherever it runs | spurgen/optim.py (automatic) |
 | channels-last evaluation | classifiers' weights and inputs in channels-last memory layout | `eval.channels_last` (true) |
+| latent cache | each training image encoded by the frozen VAE once (alone), reused every step it returns | `train.cache_latents` (true) |
+| gradients freed after each update | SpurgenModule.optimizer_step sets them to None at once, not after the next forward (Lightning's order) | automatic |
 
 Section (a) fixes t (instance t = 250, prior t = 600), so every SFSL step there is one where the term *is*
 computed: the worst case. Section (a), training run, draws t from each step's seeded generator exactly as
