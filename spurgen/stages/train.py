@@ -129,27 +129,11 @@ def build_dataset(
     )
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Returns the run metadata (also written to run_dir/run.json)."""
-    run_dir = Path(run_dir)
-    t0 = time.time()
-    check_writable(run_dir)
-    check_launch(cfg.trainer)  # DDP inside a basic/joblib sweep cannot work: fail before building
-    ref_paths = resolve_references(cfg)
-    check_optimizer(
-        cfg.train.optimizer
-    )  # adamw8bit without CUDA/bitsandbytes fails before any model is built
-
-    parts: SDParts = build(cfg.model)
-    if parts.is_tiny_random:
-        print(TINY_BANNER, flush=True)
-    resolution = int(cfg.data.resolution or parts.resolution)
-    instance_prompt, class_prompt = cfg.data.instance_prompt, cfg.data.class_prompt
-    log.info("references (%d): %s", len(ref_paths), ", ".join(p.name for p in ref_paths))
-    ref_images = load_training_images(ref_paths, resolution, cfg.data.center_crop)  # (R, 3, H, W) in [0, 1]
-
-    dataset = build_dataset(cfg, parts, ref_images, resolution)
-    tok = parts.tokenizer
+def build_module(
+    cfg: DictConfig, parts: SDParts, ref_images: torch.Tensor, run_config: dict
+) -> SpurgenModule:
+    """The objective, the frozen extractor (only when the SFSL is on), memory options and LoRA, wrapped in
+    the LightningModule."""
     objective = build(cfg.loss)
     extractor = build(cfg.feature_extractor) if objective.uses_sfsl else None
     if cfg.train.gradient_checkpointing:
@@ -163,12 +147,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             cfg.train.lora_dropout,
             cfg.train.train_text_encoder,
         )
-    resolved = scrub_secrets(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    resolved["model_is_tiny_random"] = parts.is_tiny_random  # in checkpoints and the W&B config too
-    module = SpurgenModule(
+    return SpurgenModule(
         parts.unet,
         parts.text_encoder,
-        tok,
+        parts.tokenizer,
         parts.vae,
         parts.noise_scheduler,
         extractor,
@@ -186,31 +168,29 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         on_nonfinite=cfg.train.on_nonfinite,
         reference_images=ref_images if objective.uses_sfsl else None,
         sample_scheduler=parts.sample_scheduler,
-        run_config=resolved,
+        run_config=run_config,
         cache_latents=cfg.train.cache_latents,
     )
 
-    # batch b depends only on (seed, b), and a resumed run starts at the batches its checkpoint had seen
+
+def build_loader(cfg: DictConfig, dataset: DreamBoothDataset, module: SpurgenModule) -> DataLoader:
+    """Batch b depends only on (seed, b), and a resumed run starts at the batches its checkpoint had seen;
+    under DDP each rank takes its own batches."""
     sampler = StepBatchSampler(
         len(dataset), int(cfg.data.batch_size), int(cfg.seed), lambda: module.batches_seen
     )
-    loader = DataLoader(
+    return DataLoader(
         dataset,
-        batch_sampler=RankBatchSampler(sampler, module_rank_world(module)),  # DDP: each rank its own batches
+        batch_sampler=RankBatchSampler(sampler, module_rank_world(module)),
         collate_fn=collate,
         num_workers=int(cfg.data.num_workers),
     )
 
-    meta = run_metadata(cfg, parts, resolution=resolution, prediction_type=parts.prediction_type)
-    name = f"{cfg.target.name.replace(' ', '_')}-lambda{cfg.loss.lambda_sfsl:g}-seed{cfg.seed}"
-    logger = build_logger(
-        cfg.logger,
-        run_dir,
-        resolved,
-        name,
-        group=cfg.target.name.replace(" ", "_"),
-        tags=[f"class:{cfg.target.index}", f"lambda_sfsl:{cfg.loss.lambda_sfsl:g}", f"seed:{cfg.seed}"],
-    )
+
+def build_callbacks(
+    cfg: DictConfig, run_dir: Path, parts: SDParts, resolution: int
+) -> tuple[list, GracefulInterrupt]:
+    """Checkpoints, intermediate samples, signal handling (and the test-only fault injection)."""
     ckpt = ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
         filename="step-{step:06d}",
@@ -223,7 +203,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     )
     samples = SampleImages(
         run_dir / "samples",
-        instance_prompt,
+        cfg.data.instance_prompt,
         int(cfg.train.sample_every_n_steps),
         int(cfg.train.num_samples),
         int(cfg.train.sample_steps),
@@ -233,14 +213,48 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         seed=int(cfg.seed),
         meta={"model_is_tiny_random": parts.is_tiny_random},
     )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    interrupt = GracefulInterrupt(last, run_dir)
+    interrupt = GracefulInterrupt(run_dir / "checkpoints" / "last.ckpt", run_dir)
     callbacks = [ckpt, samples, interrupt]
     if os.environ.get("SPURGEN_FAULT_KILL_AT_STEP"):
         fault = FaultInjection(
             int(os.environ["SPURGEN_FAULT_KILL_AT_STEP"]), os.environ.get("SPURGEN_FAULT_SIGNAL", "KILL")
         )
         callbacks.insert(0, fault)  # before GracefulInterrupt, which then sees the signal at the same step
+    return callbacks, interrupt
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Returns the run metadata (also written to run_dir/run.json)."""
+    run_dir = Path(run_dir)
+    t0 = time.time()
+    check_writable(run_dir)
+    check_launch(cfg.trainer)  # DDP inside a basic/joblib sweep cannot work: fail before building
+    ref_paths = resolve_references(cfg)
+    check_optimizer(cfg.train.optimizer)  # adamw8bit without CUDA/bitsandbytes fails before any model
+
+    parts: SDParts = build(cfg.model)
+    if parts.is_tiny_random:
+        print(TINY_BANNER, flush=True)
+    resolution = int(cfg.data.resolution or parts.resolution)
+    log.info("references (%d): %s", len(ref_paths), ", ".join(p.name for p in ref_paths))
+    ref_images = load_training_images(ref_paths, resolution, cfg.data.center_crop)  # (R, 3, H, W) in [0, 1]
+    dataset = build_dataset(cfg, parts, ref_images, resolution)
+    resolved = scrub_secrets(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    resolved["model_is_tiny_random"] = parts.is_tiny_random  # in checkpoints and the W&B config too
+    module = build_module(cfg, parts, ref_images, resolved)
+    loader = build_loader(cfg, dataset, module)
+
+    meta = run_metadata(cfg, parts, resolution=resolution, prediction_type=parts.prediction_type)
+    name = f"{cfg.target.name.replace(' ', '_')}-lambda{cfg.loss.lambda_sfsl:g}-seed{cfg.seed}"
+    logger = build_logger(
+        cfg.logger,
+        run_dir,
+        resolved,
+        name,
+        group=cfg.target.name.replace(" ", "_"),
+        tags=[f"class:{cfg.target.index}", f"lambda_sfsl:{cfg.loss.lambda_sfsl:g}", f"seed:{cfg.seed}"],
+    )
+    callbacks, interrupt = build_callbacks(cfg, run_dir, parts, resolution)
     trainer = build_trainer(cfg, run_dir, callbacks, logger)
     if parts.is_tiny_random and trainer.logger is not None:
         trainer.logger.log_metrics({"meta/model_is_tiny_random": 1.0}, step=0)
@@ -252,15 +266,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         trainer.fit(module, loader, ckpt_path=str(resume_from) if resume_from else None)
     finally:
         interrupt.uninstall()
-    trainer.save_checkpoint(str(last), weights_only=False)
+    trainer.save_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"), weights_only=False)
 
     final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     meta.update(
         steps=int(trainer.global_step),
         final_losses=final,
         references=[str(p) for p in ref_paths],
-        instance_prompt=instance_prompt,
-        class_prompt=class_prompt,
+        instance_prompt=cfg.data.instance_prompt,
+        class_prompt=cfg.data.class_prompt,
         identifier=cfg.data.identifier,
         concept=cfg.target.concept,
         negative_prompt=negative_prompt(cfg),
