@@ -123,7 +123,7 @@ def training_run(size: str, repeats: int, smoke: bool = False) -> dict:
     steps = 2 if smoke else max(2, 2 * repeats)
     times: dict[str, list[float]] = {n: [] for n in names}
     ran: list[bool] = []
-    for n in names:  # warm-up (step numbers 0, consumed by both)
+    for n in names:  # warm-up: each module's step number 0
         fns[n]()
     for r in range(steps):
         for n in names[r % len(names) :] + names[: r % len(names)]:
@@ -195,8 +195,8 @@ class _StepClock:
     def instrument(self, module) -> None:
         """Time the module's math; the optimiser's own update is timed apart from Lightning's closure."""
         for name in ("training_step", "backward", "configure_gradient_clipping"):
-            setattr(module, name, self.timed(getattr(type(module), name).__get__(module)))
-        configure = type(module).configure_optimizers.__get__(module)
+            setattr(module, name, self.timed(getattr(module, name)))
+        configure = module.configure_optimizers
 
         def configure_optimizers():
             opt = configure()
@@ -341,16 +341,10 @@ def spurgen_eval_model(model):
     return fast
 
 
-def gemm_gflops(repeats: int = 5) -> float:
+def gemm_gflops(timer: Timer, repeats: int = 5) -> float:
     """This machine's float32 matrix-multiply rate (GFLOP/s, 2048^3), the ceiling for convolutions here."""
     a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
-    a @ b
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        ts.append(time.perf_counter() - t0)
-    return 2 * 2048**3 / statistics.median(ts) / 1e9
+    return 2 * 2048**3 / timer({"gemm": lambda: a @ b}, repeats)["gemm"]["median"] / 1e9
 
 
 def gflop_per_image(model) -> float:
@@ -372,7 +366,7 @@ def evaluation(size: str, timer: Timer, repeats: int, smoke: bool = False) -> di
     spec = SIZES[size]
     folder = Path(tempfile.mkdtemp(prefix="spurgen-bench-eval-"))
     paths = _write_images(folder, 8 if smoke else spec.eval_images, spec.resolution)
-    out: dict = {"gemm_gflops": gemm_gflops(), "classifiers": {}}
+    out: dict = {"gemm_gflops": gemm_gflops(timer), "classifiers": {}}
     for name, model in _classifiers(size).items():
         n = len(paths) if "full width" not in name else 8
         fast = spurgen_eval_model(model)

@@ -118,7 +118,7 @@ def predict_set(
                 t0 = time.perf_counter()
                 with torch.inference_mode():
                     xm = m.prepare(x)
-                    if getattr(m, "channels_last", False):
+                    if m.channels_last:
                         xm = xm.contiguous(memory_format=torch.channels_last)
                     feats, logits = m.forward_prepared(xm)  # logits already divided by the temperature
                     probs = logits.float().softmax(dim=1)

@@ -43,6 +43,7 @@ class FrozenImageModel(nn.Module):
         self.normalizes_inside = normalizes_inside
         self.temperature = float(temperature)
         self.interpolation = interpolation
+        self.channels_last = False  # set by spurgen.eval.predict.place; predict_set then feeds NHWC
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         modules = dict(model.named_modules())
