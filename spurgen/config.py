@@ -1,6 +1,6 @@
 """Typed, validated configuration.
 
-YAML under conf/ is what people edit; these dataclasses type it (registered in Hydra's ConfigStore as
+YAML under spurgen/conf/ is what people edit; these dataclasses type it (registered in Hydra's ConfigStore as
 `spurgen_schema`), so a misspelled key or a value of the wrong type fails at composition, naming the key.
 `validate()` adds the checks types cannot express (ranges, a concept noun when training) and runs before
 any model is built.
@@ -24,6 +24,9 @@ from spurgen.errors import ConfigError
 # Bump whenever a default of the objective changes (METHOD.md: results from different definitions are never
 # mixed silently). Written into pipeline/spurgen.json, metadata and metrics of every run.
 METHOD_VERSION = "1"
+
+# The Hydra config tree ships inside the package (spurgen/conf), so an installed wheel composes runs too.
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 class Distance(str, Enum):

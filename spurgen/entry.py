@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from spurgen.config import (
+    CONF_DIR,
     METHOD_VERSION,
     EvalConfig,
     GenerateConfig,
@@ -21,7 +22,6 @@ from spurgen.config import (
 )
 from spurgen.errors import SpurgenError
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 @dataclass

@@ -15,7 +15,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from spurgen.config import register_configs, register_resolvers, validate
+from spurgen.config import CONF_DIR, register_configs, register_resolvers, validate
 from spurgen.distributed import is_global_zero
 from spurgen.entry import run_main
 from spurgen.errors import SpurgenError
@@ -23,7 +23,6 @@ from spurgen.loggers import argv_secrets_masked, scrub_hydra_files
 
 register_configs()
 register_resolvers()
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 _last_result: dict = {}
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from spurgen.config import CONF_DIR
 from spurgen.errors import MissingWeightsError, SpurgenError
 from spurgen.models import loaders
 from spurgen.models.extractors import IMAGENET_MEAN, IMAGENET_STD
@@ -176,7 +177,7 @@ def _compose(overrides: list[str]):
 
     register_configs()
     register_resolvers()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from spurgen import imagenet
-from spurgen.config import METHOD_VERSION
+from spurgen.config import CONF_DIR, METHOD_VERSION
 from spurgen.errors import SpurgenError
 from spurgen.eval import metrics as M
 from spurgen.eval import report
@@ -28,7 +28,7 @@ from spurgen.models.extractors import FrozenImageModel
 from spurgen.models.loaders import SOURCES, load_classifier
 
 log = logging.getLogger("spurgen")
-CONF_EVAL = Path(__file__).resolve().parents[2] / "conf" / "eval"
+CONF_EVAL = Path(CONF_DIR) / "eval"
 
 
 def classifier_specs(eval_cfg: DictConfig) -> list:
