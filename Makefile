@@ -30,11 +30,11 @@ format:  ## ruff format and fix
 run:  ## the embedded tiny default: train -> generate -> evaluate on CPU
 	$(PY) -m spurgen.run
 
-bench:  ## benchmark suite (writes BENCHMARKS.md)
-	$(PY) experiments/bench.py
+bench:  ## benchmark suite (writes docs/benchmarks/BENCHMARKS.md)
+	$(PY) experiments/bench.py --out docs/benchmarks
 
-bench-gpu:  ## SD 1.5's architecture at 512² in bf16 on a CUDA GPU (writes BENCHMARKS_GPU.md)
-	$(PY) experiments/bench_gpu.py --out .
+bench-gpu:  ## SD 1.5's architecture at 512² in bf16 on a CUDA GPU (writes docs/benchmarks/BENCHMARKS_GPU.md)
+	$(PY) experiments/bench_gpu.py --out docs/benchmarks
 
 clean:  ## remove run outputs and caches
 	rm -rf outputs multirun .pytest_cache

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="one repeat, tiny size only (the test)")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--sizes", default="tiny,proportional")
-    ap.add_argument("--out", default=str(REPO), help="folder for BENCHMARKS.md and bench.json")
+    ap.add_argument("--out", default=str(REPO / "docs" / "benchmarks"), help="for BENCHMARKS.md, bench.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     repeats = 1 if args.smoke else args.repeats

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen-images", type=int, default=4)
     ap.add_argument("--gen-steps", type=int, default=25)
     ap.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if unknown")
-    ap.add_argument("--out", default=".")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "benchmarks"))
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
