@@ -7,7 +7,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
-from spurgen.pipeline import image_grid, save_png_atomic
+from spurgen.io import save_png_atomic
+from spurgen.pipeline import image_grid
 
 
 class SampleImages(L.Callback):
@@ -16,23 +17,27 @@ class SampleImages(L.Callback):
 
     def __init__(
         self,
-        out_dir: Path,
+        out_dir: str | Path,
         prompt: str,
         every_n_steps: int,
-        num_samples: int,
-        steps: int,
-        guidance: float,
-        resolution: int,
+        sampling: dict | None = None,
         negative_prompt: str | None = None,
         seed: int = 0,
-        meta: dict | None = None,
     ):
+        """sampling: num_samples, steps, guidance (and resolution; null: the model's, read at fit start)."""
+        sampling = dict(sampling or {})
         self.out_dir = Path(out_dir)
-        self.prompt, self.every_n_steps, self.num_samples = prompt, every_n_steps, num_samples
-        self.steps, self.guidance, self.resolution = steps, guidance, resolution
+        self.prompt, self.every_n_steps = prompt, int(every_n_steps)
+        self.num_samples = int(sampling.get("num_samples", 4))
+        self.steps, self.guidance = int(sampling.get("steps", 25)), float(sampling.get("guidance", 7.5))
+        self.resolution = sampling.get("resolution")
         self.negative_prompt = negative_prompt
-        self.seeds = [seed * 10_000 + i for i in range(num_samples)]  # validation has its own seeds
-        self.meta = meta or {}
+        self.seeds = [seed * 10_000 + i for i in range(self.num_samples)]  # validation has its own seeds
+        self.meta: dict = {}
+
+    def setup(self, trainer, module, stage: str) -> None:
+        self.resolution = int(self.resolution or module.resolution)
+        self.meta = {"model_is_tiny_random": bool(module.parts.is_tiny_random)}
 
     def _sample(self, trainer: L.Trainer, module, name: str) -> None:
         if self.num_samples == 0 or not trainer.is_global_zero:

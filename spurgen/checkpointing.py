@@ -82,7 +82,7 @@ def newest_loadable_checkpoint(folder: Path) -> Path | None:
 class GracefulInterrupt(L.Callback):
     """SIGTERM / SIGINT: finish the current step, save last.ckpt, then stop with a resume hint."""
 
-    def __init__(self, ckpt_path: Path, run_dir: Path):
+    def __init__(self, ckpt_path: str | Path, run_dir: str | Path):
         self.ckpt_path, self.run_dir = Path(ckpt_path), Path(run_dir)
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
@@ -102,6 +102,17 @@ class GracefulInterrupt(L.Callback):
             signal.signal(sig, handler)
         self._previous.clear()
 
+    # the handlers live exactly as long as the fit: installed at setup, removed at teardown or on an exception
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not self._previous:
+            self.install()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self.uninstall()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.uninstall()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.received is None:
             return
@@ -112,19 +123,3 @@ class GracefulInterrupt(L.Callback):
             f"continue with the same overrides plus resume={self.run_dir}",
             self.received,
         )
-
-
-class FaultInjection(L.Callback):
-    """Test hook: send this process a signal after the given global step.
-
-    Env SPURGEN_FAULT_KILL_AT_STEP=<step>, SPURGEN_FAULT_SIGNAL=KILL (default) | TERM | INT."""
-
-    def __init__(self, kill_at_step: int, signal_name: str = "KILL"):
-        self.kill_at_step = kill_at_step
-        self.signum = getattr(signal, f"SIG{signal_name.upper()}")
-        self.sent = False
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.kill_at_step and not self.sent:
-            self.sent = True
-            os.kill(os.getpid(), self.signum)

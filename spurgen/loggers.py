@@ -7,6 +7,7 @@ import re
 import socket
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,29 +60,65 @@ def wandb_mode(requested: str) -> str:
     return "online" if _wandb_has_credentials() and _online() else "offline"
 
 
-def build_logger(settings, run_dir: Path, config: dict, name: str, group: str | None, tags: list[str]):
-    kind = settings.kind
-    if kind == "none":
+@dataclass
+class RunLabels:
+    """How a run is named in a logger, from the config (class, lambda_sfsl, seed)."""
+
+    name: str
+    group: str
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class NoLogger:
+    """logger=none: nothing is logged (Lightning's `logger=False`)."""
+
+    kind: str = "none"
+
+    def __call__(self, run_dir: Path, config: dict, labels: RunLabels):
         return False
-    if kind == "csv":
+
+
+@dataclass
+class CsvLogger:
+    """logger=csv: <run>/logs/metrics.csv."""
+
+    kind: str = "csv"
+
+    def __call__(self, run_dir: Path, config: dict, labels: RunLabels):
         from lightning.pytorch.loggers import CSVLogger
 
         return CSVLogger(save_dir=str(run_dir), name="logs", version="")
-    if kind == "wandb":
-        from lightning.pytorch.loggers import WandbLogger
+
+
+@dataclass
+class WandbLogger:
+    """logger=wandb: offline without credentials or network (mode=auto); a resumed run continues the same
+    W&B run (its id is kept in <run>/wandb_run_id.txt); a sweep's runs share one group."""
+
+    kind: str = "wandb"
+    project: str = "spurgen"
+    entity: str | None = None
+    group: str | None = None  # null: the sweep, else the class
+    name: str | None = None  # null: <class>-lambda<lambda_sfsl>-seed<seed>
+    tags: list[str] = field(default_factory=list)
+    mode: str = "auto"  # auto | online | offline | disabled
+
+    def __call__(self, run_dir: Path, config: dict, labels: RunLabels):
+        from lightning.pytorch.loggers import WandbLogger as LightningWandb
 
         from spurgen.distributed import is_global_zero
         from spurgen.sweep import sweep_group, sweep_tags
 
-        mode = wandb_mode(settings.mode)
+        mode = wandb_mode(self.mode)
         run_id_file = Path(run_dir) / "wandb_run_id.txt"
         run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
-        logger = WandbLogger(
-            project=settings.project,
-            entity=settings.entity,
-            name=settings.name or name,
-            group=settings.group or sweep_group() or group,  # a sweep's runs share one group
-            tags=list(settings.tags) + tags + sweep_tags(),
+        logger = LightningWandb(
+            project=self.project,
+            entity=self.entity,
+            name=self.name or labels.name,
+            group=self.group or sweep_group() or labels.group,  # a sweep's runs share one group
+            tags=list(self.tags) + labels.tags + sweep_tags(),
             save_dir=str(run_dir),
             mode=mode,
             id=run_id,
@@ -92,7 +129,6 @@ def build_logger(settings, run_dir: Path, config: dict, name: str, group: str | 
             # other DDP ranks hold a dummy run
             run_id_file.write_text(logger.experiment.id)
         return logger
-    raise ValueError(f"unknown logger kind {kind!r}")
 
 
 def scrub_hydra_files(run_dir: Path) -> None:

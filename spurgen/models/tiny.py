@@ -14,12 +14,14 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from spurgen.models.parts import SDParts
+from spurgen.models.schedulers import ddim_sampler, sd_noise_scheduler
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+DEFAULT_WORDS = ("a", "photo", "of", "sks", "flower", "the", "on", "in")
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -64,6 +66,7 @@ def _tokenizer_dir(words: tuple[str, ...]) -> str:
 
 
 def build_tiny_tokenizer(max_length: int = 77, words: tuple[str, ...] = ()) -> CLIPTokenizer:
+    """A character-level CLIP BPE tokenizer with whole-word tokens for `words` (model/tokenizer=tiny)."""
     # transformers 5 ignores vocab_file/merges_file passed to the constructor (ENVIRONMENT.md):
     # from_pretrained on a folder is the path that works.
     tok = CLIPTokenizer.from_pretrained(_tokenizer_dir(tuple(words)))
@@ -91,17 +94,66 @@ def random_text_encoder(
     )
 
 
-def sd_schedulers(prediction_type: str) -> tuple[DDPMScheduler, DDIMScheduler]:
-    """SD 1.x's training schedule (scaled-linear betas, 1000 steps) and a DDIM sampler on it."""
-    kwargs = dict(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type=prediction_type,
-        clip_sample=False,
-    )
-    return DDPMScheduler(**kwargs), DDIMScheduler(**kwargs, set_alpha_to_one=False, steps_offset=1)
+def build_tiny_text_encoder(
+    hidden: int = 32,
+    layers: int = 2,
+    max_length: int = 32,
+    words: tuple[str, ...] = DEFAULT_WORDS,
+    init_seed: int = 0,
+) -> CLIPTextModel:
+    """A random CLIP text model sized for the tiny tokenizer of the same `words` (model/text_encoder=tiny)."""
+    tokenizer = build_tiny_tokenizer(max_length, tuple(words))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        return random_text_encoder(tokenizer, hidden, layers, 4, 2 * hidden, max_length)
+
+
+def build_tiny_unet(
+    sample_size: int = 16,
+    block_out_channels: tuple[int, ...] = (32, 64),
+    cross_attention_dim: int = 32,
+    in_channels: int = 4,
+    init_seed: int = 0,
+) -> UNet2DConditionModel:
+    """A random UNet2DConditionModel with SD's block layout at a tiny width (model/unet=tiny)."""
+    n = len(block_out_channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        return UNet2DConditionModel(
+            sample_size=sample_size,
+            in_channels=in_channels,
+            out_channels=in_channels,
+            layers_per_block=1,
+            block_out_channels=tuple(block_out_channels),
+            down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+            cross_attention_dim=cross_attention_dim,
+            attention_head_dim=4,
+            norm_num_groups=8,
+        )
+
+
+def build_tiny_vae(
+    block_out_channels: tuple[int, ...] = (16, 32),
+    latent_channels: int = 4,
+    sample_size: int = 32,
+    init_seed: int = 0,
+) -> AutoencoderKL:
+    """A random AutoencoderKL; downsampling factor 2**(len(block_out_channels) - 1) (model/vae=tiny)."""
+    n = len(block_out_channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        return AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * n,
+            up_block_types=("UpDecoderBlock2D",) * n,
+            block_out_channels=tuple(block_out_channels),
+            latent_channels=latent_channels,
+            layers_per_block=1,
+            norm_num_groups=8,
+            sample_size=sample_size,
+        )
 
 
 def build_tiny_sd(
@@ -113,43 +165,16 @@ def build_tiny_sd(
     max_length: int = 32,
     prediction_type: str = "epsilon",
     init_seed: int = 0,
-    words: tuple[str, ...] = ("a", "photo", "of", "sks", "flower", "the", "on", "in"),
+    words: tuple[str, ...] = DEFAULT_WORDS,
 ) -> SDParts:
-    """Tiny random SD parts. Image size = sample_size * 2**(len(vae_channels)-1) (32 px by default)."""
-    block_out_channels, vae_channels = tuple(block_out_channels), tuple(vae_channels)
-    torch.manual_seed(init_seed)
-    tokenizer = build_tiny_tokenizer(max_length, tuple(words))
-    text_encoder = random_text_encoder(tokenizer, text_hidden, text_layers, 4, 2 * text_hidden, max_length)
-    n = len(block_out_channels)
-    unet = UNet2DConditionModel(
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=block_out_channels,
-        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-        cross_attention_dim=text_hidden,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
-        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
-        block_out_channels=vae_channels,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=sample_size * 2 ** (len(vae_channels) - 1),
-    )
-    noise_scheduler, sample_scheduler = sd_schedulers(prediction_type)
+    """Tiny random SD parts in one call (tests and benchmarks; runs compose the same parts from the
+    model/* config groups). Image size = sample_size * 2**(len(vae_channels)-1) (32 px by default)."""
+    factor = 2 ** (len(vae_channels) - 1)
     ident = json.dumps(
         [
             sample_size,
-            block_out_channels,
-            vae_channels,
+            list(block_out_channels),
+            list(vae_channels),
             text_hidden,
             text_layers,
             max_length,
@@ -158,5 +183,13 @@ def build_tiny_sd(
             list(words),
         ]
     )
-    model_id = "tiny-random:" + hashlib.sha256(ident.encode()).hexdigest()[:12]
-    return SDParts(unet, text_encoder, tokenizer, vae, noise_scheduler, sample_scheduler, model_id, True)
+    return SDParts(
+        unet=build_tiny_unet(sample_size, tuple(block_out_channels), text_hidden, 4, init_seed),
+        text_encoder=build_tiny_text_encoder(text_hidden, text_layers, max_length, tuple(words), init_seed),
+        tokenizer=build_tiny_tokenizer(max_length, tuple(words)),
+        vae=build_tiny_vae(tuple(vae_channels), 4, sample_size * factor, init_seed),
+        noise_scheduler=sd_noise_scheduler(prediction_type),
+        sample_scheduler=ddim_sampler(prediction_type),
+        model_id="tiny-random:" + hashlib.sha256(ident.encode()).hexdigest()[:12],
+        is_tiny_random=True,
+    )

@@ -1,0 +1,156 @@
+"""Dependencies point one way (STYLE.md): no import cycles, counting imports inside function bodies, and no
+module imports a layer above its own. Read from the source with `ast`, so making an import lazy does not hide
+it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "spurgen"
+
+# Lowest first. A module may import its own layer or any layer below, never one above.
+LAYERS: list[tuple[str, ...]] = [
+    ("errors", "seeds", "io", "imagenet", "prompts", "build", "sweep"),
+    ("config", "distributed", "loggers"),
+    ("data", "models", "losses", "eval", "optim", "pipeline"),
+    ("module", "callbacks", "checkpointing", "identity"),
+    ("stages",),
+    ("cli", "run", "generate", "evaluate", "export", "report", "__init__", "__main__"),
+]
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PKG.rglob("*.py")}
+
+
+def imports_of(path: Path, name: str, known: set[str]) -> set[str]:
+    """Every spurgen module `path` imports, anywhere in the file (top level or inside functions)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        for target in targets:
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target.startswith("spurgen") and target != name:
+                found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = all_modules()
+    known = set(mods)
+    graph = {name: imports_of(path, name, known) for name, path in mods.items()}
+    # importing a submodule runs its package's __init__ first: a package does not count as importing itself
+    return {n: {t for t in ts if not n.startswith(t + ".") and t != "spurgen"} for n, ts in graph.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def layer_of(module: str) -> int:
+    top = module.split(".")[1] if "." in module else "__init__"
+    for i, names in enumerate(LAYERS):
+        if top in names:
+            return i
+    raise AssertionError(f"{module}: add its top-level name to LAYERS in tests/test_layers.py")
+
+
+def test_no_import_cycles():
+    assert cycles(import_graph()) == []
+
+
+def test_every_module_has_a_layer_and_imports_point_down():
+    wrong = [
+        f"{a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)})"
+        for a, targets in import_graph().items()
+        for b in targets
+        if layer_of(b) > layer_of(a)
+    ]
+    assert wrong == []
+
+
+def test_stages_do_not_import_each_other():
+    graph = import_graph()
+    stages = {m for m in graph if m.startswith("spurgen.stages.")}
+    crossing = [(a, b) for a in stages for b in graph[a] if b in stages and b != a]
+    assert crossing == []
+
+
+def test_no_environment_switches_in_the_package():
+    """Test-only behaviour goes behind seams the tests own (tests/faults.py), not environment variables."""
+    offenders = [
+        str(p.relative_to(PKG.parent))
+        for p in PKG.rglob("*.py")
+        if "SPURGEN_FAULT" in p.read_text() or "SPURGEN_TEST" in p.read_text()
+    ]
+    assert offenders == []
+
+
+@pytest.mark.parametrize(
+    ("source", "expect_cycle"),
+    [
+        ("def f():\n    from spurgen.b import x\n", True),  # a lazy import still counts
+        ("", False),
+    ],
+)
+def test_the_checker_sees_lazy_imports(tmp_path, monkeypatch, source, expect_cycle):
+    pkg = tmp_path / "spurgen"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text(source)
+    (pkg / "b.py").write_text("from spurgen.a import y\n")
+    monkeypatch.setattr(__import__(__name__), "PKG", pkg, raising=False)
+    monkeypatch.setitem(globals(), "PKG", pkg)
+    assert bool(cycles(import_graph())) is expect_cycle
