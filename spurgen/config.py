@@ -8,8 +8,6 @@ any model is built.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -45,6 +43,7 @@ class TargetConfig:
     """The ImageNet class k and its spurious feature; the `class` group is placed here."""
 
     index: int = MISSING
+    file: str | None = None  # the conf/class file this target came from (each class file sets its own name)
     name: str | None = None  # from the ImageNet label list when null
     concept: str | None = None  # spurious concept noun used in prompts ("flower"); needed to train
     feature: str | None = None  # human description of the spurious feature
@@ -84,6 +83,7 @@ class DataConfig:
     spurious_imagenet_dir: str | None = None  # a Spurious ImageNet images/ folder (class index + component)
     demo_references: bool = False  # allow the packaged demo images when no folder is given (tiny model only)
     num_references: int = 5
+    reference_seed: int = 0  # picks the references (not the training seed: METHOD.md, "Seeds mean one thing")
     num_class_images: int = 100
     resolution: int | None = None  # null: from the model config
     identifier: str = "sks"  # the unique identifier token [V]
@@ -316,15 +316,6 @@ def _validate_trainer_keys(cfg: DictConfig) -> None:
             close = sorted(a for a in allowed if a[:4] == str(key)[:4])
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"trainer.{key}", f"is not a lightning.Trainer argument{hint}")
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """Short hash of the resolved config minus where it ran, so identical experiments share it."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("run_dir", "resume"):
-        container.pop(key, None)
-    blob = json.dumps(container, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def asset_path(name: str) -> str:

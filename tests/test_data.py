@@ -10,7 +10,13 @@ from PIL import Image
 from spurgen.data import spurious_imagenet
 from spurgen.data.dataset import DreamBoothDataset, collate, load_training_images
 from spurgen.data.images import list_images, load_rgb
-from spurgen.data.prior import ensure_class_images
+from spurgen.data.prior import (
+    PriorSampling,
+    cache_fields,
+    cache_key,
+    ensure_class_images,
+    training_placement,
+)
 from spurgen.data.references import reference_folder, select_references
 from spurgen.errors import SpurgenError
 
@@ -108,7 +114,8 @@ def test_batch_holds_instance_half_first(tmp_path):
 
 
 def test_prior_images_are_generated_once_and_cached(tiny_parts, tmp_path, monkeypatch):
-    paths = ensure_class_images(tiny_parts, "a photo of a flower", 32, 3, steps=2, guidance=1.0)
+    fast = PriorSampling(steps=2, guidance=1.0)
+    paths = ensure_class_images(tiny_parts, "a photo of a flower", 32, 3, sampling=fast)
     assert len(paths) == 3 and all(Image.open(p).size == (32, 32) for p in paths)
     first = [np.asarray(Image.open(p)) for p in paths]
 
@@ -118,12 +125,117 @@ def test_prior_images_are_generated_once_and_cached(tiny_parts, tmp_path, monkey
         raise AssertionError("cache miss: the pipeline was called again")
 
     monkeypatch.setattr(prior, "sample", boom)
-    again = ensure_class_images(tiny_parts, "a photo of a flower", 32, 3, steps=2, guidance=1.0)
+    again = ensure_class_images(tiny_parts, "a photo of a flower", 32, 3, sampling=fast)
     assert again == paths
     monkeypatch.undo()
     # deterministic: regenerating in a new folder gives the same pixels
-    other = ensure_class_images(tiny_parts, "a photo of a flower", 32, 3, tmp_path / "x", 2, 1.0)
+    other = ensure_class_images(tiny_parts, "a photo of a flower", 32, 3, tmp_path / "x", fast)
     assert all(np.array_equal(a, np.asarray(Image.open(b))) for a, b in zip(first, other, strict=True))
     # a partly filled folder is completed, not regenerated
     (tmp_path / "x" / "class_00001.png").unlink()
-    assert len(ensure_class_images(tiny_parts, "a photo of a flower", 32, 3, tmp_path / "x", 2, 1.0)) == 3
+    assert len(ensure_class_images(tiny_parts, "a photo of a flower", 32, 3, tmp_path / "x", fast)) == 3
+
+
+def _spy(monkeypatch) -> list[dict]:
+    """Record what each sampling call of the prior generation sees (and still sample)."""
+    import spurgen.data.prior as prior
+
+    calls: list[dict] = []
+    real = prior.sample
+
+    def spy(pipe, prompts, seeds, *args, **kwargs):
+        calls.append({"seeds": list(seeds), "unet": pipe.unet.dtype, "text": pipe.text_encoder.dtype})
+        calls[-1]["device"] = pipe.unet.device
+        return real(pipe, prompts, seeds, *args, **kwargs)
+
+    monkeypatch.setattr(prior, "sample", spy)
+    return calls
+
+
+def test_prior_images_sample_in_the_requested_dtype_and_leave_the_parts_as_they_were(tiny_parts, monkeypatch):
+    calls = _spy(monkeypatch)
+    before = {k: v.clone() for k, v in tiny_parts.unet.state_dict().items()}
+    text_before = {k: v.clone() for k, v in tiny_parts.text_encoder.state_dict().items()}
+    sampling = PriorSampling(steps=2, guidance=1.0, batch_size=2, device="cpu", dtype=torch.bfloat16)
+    paths = ensure_class_images(tiny_parts, "a photo of a flower", 32, 3, sampling=sampling)
+    assert len(paths) == 3 and [c["seeds"] for c in calls] == [[0, 1], [2]]  # batched
+    assert all(c["unet"] == c["text"] == torch.bfloat16 and c["device"].type == "cpu" for c in calls)
+    for module, saved in ((tiny_parts.unet, before), (tiny_parts.text_encoder, text_before)):
+        assert all(p.dtype == torch.float32 for p in module.parameters())
+        now = module.state_dict()
+        assert all(torch.equal(now[k], v) for k, v in saved.items())  # bit for bit
+    assert tiny_parts.vae.dtype == torch.float32
+
+
+def test_prior_cache_key_holds_the_settings_but_not_the_count(tiny_parts, tiny_parts_factory):
+    from diffusers import EulerDiscreteScheduler
+
+    def key(parts=tiny_parts, **kw):
+        return cache_key(cache_fields(parts, "a photo of a flower", 32, PriorSampling(**kw)))
+
+    base = key()
+    changed = [
+        key(steps=3),
+        key(guidance=2.0),
+        key(dtype=torch.bfloat16),
+        key(negative_prompt="bird"),
+        cache_key(cache_fields(tiny_parts, "a photo of a leaf", 32, PriorSampling())),
+        key(parts=tiny_parts_factory(init_seed=1)),  # other weights: another tiny-random id
+    ]
+    assert base not in changed and len(set(changed)) == len(changed)
+    assert key(batch_size=16, device="cpu") == base  # how, not what
+    sampler = EulerDiscreteScheduler.from_config(tiny_parts.sample_scheduler.config)
+    other = type(tiny_parts)(**{**tiny_parts.__dict__, "sample_scheduler": sampler})
+    assert key(parts=other) != base
+
+
+def test_prior_cache_key_of_a_local_folder_follows_its_files(tiny_parts, tmp_path):
+    from spurgen.data.prior import model_fingerprint
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "w.bin").write_bytes(b"1234")
+    local = type(tiny_parts)(**{**tiny_parts.__dict__, "model_id": str(tmp_path), "path": str(tmp_path)})
+    first = model_fingerprint(local)
+    (tmp_path / "unet" / "w.bin").write_bytes(b"12345")
+    assert model_fingerprint(local) != first and model_fingerprint(local).startswith(str(tmp_path))
+
+
+def test_a_larger_count_extends_the_cache(tiny_parts, monkeypatch):
+    fast = PriorSampling(steps=3, guidance=1.0, batch_size=4)  # a cache no other test fills
+    two = ensure_class_images(tiny_parts, "a photo of a flower", 32, 2, sampling=fast)
+    calls = _spy(monkeypatch)
+    four = ensure_class_images(tiny_parts, "a photo of a flower", 32, 4, sampling=fast)
+    assert [c["seeds"] for c in calls] == [[2, 3]]  # only the missing images
+    assert four[:2] == two and len({p.parent for p in four}) == 1
+    assert ensure_class_images(tiny_parts, "a photo of a flower", 32, 3, sampling=fast) == four[:3]
+    assert [c["seeds"] for c in calls] == [[2, 3]]
+
+
+def test_training_placement_follows_the_trainer_settings(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training_placement("cpu", 1, "bf16-mixed") == (torch.device("cpu"), torch.bfloat16)
+    assert training_placement("auto", 1, "32-true") == (torch.device("cpu"), torch.float32)
+    assert training_placement("cpu", 1, "16-mixed")[1] == torch.bfloat16  # no float16 sampling on CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert training_placement("gpu", [2, 3], "16-mixed") == (torch.device("cuda", 3), torch.float16)
+    assert training_placement("auto", 2, "bf16-true") == (torch.device("cuda", 1), torch.bfloat16)
+    assert training_placement("cpu", 1, 32)[0] == torch.device("cpu")
+
+
+def test_references_follow_reference_seed_not_the_training_seed():
+    from hydra import compose, initialize_config_dir
+
+    from spurgen.config import CONF_DIR, register_configs, register_resolvers
+    from spurgen.stages.train import resolve_references
+
+    register_configs()
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        picks = {
+            (s, r): resolve_references(compose("config", [f"seed={s}", f"data.reference_seed={r}"]))
+            for s in (0, 1, 2)
+            for r in (0, 1, 2, 3)
+        }
+    assert all(picks[(s, r)] == picks[(0, r)] for s, r in picks)
+    assert len({tuple(v) for v in picks.values()}) > 1

@@ -54,7 +54,7 @@ def test_tiny_run_leaves_every_output(tmp_path):
         "class_prompt",
         "resolution",
         "method_version",
-        "config_hash",
+        "identity",
         "model_is_tiny_random",
     ]:
         assert key in meta, key

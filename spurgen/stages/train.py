@@ -22,7 +22,7 @@ from spurgen.checkpointing import (
     GracefulInterrupt,
     newest_loadable_checkpoint,
 )
-from spurgen.config import METHOD_VERSION, asset_path, config_hash
+from spurgen.config import METHOD_VERSION, asset_path
 from spurgen.data.dataset import (
     DreamBoothDataset,
     StepBatchSampler,
@@ -30,10 +30,11 @@ from spurgen.data.dataset import (
     load_training_images,
     tokenize,
 )
-from spurgen.data.prior import ensure_class_images
+from spurgen.data.prior import PriorSampling, ensure_class_images, training_placement
 from spurgen.data.references import reference_folder, select_references
 from spurgen.distributed import RankBatchSampler, check_launch, module_rank_world
 from spurgen.errors import SpurgenError
+from spurgen.identity import identities
 from spurgen.loggers import build_logger, scrub_secrets
 from spurgen.models.lora import add_lora, merge_lora
 from spurgen.models.parts import SDParts
@@ -53,13 +54,15 @@ TINY_BANNER = "\n".join(["", "!" * 92, *(f"!!  {line:<86}!!" for line in _BANNER
 def run_metadata(cfg: DictConfig, parts: SDParts | None, **extra) -> dict:
     return {
         "method_version": METHOD_VERSION,
-        "config_hash": config_hash(cfg),
+        "identity": identities(cfg),  # spurgen/identity.py: which runs are seeds of one experiment
+        "class_file": cfg.target.get("file"),
         "model": parts.model_id if parts else None,
         "model_is_tiny_random": bool(parts.is_tiny_random) if parts else None,
         "class_index": int(cfg.target.index),
         "class_name": cfg.target.name,
         "lambda_sfsl": float(cfg.loss.lambda_sfsl),
         "seed": int(cfg.seed),
+        "reference_seed": int(cfg.data.reference_seed),
         **extra,
     }
 
@@ -74,7 +77,7 @@ def resolve_references(cfg: DictConfig) -> list[Path]:
         asset_path("demo_references") if cfg.data.demo_references else None,
     )
     names = list(cfg.target.reference_files) if cfg.target.reference_files else None
-    return select_references(folder, int(cfg.data.num_references), int(cfg.seed), names)
+    return select_references(folder, int(cfg.data.num_references), int(cfg.data.reference_seed), names)
 
 
 def negative_prompt(cfg: DictConfig) -> str:
@@ -109,15 +112,25 @@ def build_dataset(
     with_prior = cfg.loss.lambda_prior > 0 and cfg.data.num_class_images > 0
     class_paths = []
     if with_prior:
+        device, dtype = training_placement(  # the frozen model samples where and how it will train
+            cfg.trainer.get("accelerator", "auto"),
+            cfg.trainer.get("devices", 1),
+            cfg.trainer.get("precision"),
+        )
+        sampling = PriorSampling(
+            int(cfg.data.class_image_steps),
+            float(cfg.data.class_image_guidance),
+            int(cfg.data.class_image_batch_size),
+            device=device,
+            dtype=dtype,
+        )
         class_paths = ensure_class_images(
             parts,
             cfg.data.class_prompt,
             resolution,
             int(cfg.data.num_class_images),
             cfg.data.class_images_dir,
-            cfg.data.class_image_steps,
-            cfg.data.class_image_guidance,
-            cfg.data.class_image_batch_size,
+            sampling,
         )
     return DreamBoothDataset(
         ref_images,
