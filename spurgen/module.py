@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import lightning as L
@@ -9,11 +10,11 @@ import torch
 from torch import nn
 
 from spurgen.errors import SpurgenError
-from spurgen.losses import SFSLContext, SpurgenObjective, StepTensors, denoising_target
-from spurgen.optim import make_optimizer
+from spurgen.losses import SpurgenObjective, StepTensors, denoising_target
+from spurgen.models.parts import SDParts
 from spurgen.pipeline import make_pipeline, sample
 
-FROZEN = ("vae", "feature_extractor")
+OptimizerFactory = Callable[..., torch.optim.Optimizer]  # (param groups, fused=...) -> optimiser
 
 
 class NonFiniteLossError(SpurgenError):
@@ -21,83 +22,87 @@ class NonFiniteLossError(SpurgenError):
 
 
 @dataclass
-class OptimSettings:
+class ModuleSettings:
+    """What the module decides itself; the optimiser's own settings live in its partial (spurgen/optim.py)."""
+
     lr_unet: float = 5e-6
     lr_text_encoder: float = 5e-6
-    weight_decay: float = 1e-2
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
     train_text_encoder: bool = True
-    optimizer: str = "adamw"  # adamw | adamw8bit (spurgen/optim.py)
+    seed: int = 0
+    on_nonfinite: str = "stop"  # stop: raise naming the term and step | skip: skip the step, count it
+    cache_latents: bool = False  # encode each keyed training image once (train.cache_latents)
+
+    def __post_init__(self) -> None:
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite must be stop or skip, got {self.on_nonfinite!r}")
+        for name in ("lr_unet", "lr_text_encoder"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 class SpurgenModule(L.LightningModule):
     """DreamBooth (UNet + text encoder trained jointly) with prior preservation and the SFSL.
 
-    Frozen: the VAE and the robust feature extractor (eval mode always, no gradients, not in the optimiser,
-    not in checkpoints). Noise, timesteps and latent samples come from a generator seeded by
-    (seed, global step), so a step's randomness depends on nothing else.
+    Frozen: the VAE and the robust feature extractor, which the SFSL owns (eval mode always, no gradients,
+    not in the optimiser, not in checkpoints). objective.sfsl may be None (lambda_sfsl = 0: no extractor is
+    built); when present, the module binds it to its VAE and noise schedule. Noise, timesteps and latent
+    samples come from a generator seeded by (seed, batch number), so a step's randomness depends on nothing
+    else. `run_config` (the resolved config, saved in checkpoints) is set by the train stage.
     """
 
     def __init__(
         self,
-        unet: nn.Module,
-        text_encoder: nn.Module,
-        tokenizer,
-        vae: nn.Module,
-        noise_scheduler,
-        feature_extractor: nn.Module | None,
+        parts: SDParts,
         objective: SpurgenObjective,
-        optim: OptimSettings | None = None,
-        seed: int = 0,
-        on_nonfinite: str = "stop",  # stop: raise naming the term and step | skip: skip the step, count it
-        reference_images: torch.Tensor | None = None,  # (R, 3, H, W) in [0, 1], the training transform
-        sample_scheduler=None,
-        run_config: dict | None = None,
-        cache_latents: bool = False,
+        optimizer: OptimizerFactory,
+        settings: ModuleSettings | None = None,
     ):
         super().__init__()
-        self.unet, self.text_encoder, self.vae = unet, text_encoder, vae
-        self.feature_extractor = feature_extractor
-        self.tokenizer, self.noise_scheduler = tokenizer, noise_scheduler
-        self.sample_scheduler = sample_scheduler or noise_scheduler
+        self.parts = parts  # the bundle as built (model id, is_tiny_random, resolution); its modules are registered below
+        self.unet, self.text_encoder, self.vae = parts.unet, parts.text_encoder, parts.vae
+        self.tokenizer, self.noise_scheduler = parts.tokenizer, parts.noise_scheduler
+        self.sample_scheduler = parts.sample_scheduler or parts.noise_scheduler
         self.objective = objective
-        self.optim = optim or OptimSettings()
-        self.seed = int(seed)
-        if on_nonfinite not in ("stop", "skip"):
-            raise ValueError(f"on_nonfinite must be stop or skip, got {on_nonfinite!r}")
-        self.on_nonfinite = on_nonfinite
+        self.optimizer_factory = optimizer
+        self.settings = settings or ModuleSettings()
+        self.seed = int(self.settings.seed)
         self.batches_seen = 0  # drives the per-batch generator and the data order; saved in checkpoints
         self.skipped_nonfinite = 0
-        self.run_config = run_config or {}
+        self.run_config: dict = {}
         self.strict_loading = False  # frozen parts are not in checkpoints
         self.vae.requires_grad_(False)
-        if feature_extractor is not None:
-            feature_extractor.requires_grad_(False)
-        if not self.optim.train_text_encoder:
+        if objective.sfsl is not None:
+            objective.sfsl.bind(self.vae, self.noise_scheduler)
+        if not self.settings.train_text_encoder:
             self.text_encoder.requires_grad_(False)
-        if objective.uses_sfsl and (feature_extractor is None or reference_images is None):
-            raise ValueError("lambda_sfsl > 0 needs a feature extractor and reference images")
-        self.register_buffer("reference_images", reference_images, persistent=False)
-        self._references_set = False
-        self.cache_latents = bool(cache_latents)
         self._latents: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # image key -> E(x)'s (mean, std)
         self.train()
+
+    @property
+    def feature_extractor(self) -> nn.Module | None:
+        """f, owned by the SFSL (None without one)."""
+        return None if self.objective.sfsl is None else self.objective.sfsl.extractor
 
     # -- frozen means frozen ---------------------------------------------------------------------------
     def train(self, mode: bool = True):
         super().train(mode)
-        for name in FROZEN:
-            part = getattr(self, name, None)
-            if part is not None:
-                part.eval()
-        if not self.optim.train_text_encoder:
+        self.vae.eval()
+        if self.feature_extractor is not None:
+            self.feature_extractor.eval()
+        if not self.settings.train_text_encoder:
             self.text_encoder.eval()
         return self
 
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of the frozen parts (the VAE, and f inside the SFSL)."""
+        frozen = [m for m in (self.vae, self.feature_extractor) if m is not None]
+        named = self.named_modules(remove_duplicate=False)
+        return tuple(f"{name}." for name, m in named if any(m is f for f in frozen))
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         sd = checkpoint["state_dict"]
-        for key in [k for k in sd if k.split(".", 1)[0] in FROZEN]:
+        prefixes = self.frozen_prefixes()
+        for key in [k for k in sd if k.startswith(prefixes)]:
             del sd[key]
         checkpoint["spurgen_config"] = self.run_config
         checkpoint["spurgen_state"] = {
@@ -110,18 +115,11 @@ class SpurgenModule(L.LightningModule):
         self.batches_seen = int(state.get("batches_seen", 0))
         self.skipped_nonfinite = int(state.get("skipped_nonfinite", 0))
 
-    # -- references: m is computed once per run ----------------------------------------------------------
     def on_fit_start(self) -> None:
-        self.prepare_references()
-
-    @torch.no_grad()
-    def prepare_references(self) -> None:
-        if self._references_set or not self.objective.uses_sfsl:
-            return
-        with torch.autocast(self.device.type, enabled=False):
-            feats = self.feature_extractor.features(self.reference_images.float())
-        self.objective.sfsl.set_references(feats)
-        self._references_set = True
+        """m is computed once per run, here, on the training device (a resumed run or each DDP rank computes
+        the same m from the same reference images; it is never stored)."""
+        if self.objective.uses_sfsl:
+            self.objective.sfsl.prepare_target()
 
     # -- one step -------------------------------------------------------------------------------------------
     def step_generator(self, batch_number: int | None = None) -> torch.Generator:
@@ -134,24 +132,14 @@ class SpurgenModule(L.LightningModule):
             )  # DDP: rank r, global batch b*W+r
         return torch.Generator("cpu").manual_seed(self.seed * 1_000_003 + int(b))
 
-    def sfsl_context(self) -> SFSLContext:
-        return SFSLContext(
-            vae=self.vae,
-            extractor=self.feature_extractor,
-            alphas_cumprod=self.noise_scheduler.alphas_cumprod,
-            prediction_type=self.noise_scheduler.config.prediction_type,
-        )
+    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """t ~ U{0, ..., T-1} for n samples, drawn last from the step's generator.  (n,) on the CPU"""
+        n_steps = self.noise_scheduler.config.num_train_timesteps
+        return torch.randint(0, n_steps, (n,), generator=generator)
 
-    def compute_losses(
-        self,
-        batch: dict,
-        generator: torch.Generator,
-        global_step: int = 0,
-        timesteps: torch.Tensor | None = None,
-    ):
-        """The objective on one batch; `timesteps` fixes t (measurements on a fixed batch)."""
+    def compute_losses(self, batch: dict, generator: torch.Generator, global_step: int = 0):
+        """The objective on one batch (METHOD.md, Training): z = E(x)·s, z_t, the model's output, the target."""
         pixels = batch["pixel_values"]  # (B, 3, R, R) in [-1, 1], instance half first
-        n_inst = int(batch["n_instance"])
         dev = pixels.device
         with torch.no_grad():
             mean, std = self.latent_distribution(pixels, batch.get("keys"))
@@ -159,17 +147,13 @@ class SpurgenModule(L.LightningModule):
             z = (mean + std * noise_z) * self.vae.config.scaling_factor  # (B, 4, h, w)
         z = z.float()
         eps = torch.randn(z.shape, generator=generator).to(dev)
-        n_steps = self.noise_scheduler.config.num_train_timesteps
-        t = torch.randint(0, n_steps, (z.shape[0],), generator=generator).to(dev)
-        if timesteps is not None:
-            t = timesteps.to(dev)
+        t = self.sample_timesteps(z.shape[0], generator).to(dev)  # (B,)
         z_t = self.noise_scheduler.add_noise(z, eps, t)
         enc = self.text_encoder(batch["input_ids"])[0]  # (B, L, D)
         out = self.unet(z_t, t, enc).sample
         target = denoising_target(self.noise_scheduler, z, eps, t)
-        step = StepTensors(out, target, z_t, t, n_inst, batch.get("pair_index"))
-        ctx = self.sfsl_context() if self.objective.uses_sfsl else None
-        return self.objective(step, ctx, global_step)
+        step = StepTensors(out, target, z_t, t, int(batch["n_instance"]), batch.get("pair_index"))
+        return self.objective(step, global_step)
 
     @torch.no_grad()
     def latent_distribution(
@@ -178,7 +162,7 @@ class SpurgenModule(L.LightningModule):
         """E(x)'s Gaussian (mean, std), each (B, 4, h, w). With cache_latents and keys naming the images, each
         image is encoded once, alone (so its value never depends on its batch-mates), and reused: the VAE is
         frozen and the training transform deterministic, so only the sampled z changes from step to step."""
-        if not (self.cache_latents and keys):
+        if not (self.settings.cache_latents and keys):
             dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
             return dist.mean, dist.std
         for j, key in enumerate(keys):
@@ -196,7 +180,7 @@ class SpurgenModule(L.LightningModule):
         bs = int(batch["n_instance"])
         bad = [name for name, v in {"loss": res.total, **res.parts}.items() if not torch.isfinite(v).all()]
         if bad:
-            if self.on_nonfinite == "stop":
+            if self.settings.on_nonfinite == "stop":
                 raise NonFiniteLossError(
                     f"non-finite {', '.join(bad)} at step {self.global_step}: training stopped; the last "
                     "checkpoint in checkpoints/ is intact (train.on_nonfinite=skip skips such steps instead)"
@@ -218,22 +202,15 @@ class SpurgenModule(L.LightningModule):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         optimizer.zero_grad(set_to_none=True)
 
-    def configure_optimizers(self):
-        groups = [
-            {"params": [p for p in self.unet.parameters() if p.requires_grad], "lr": self.optim.lr_unet}
-        ]
-        if self.optim.train_text_encoder:
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """The optimiser partial called with the trained parameter groups (fused off under fp16 autocast)."""
+        cfg = self.settings
+        groups = [{"params": [p for p in self.unet.parameters() if p.requires_grad], "lr": cfg.lr_unet}]
+        if cfg.train_text_encoder:
             te = [p for p in self.text_encoder.parameters() if p.requires_grad]
-            groups.append({"params": te, "lr": self.optim.lr_text_encoder})
+            groups.append({"params": te, "lr": cfg.lr_text_encoder})
         fp16 = self._trainer is not None and str(self.trainer.precision).startswith("16")
-        return make_optimizer(
-            self.optim.optimizer,
-            groups,
-            fused=False if fp16 else None,
-            weight_decay=self.optim.weight_decay,
-            betas=self.optim.betas,
-            eps=self.optim.eps,
-        )
+        return self.optimizer_factory(groups, fused=False if fp16 else None)
 
     # -- images (a callback decides when and where) ------------------------------------------------------
     def pipeline(self):

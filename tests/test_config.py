@@ -84,7 +84,7 @@ def test_cli_contract_keys_exist():
         "loss.lambda_prior=0.5",
         "loss.sfsl.distance=mse",
         "loss.sfsl.reference=nearest",
-        "loss.sfsl.layer=body",
+        "feature_extractor.layer=body",
         "loss.sfsl.t_max=300",
         "loss.sfsl.decode_size=224",
         "loss.sfsl.every_n_steps=2",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from spurgen.config import METHOD_VERSION
 from spurgen.evaluate import main
 from tests.conftest import write_images
 
@@ -81,9 +82,8 @@ def test_evaluate_writes_every_output(data, tmp_path):
         "predictions.jsonl",
     } <= {p.name for p in out.iterdir()}
     m = json.loads((out / "metrics.json").read_text())
-    assert (
-        m["method_version"] == "1" and m["model_is_tiny_random"] is True and m["random_classifiers"] == TINY
-    )
+    assert m["method_version"] == METHOD_VERSION
+    assert m["model_is_tiny_random"] is True and m["random_classifiers"] == TINY
     assert m["target"]["index"] == 94 and m["target"]["component"] == 1
     assert m["sets"]["reference"]["num_images"] == 3  # component 1 of class 94 only
     assert set(m["results"]) == {"images", "reference", "baseline"}

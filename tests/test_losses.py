@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from spurgen.losses import (
-    SFSLContext,
     SpurgenObjective,
     SpuriousFeatureSimilarityLoss,
     StepTensors,
@@ -63,53 +63,94 @@ def test_denoising_losses_split_instance_and_prior():
         denoising_losses(out, target[:2], 1)
 
 
+class _Decoder(nn.Module):
+    """Stands in for D: decode = the first 3 latent channels times a weight (scaling factor 0.5)."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = SimpleNamespace(scaling_factor=0.5, block_out_channels=(1,))
+        self.w = nn.Parameter(torch.ones(()))
+        self.calls: list[int] = []  # batch size of each decode
+
+    def decode(self, z):
+        self.calls.append(z.shape[0])
+        return SimpleNamespace(sample=z[:, :3] * self.w)
+
+
+class _Flatten(nn.Module):
+    """Stands in for f: phi(x) = x flattened; records the dtype and autocast state of each call."""
+
+    input_size = 2
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[torch.dtype, bool]] = []
+
+    def features(self, x):
+        self.seen.append((x.dtype, torch.is_autocast_enabled("cpu")))
+        return x.flatten(1) * 1.0
+
+
+AB = torch.linspace(0.99, 0.01, 1000)
+
+
+def _schedule(prediction_type="epsilon"):
+    return SimpleNamespace(alphas_cumprod=AB, config=SimpleNamespace(prediction_type=prediction_type))
+
+
+def _sfsl(refs=None, **kwargs):
+    """An SFSL bound to the fake D and schedule, with references of 3x2x2 images (phi is 12-d)."""
+    sfsl = SpuriousFeatureSimilarityLoss(_Flatten(), **kwargs)
+    sfsl.bind(_Decoder(), _schedule())
+    g = torch.Generator().manual_seed(0)
+    sfsl.set_reference_images(torch.rand(3, 3, 2, 2, generator=g) if refs is None else refs)
+    return sfsl
+
+
+def _images(features):
+    """Reference images (R, 3, 1, 1) whose flattened pixels are the given features (R, 3)."""
+    return torch.tensor(features).view(-1, 3, 1, 1)
+
+
 def test_cosine_sfsl_uses_normalised_reference_mean():
-    sfsl = SpuriousFeatureSimilarityLoss()
-    refs = torch.tensor([[3.0, 0.0], [0.0, 10.0]])  # different norms: normalise before averaging
-    sfsl.set_references(refs)
-    assert torch.allclose(sfsl.target_mean, torch.tensor([0.5, 0.5]))
-    phi = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    sfsl = _sfsl(_images([[0.3, 0.0, 0.0], [0.0, 1.0, 0.0]]))  # different norms: normalise before averaging
+    assert torch.allclose(sfsl.target_mean, torch.tensor([0.5, 0.5, 0.0]))
+    phi = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
     expected = ((1 - 1 / math.sqrt(2)) + 0.0) / 2  # cos((1,0),(.5,.5)) = 1/sqrt2; cos((1,1),(.5,.5)) = 1
     assert sfsl.distance_to_reference(phi).item() == pytest.approx(expected, abs=1e-6)
 
 
+def test_mse_sfsl_is_mse_of_unnormalised_features_to_raw_mean():
+    sfsl = _sfsl(_images([[0.2, 0.4, 0.0], [0.6, 0.0, 1.0]]), distance="mse")
+    assert torch.allclose(sfsl.target_mean, torch.tensor([0.4, 0.2, 0.5]))  # m_raw, not normalised
+    phi = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 2.0]])
+    # sample 0: (0.6^2 + 0.2^2 + 0.5^2) / 3 = 0.65 / 3; sample 1: (0.4^2 + 0.8^2 + 1.5^2) / 3 = 3.05 / 3
+    expected = (0.65 / 3 + 3.05 / 3) / 2
+    assert sfsl.distance_to_reference(phi).item() == pytest.approx(expected, abs=1e-6)
+    assert sfsl.distance_to_reference(2 * phi).item() > 2 * expected  # not scale-free: follows ||phi||^2
+
+
+def test_mse_nearest_and_paired_use_raw_reference_features():
+    refs = [[0.2, 0.0, 0.0], [0.0, 0.9, 0.0]]
+    phi = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 0.0]])
+    nearest = _sfsl(_images(refs), distance="mse", reference="nearest")
+    # nearest in squared distance: sample 0 -> ref 0 (0.64/3 vs 1.81/3), sample 1 -> ref 1 (0.16/3)
+    assert nearest.distance_to_reference(phi).item() == pytest.approx((0.64 / 3 + 0.16 / 3) / 2, abs=1e-6)
+    paired = _sfsl(_images(refs), distance="mse", reference="paired")
+    got = paired.distance_to_reference(phi, torch.tensor([1, 0]))  # (1+0.81)/3 and (0.04+0.25)/3
+    assert got.item() == pytest.approx((1.81 / 3 + 0.29 / 3) / 2, abs=1e-6)
+
+
 def test_sfsl_nearest_and_paired_references():
-    refs = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    phi = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
-    nearest = SpuriousFeatureSimilarityLoss(reference="nearest")
-    nearest.set_references(refs)
+    refs = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    phi = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0]])
+    nearest = _sfsl(refs.view(2, 3, 1, 1), reference="nearest")
     cos = F.cosine_similarity(phi, refs, dim=1)  # each sample is nearest to its own index
     assert nearest.distance_to_reference(phi).item() == pytest.approx((1 - cos).mean().item(), abs=1e-6)
-    paired = SpuriousFeatureSimilarityLoss(reference="paired")
-    paired.set_references(refs)
+    paired = _sfsl(refs.view(2, 3, 1, 1), reference="paired")
     swapped = F.cosine_similarity(phi, refs.flip(0), dim=1)
     got = paired.distance_to_reference(phi, torch.tensor([1, 0]))
     assert got.item() == pytest.approx((1 - swapped).mean().item(), abs=1e-6)
-
-
-class _Identity2D(nn.Module):
-    """Stands in for D and f: decode = identity on 4 channels -> first 3 channels."""
-
-    class _Cfg:
-        scaling_factor = 0.5
-        block_out_channels = (1,)
-
-    def __init__(self):
-        super().__init__()
-        self.config = self._Cfg()
-        self.w = nn.Parameter(torch.ones(()))
-        self.calls = 0
-
-    def decode(self, z):
-        self.calls += 1
-
-        class Out:
-            sample = z[:, :3] * self.w
-
-        return Out
-
-    def features(self, x):
-        return x.flatten(1)
 
 
 def _step(n_inst=2, n_prior=2, t=(100, 800, 100, 100), requires_grad=True):
@@ -120,48 +161,49 @@ def _step(n_inst=2, n_prior=2, t=(100, 800, 100, 100), requires_grad=True):
 
 
 def test_objective_weighting_and_t_max_gate_by_hand():
-    fake = _Identity2D()
-    ab = torch.linspace(0.99, 0.01, 1000)
-    ctx = SFSLContext(vae=fake, extractor=fake, alphas_cumprod=ab, prediction_type="epsilon")
-    sfsl = SpuriousFeatureSimilarityLoss(t_max=500)
-    sfsl.set_references(torch.randn(3, 12))
+    sfsl = _sfsl(t_max=500)
     obj = SpurgenObjective(lambda_prior=0.5, lambda_sfsl=2.0, sfsl=sfsl)
     step = _step()
-    res = obj(step, ctx)
+    res = obj(step)
     inst, prior = denoising_losses(step.model_out, step.target, 2)
     # only instance sample 0 (t=100) passes the gate; sample 1 has t=800 > t_max
-    z0 = predict_z0(step.z_t[:1], step.model_out[:1], ab[step.t[:1]], "epsilon")
+    z0 = predict_z0(step.z_t[:1], step.model_out[:1], AB[step.t[:1]], "epsilon")
     x0 = (z0[:, :3] / 0.5 + 1) / 2
-    manual_sfsl = 1 - F.cosine_similarity(x0.flatten(1), sfsl.target_mean[None], dim=1).mean()
+    m = F.normalize(sfsl.reference_images.flatten(1), dim=1).mean(0)
+    manual_sfsl = 1 - F.cosine_similarity(x0.flatten(1), m[None], dim=1).mean()
     assert res.parts["loss_sfsl"].item() == pytest.approx(manual_sfsl.item(), abs=1e-5)
     assert res.total.item() == pytest.approx((inst + 0.5 * prior + 2.0 * manual_sfsl).item(), abs=1e-5)
-    assert res.sfsl_samples == 1
+    assert res.sfsl_samples == 1 and sfsl._decoder.vae.calls == [1]  # only the gated sample is decoded
+
+
+def test_t_max_is_gated_in_and_t_max_plus_one_out():
+    sfsl = _sfsl(t_max=500)
+    res = SpurgenObjective(1.0, 1.0, sfsl)(_step(t=(500, 501, 0, 0)))
+    assert res.sfsl_samples == 1 and sfsl._decoder.vae.calls == [1]
+    sfsl = _sfsl(t_max=500)
+    res = SpurgenObjective(1.0, 1.0, sfsl)(_step(t=(501, 999, 0, 0)))
+    assert res.sfsl_samples == 0 and sfsl._decoder.vae.calls == []
 
 
 def test_sfsl_zero_and_not_computed_when_no_sample_passes_the_gate():
-    fake = _Identity2D()
-    ctx = SFSLContext(fake, fake, torch.linspace(0.99, 0.01, 1000), "epsilon")
-    sfsl = SpuriousFeatureSimilarityLoss(t_max=50)
-    sfsl.set_references(torch.randn(2, 12))
-    res = SpurgenObjective(1.0, 1.0, sfsl)(_step(), ctx)
-    assert res.parts["loss_sfsl"].item() == 0.0 and fake.calls == 0
+    sfsl = _sfsl(t_max=50)
+    res = SpurgenObjective(1.0, 1.0, sfsl)(_step())
+    assert res.parts["loss_sfsl"].item() == 0.0 and sfsl._decoder.vae.calls == []
 
 
 def test_lambda_sfsl_zero_never_decodes():
-    fake = _Identity2D()
-    ctx = SFSLContext(fake, fake, torch.linspace(0.99, 0.01, 1000), "epsilon")
-    sfsl = SpuriousFeatureSimilarityLoss()
-    res = SpurgenObjective(1.0, 0.0, sfsl)(_step(), ctx)
-    assert fake.calls == 0 and res.parts["loss_sfsl"].item() == 0.0
+    sfsl = _sfsl()
+    res = SpurgenObjective(1.0, 0.0, sfsl)(_step())
+    assert sfsl._decoder.vae.calls == [] and res.parts["loss_sfsl"].item() == 0.0
+    assert not sfsl.extractor.seen  # f never ran: not on the references either
+    res = SpurgenObjective(1.0, 0.0, None)(_step())  # no SFSL at all
+    assert res.parts["loss_sfsl"].item() == 0.0 and res.sfsl_samples == 0
 
 
 def test_prior_samples_get_no_sfsl_gradient():
-    fake = _Identity2D()
-    ctx = SFSLContext(fake, fake, torch.linspace(0.99, 0.01, 1000), "epsilon")
-    sfsl = SpuriousFeatureSimilarityLoss(t_max=1000)
-    sfsl.set_references(torch.randn(2, 12))
+    sfsl = _sfsl(t_max=1000)
     step = _step(t=(100, 100, 100, 100))
-    res = SpurgenObjective(lambda_prior=0.0, lambda_sfsl=1.0, sfsl=sfsl)(step, ctx)
+    res = SpurgenObjective(lambda_prior=0.0, lambda_sfsl=1.0, sfsl=sfsl)(step)
     (res.total - res.parts["loss_instance"]).backward()  # the SFSL part alone
     grad = step.model_out.grad
     assert grad[:2].abs().sum() > 0
@@ -169,19 +211,48 @@ def test_prior_samples_get_no_sfsl_gradient():
 
 
 def test_every_n_steps_skips_steps():
-    fake = _Identity2D()
-    ctx = SFSLContext(fake, fake, torch.linspace(0.99, 0.01, 1000), "epsilon")
-    sfsl = SpuriousFeatureSimilarityLoss(t_max=1000, every_n_steps=3)
-    sfsl.set_references(torch.randn(2, 12))
-    obj = SpurgenObjective(1.0, 1.0, sfsl)
-    computed = [obj(_step(), ctx, global_step=s).sfsl_samples > 0 for s in range(6)]
+    obj = SpurgenObjective(1.0, 1.0, _sfsl(t_max=1000, every_n_steps=3))
+    computed = [obj(_step(), global_step=s).sfsl_samples > 0 for s in range(6)]
     assert computed == [True, False, False, True, False, False]
 
 
-def test_invalid_options_are_rejected():
+def test_extractor_runs_in_float32_without_autocast_on_references_and_decoded_images():
+    sfsl = _sfsl(t_max=1000)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = SpurgenObjective(1.0, 1.0, sfsl)(_step()).parts["loss_sfsl"]
+    assert sfsl.extractor.seen == [(torch.float32, False)] * 2  # the references, then the decoded images
+    assert value.dtype == torch.float32
+
+
+def test_reference_features_are_computed_once_and_never_stored():
+    sfsl = _sfsl()
+    sfsl.prepare_target()
+    first = sfsl.ref_features.clone()
+    sfsl.prepare_target()
+    SpurgenObjective(1.0, 1.0, sfsl)(_step(t=(10, 10, 10, 10)))
+    assert len(sfsl.extractor.seen) == 2  # once for the references, once for the decoded batch
+    assert not {"reference_images", "ref_features", "alphas_cumprod"} & set(sfsl.state_dict())
+    again = _sfsl()  # a resumed run: the same images give the same features
+    again.prepare_target()
+    assert torch.equal(again.ref_features, first)
+    sfsl.set_reference_images(torch.zeros(1, 3, 2, 2))  # new images: the features follow them
+    assert torch.equal(sfsl.target_mean, torch.zeros(12))
+
+
+def test_invalid_options_and_unprepared_states_are_rejected():
     with pytest.raises(ValueError, match="distance"):
-        SpuriousFeatureSimilarityLoss(distance="l1")
+        SpuriousFeatureSimilarityLoss(_Flatten(), distance="l1")
+    with pytest.raises(ValueError, match="feature extractor"):
+        SpuriousFeatureSimilarityLoss(None)
     with pytest.raises(ValueError, match=">= 0"):
         SpurgenObjective(lambda_prior=-1.0)
+    with pytest.raises(ValueError, match="needs an SFSL"):
+        SpurgenObjective(lambda_sfsl=0.1, sfsl=None)
     with pytest.raises(RuntimeError, match="never set"):
-        SpuriousFeatureSimilarityLoss().distance_to_reference(torch.randn(2, 3))
+        SpuriousFeatureSimilarityLoss(_Flatten()).distance_to_reference(torch.randn(2, 3))
+    with pytest.raises(RuntimeError, match="not bound"):
+        SpuriousFeatureSimilarityLoss(_Flatten())(
+            torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2), torch.zeros(1)
+        )
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        _sfsl(torch.full((1, 3, 2, 2), -1.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import lightning as L
 import pytest
@@ -13,25 +14,26 @@ from spurgen.data.dataset import DreamBoothDataset, collate, tokenize
 from spurgen.losses import SpurgenObjective, SpuriousFeatureSimilarityLoss
 from spurgen.models.extractors import build_tiny_extractor
 from spurgen.models.tiny import build_tiny_sd
-from spurgen.module import OptimSettings, SpurgenModule
+from spurgen.module import ModuleSettings, SpurgenModule
+from spurgen.optim import make_optimizer
+from tests.helpers import fixed_timesteps
+
+REFS = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))  # (R, 3, H, W) in [0, 1]
 
 
-def make_module(lambda_sfsl=1.0, t_max=1000, prediction_type="epsilon", seed=0, lr=1e-3):
+def make_module(
+    lambda_sfsl=1.0, t_max=1000, prediction_type="epsilon", seed=0, lr=1e-3, with_sfsl=True, **settings
+):
     parts = build_tiny_sd(prediction_type=prediction_type)
-    refs = torch.rand(3, 3, 32, 32)
-    sfsl = SpuriousFeatureSimilarityLoss(t_max=t_max)
+    sfsl = None
+    if with_sfsl:
+        sfsl = SpuriousFeatureSimilarityLoss(build_tiny_extractor(), t_max=t_max)
+        sfsl.set_reference_images(REFS)
     module = SpurgenModule(
-        parts.unet,
-        parts.text_encoder,
-        parts.tokenizer,
-        parts.vae,
-        parts.noise_scheduler,
-        build_tiny_extractor(),
+        parts,
         SpurgenObjective(1.0, lambda_sfsl, sfsl),
-        OptimSettings(lr_unet=lr, lr_text_encoder=lr),
-        seed=seed,
-        reference_images=refs,
-        sample_scheduler=parts.sample_scheduler,
+        partial(make_optimizer, name="adamw"),
+        ModuleSettings(lr_unet=lr, lr_text_encoder=lr, seed=seed, **settings),
     )
     return module, parts
 
@@ -57,7 +59,6 @@ def grad_norms(module):
 
 def test_gradients_reach_unet_and_text_encoder_never_frozen_parts():
     module, parts = make_module()
-    module.prepare_references()
     res = module.compute_losses(make_batch(parts), module.step_generator(0))
     assert res.sfsl_samples > 0
     res.parts["loss_sfsl"].backward()  # the SFSL path alone reaches both trained parts
@@ -68,12 +69,60 @@ def test_gradients_reach_unet_and_text_encoder_never_frozen_parts():
     assert not any(p.requires_grad for p in module.feature_extractor.parameters())
 
 
-def test_v_prediction_step_is_finite_with_sfsl():
-    module, parts = make_module(prediction_type="v_prediction")
-    module.prepare_references()
-    res = module.compute_losses(make_batch(parts), module.step_generator(0))
+def test_v_prediction_target_and_z0_hat_by_hand():
+    """prediction_type=v_prediction: the denoising target is the velocity sqrt(ab) eps - sqrt(1-ab) z and
+    z0_hat = sqrt(ab) z_t - sqrt(1-ab) v_hat (METHOD.md), checked against values computed here; either one
+    computed the epsilon way fails. t == t_max is gated in, t == t_max + 1 out."""
+    module, parts = make_module(prediction_type="v_prediction", t_max=500)
+    batch = make_batch(parts)
+    t = torch.tensor([500, 501, 20, 900])  # instance half: t_max (in), t_max + 1 (out); then prior
+    seen, decoded = {}, []
+    forward, decode = module.objective.forward, module.vae.decode
+
+    def spy_forward(step, global_step=0):
+        seen["step"] = step
+        return forward(step, global_step)
+
+    def spy_decode(z, *args, **kwargs):
+        decoded.append(z.detach().clone())  # z0_hat / s
+        return decode(z, *args, **kwargs)
+
+    module.objective.forward, module.vae.decode = spy_forward, spy_decode
+    with fixed_timesteps(module, t):
+        res = module.compute_losses(batch, module.step_generator(0))
+    step = seen["step"]
+
+    g = module.step_generator(0)  # the same draws, by hand: z = E(x)·s, eps
+    mean, std = module.latent_distribution(batch["pixel_values"])
+    s = parts.vae.config.scaling_factor
+    z = (mean + std * torch.randn(mean.shape, generator=g)) * s
+    eps = torch.randn(z.shape, generator=g)
+    ab = parts.noise_scheduler.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    torch.testing.assert_close(step.z_t, ab.sqrt() * z + (1 - ab).sqrt() * eps)
+    velocity = ab.sqrt() * eps - (1 - ab).sqrt() * z
+    torch.testing.assert_close(step.target, velocity)
+    assert not torch.allclose(step.target, eps, atol=1e-2)
+
+    assert res.sfsl_samples == 1 and len(decoded) == 1 and decoded[0].shape[0] == 1  # t = 500 only
+    out = step.model_out.detach()
+    z0_hat = ab[0].sqrt() * step.z_t[0] - (1 - ab[0]).sqrt() * out[0]
+    torch.testing.assert_close(decoded[0][0] * s, z0_hat)
+    z0_eps_way = (step.z_t[0] - (1 - ab[0]).sqrt() * out[0]) / ab[0].sqrt()
+    assert not torch.allclose(decoded[0][0] * s, z0_eps_way, atol=1e-2)
     res.total.backward()
     assert torch.isfinite(res.total) and grad_norms(module)["unet"] > 0
+
+
+def test_lambda_sfsl_zero_module_has_no_sfsl_and_no_extractor(tmp_path):
+    """objective.sfsl = None: nothing to bind, no extractor, training and checkpoints work."""
+    module, parts = make_module(lambda_sfsl=0.0, with_sfsl=False)
+    assert module.feature_extractor is None and module.objective.sfsl is None
+    decode = module.vae.decode
+    module.vae.decode = lambda *a, **k: pytest.fail("the decoder ran with lambda_sfsl = 0") or decode(*a, **k)
+    res = module.compute_losses(make_batch(parts), module.step_generator(0))
+    assert res.parts["loss_sfsl"].item() == 0.0 and res.sfsl_samples == 0
+    trainer = _fit(module, parts, 1, tmp_path)
+    trainer.save_checkpoint(str(tmp_path / "x.ckpt"))
 
 
 def test_optimizer_has_two_groups_and_no_frozen_parameter():
@@ -82,6 +131,7 @@ def test_optimizer_has_two_groups_and_no_frozen_parameter():
     assert len(opt.param_groups) == 2
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     frozen = {id(p) for p in module.vae.parameters()} | {id(p) for p in module.feature_extractor.parameters()}
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3]
     assert not in_opt & frozen
     assert {id(p) for p in module.unet.parameters()} <= in_opt
     assert {id(p) for p in module.text_encoder.parameters()} <= in_opt
@@ -156,7 +206,8 @@ def test_checkpoint_excludes_frozen_parts_and_holds_config(tmp_path):
     trainer.save_checkpoint(str(path))
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     keys = ckpt["state_dict"].keys()
-    assert not any(k.startswith(("vae.", "feature_extractor.")) for k in keys)
+    assert not any(k.startswith("vae.") or "extractor." in k for k in keys)
+    assert not any(name in k for k in keys for name in ("reference_images", "ref_features", "alphas_cumprod"))
     assert any(k.startswith("unet.") for k in keys) and any(k.startswith("text_encoder.") for k in keys)
     assert ckpt["spurgen_config"] == {"seed": 0}
 
@@ -177,17 +228,12 @@ def test_sfsl_on_fixed_batch_drops_after_short_training_with_large_lambda():
     """The loss does what it claims: L_SFSL on one fixed batch (fixed t and noise) is lower after training."""
     torch.manual_seed(0)
     module, parts = make_module(lambda_sfsl=10.0, t_max=400, lr=2e-3)
-    module.prepare_references()
     batch = make_batch(parts, seed=1)
 
     def fixed_sfsl():
         g = module.step_generator(10_000)
-        with torch.no_grad():
-            return (
-                module.compute_losses(batch, g, timesteps=torch.tensor([50, 300, 50, 300]))
-                .parts["loss_sfsl"]
-                .item()
-            )
+        with torch.no_grad(), fixed_timesteps(module, [50, 300, 50, 300]):
+            return module.compute_losses(batch, g).parts["loss_sfsl"].item()
 
     before = fixed_sfsl()
     opt = module.configure_optimizers()
@@ -204,12 +250,12 @@ def test_sfsl_on_fixed_batch_drops_after_short_training_with_large_lambda():
 def test_optimizer_is_fused_where_it_runs():
     """AdamW uses torch's fused kernel on CPU/CUDA parameters (the same update, one kernel); fused=False and
     8-bit stay available."""
-    from spurgen.optim import can_fuse, make_optimizer
+    from spurgen.optim import can_fuse
 
     w = torch.nn.Parameter(torch.randn(4, 3))
-    opt = make_optimizer("adamw", [{"params": [w]}], lr=1e-3)
+    opt = make_optimizer([{"params": [w]}], "adamw", lr=1e-3)
     assert opt.defaults["fused"] is True and can_fuse([{"params": [w]}])
-    assert make_optimizer("adamw", [{"params": [w]}], fused=False, lr=1e-3).defaults["fused"] is False
+    assert make_optimizer([{"params": [w]}], "adamw", fused=False, lr=1e-3).defaults["fused"] is False
     ref = torch.nn.Parameter(w.detach().clone())
     opt_ref = torch.optim.AdamW([ref], lr=1e-3)
     for _ in range(3):
@@ -223,13 +269,10 @@ def test_cached_latents_give_the_same_losses_and_encode_each_image_once():
     """train.cache_latents: each keyed image is encoded once, alone; the losses of later steps match encoding
     every step (to float rounding: a batch encode and a one-image encode may round differently)."""
     module, parts = make_module(lambda_sfsl=1.0)
-    cached, _ = make_module(lambda_sfsl=1.0)
+    cached, _ = make_module(lambda_sfsl=1.0, cache_latents=True)
     cached.load_state_dict(module.state_dict(), strict=False)
     cached.vae.load_state_dict(module.vae.state_dict())
     cached.feature_extractor.load_state_dict(module.feature_extractor.state_dict())
-    cached.cache_latents = True
-    for m in (module, cached):
-        m.prepare_references()
     batch = make_batch(parts) | {"keys": ["instance/0", "instance/1", "class/0", "class/1"]}
     calls = []
     encode = cached.vae.encode
@@ -271,3 +314,40 @@ def test_gradients_are_freed_right_after_each_update(tmp_path):
     _fit(module, parts, 3, tmp_path, callbacks=[Probe()])
     assert alive == [0, 0, 0]
     assert any(p.requires_grad for p in module.unet.parameters())
+
+
+def test_optimizer_partial_from_config_binds_its_settings():
+    """The optimiser is a Hydra partial of spurgen.optim.make_optimizer; the module passes its groups."""
+    from hydra.utils import instantiate
+
+    factory = instantiate(
+        {
+            "_target_": "spurgen.optim.make_optimizer",
+            "_partial_": True,
+            "name": "adamw",
+            "weight_decay": 0.05,
+            "betas": [0.8, 0.99],
+            "eps": 1e-6,
+        }
+    )
+    parts = build_tiny_sd()
+    module = SpurgenModule(parts, SpurgenObjective(1.0, 0.0), factory, ModuleSettings(2e-4, 3e-5))
+    opt = module.configure_optimizers()
+    assert [g["lr"] for g in opt.param_groups] == [2e-4, 3e-5]
+    assert opt.defaults["betas"] == (0.8, 0.99) and opt.defaults["weight_decay"] == 0.05
+    assert opt.defaults["eps"] == 1e-6
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        ModuleSettings(on_nonfinite="ignore")
+
+
+def test_reference_target_is_recomputed_identically_at_fit_start():
+    """Resume and DDP: m is never stored; each process recomputes it from the same reference images at fit
+    start, in float32 with autocast off, whatever precision surrounds it."""
+    module, _ = make_module()
+    module.on_fit_start()
+    again, _ = make_module()  # a resumed run or another rank: a fresh module, the same references
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        again.on_fit_start()
+    assert module.objective.sfsl.ref_features.dtype == torch.float32
+    assert torch.equal(module.objective.sfsl.ref_features, again.objective.sfsl.ref_features)
+    assert torch.equal(module.objective.sfsl.target_mean, again.objective.sfsl.target_mean)

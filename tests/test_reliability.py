@@ -133,8 +133,8 @@ def test_nonfinite_loss_stops_naming_term_and_step(tmp_path, monkeypatch, capsys
 
     real = objective.SpurgenObjective.forward
 
-    def poisoned(self, step, ctx=None, global_step=0):
-        out = real(self, step, ctx, global_step)
+    def poisoned(self, step, global_step=0):
+        out = real(self, step, global_step)
         if global_step >= 3:
             out.parts["loss_prior"] = out.parts["loss_prior"] * float("nan")
             out.total = out.total + out.parts["loss_prior"]

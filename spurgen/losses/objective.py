@@ -29,16 +29,6 @@ class StepTensors:
 
 
 @dataclass
-class SFSLContext:
-    """The frozen parts and schedule the SFSL needs; owned by the LightningModule."""
-
-    vae: nn.Module
-    extractor: nn.Module
-    alphas_cumprod: torch.Tensor  # (T,)
-    prediction_type: str
-
-
-@dataclass
 class LossOutput:
     total: torch.Tensor
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -66,25 +56,16 @@ class SpurgenObjective(nn.Module):
     def uses_sfsl(self) -> bool:
         return self.lambda_sfsl > 0 and self.sfsl is not None
 
-    def forward(self, step: StepTensors, ctx: SFSLContext | None = None, global_step: int = 0) -> LossOutput:
+    def forward(self, step: StepTensors, global_step: int = 0) -> LossOutput:
+        """The total and its parts for one step. The SFSL (which owns f, the decode and m) sees the instance
+        half only."""
         loss_inst, loss_prior = denoising_losses(step.model_out, step.target, step.n_instance)
         total = loss_inst + self.lambda_prior * loss_prior
         loss_sfsl = loss_inst.new_zeros(())
         n_sfsl = 0
         if self.uses_sfsl and self.sfsl.active(global_step):
-            if ctx is None:
-                raise ValueError("lambda_sfsl > 0 needs the SFSL context (VAE, extractor, schedule)")
             n = step.n_instance
-            value = self.sfsl(
-                step.z_t[:n],
-                step.model_out[:n],
-                step.t[:n],
-                ctx.alphas_cumprod,
-                ctx.prediction_type,
-                ctx.vae,
-                ctx.extractor,
-                step.pair_index,
-            )
+            value = self.sfsl(step.z_t[:n], step.model_out[:n], step.t[:n], step.pair_index)
             if value is not None:
                 loss_sfsl = value
                 n_sfsl = int(self.sfsl.gate(step.t[:n]).sum())

@@ -55,7 +55,7 @@ class FrozenImageModel(nn.Module):
             modules[head].register_forward_pre_hook(self._capture_input)
         else:
             if layer not in modules:
-                raise ValueError(f"{name}: loss.sfsl.layer={layer!r} is not a module of the model")
+                raise ValueError(f"{name}: feature_extractor.layer={layer!r} is not a module of the model")
             modules[layer].register_forward_hook(self._capture_output)
         self.requires_grad_(False)
         super().train(False)
