@@ -155,7 +155,7 @@ class GenerateConfig:
     negative_prompt: str | None = None  # null: spurgen.json, else class name + synonyms; "" disables
     templates: list[str] = field(default_factory=lambda: list(PROMPT_TEMPLATES))  # "{prompt}" is replaced
     sampler: str | None = None  # a diffusers scheduler class name; null: the pipeline's own
-    seed: int = "${seed}"  # type: ignore[assignment]  # image i gets seed + i
+    seed: int = "${seed}"  # type: ignore[assignment]  # image i: spurgen.seeds.generation_seed(seed, i)
     resolution: int | None = None  # null: spurgen.json, else the UNet's native size
     baseline: bool = False  # the un-fine-tuned base model (the `model` group) with the class prompt
     device: str = "auto"  # auto | cpu | cuda
@@ -163,28 +163,13 @@ class GenerateConfig:
 
 
 @dataclass
-class ClassifierSpec:
-    """One classifier to evaluate with (spurgen/models/loaders.py builds it)."""
-
-    name: str = MISSING
-    source: str = "timm"  # timm | robustbench | madry
-    arch: str | None = None  # timm model name; robustbench model name; madry torchvision arch
-    weights: str | None = None  # a local file; null: the library's own download (timm/robustbench)
-    threat_model: str = "Linf"  # robustbench
-    model_dir: str | None = None  # robustbench: reads <model_dir>/imagenet/<threat_model>/<arch>.pt
-    temperature: float = 1.0  # logits / T before the softmax
-    allow_pickle: bool = False  # madry/timm files saved with pickle: load only if you trust the file
-    random_init: bool = False  # tiny tests only: random weights, results mean nothing
-    input_size: int | None = None  # null: the model's own
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
-
-
-@dataclass
 class EvalConfig:
-    """Evaluation settings (METHOD.md, 'Evaluation')."""
+    """Evaluation settings (METHOD.md, 'Evaluation'); the classifiers come from the `eval` group."""
 
-    classifiers: list[ClassifierSpec] = field(default_factory=list)  # empty: conf/eval/<classifier_set>.yaml
-    classifier_set: str = "default"
+    # name -> a `_target_` node building a FrozenImageModel (spurgen/models/loaders.py), e.g.
+    # resnet50: {_target_: spurgen.models.loaders.load_timm, arch: resnet50, weights: null}
+    classifiers: dict[str, Any] = field(default_factory=dict)
+    classifier_set: str | None = None  # removed (eval=<name> selects the group): any value is an error
     reference_dir: str | None = None  # a plain folder or a Spurious ImageNet images/ folder
     baseline_dir: str | None = None  # images from the un-fine-tuned model (generate.baseline=true)
     imagenet_val_dir: str | None = None  # ImageNet validation images of the target class
@@ -245,6 +230,66 @@ def _positive(cfg: DictConfig, key: str, allow_none: bool = False) -> None:
         raise ConfigError(key, f"must be > 0, got {value!r}")
 
 
+GENERATE_DTYPES = ("auto", "float32", "float16", "bfloat16")
+CROPS = ("none", "model")
+
+
+def check_generate(gen: DictConfig) -> None:
+    """Cheap checks of the generate.* keys (run before training, and by the generate stage itself)."""
+    from spurgen.seeds import GENERATION_STRIDE
+
+    for key in ("num_images", "num_inference_steps", "batch_size"):
+        if int(gen[key]) <= 0:
+            raise ConfigError(f"generate.{key}", f"must be > 0, got {gen[key]}")
+    if int(gen.num_images) > GENERATION_STRIDE:
+        raise ConfigError(
+            "generate.num_images", f"at most {GENERATION_STRIDE} (spurgen/seeds.py), got {gen.num_images}"
+        )
+    if int(gen.seed) < 0:
+        raise ConfigError("generate.seed", f"must be >= 0 (generation seeds derive from it), got {gen.seed}")
+    if not gen.templates:
+        raise ConfigError("generate.templates", "must hold at least one template")
+    for t in gen.templates:
+        if "{prompt}" not in t:
+            raise ConfigError("generate.templates", f"{t!r} lacks the placeholder {{prompt}}")
+    if gen.dtype not in GENERATE_DTYPES:
+        raise ConfigError("generate.dtype", f"must be one of {', '.join(GENERATE_DTYPES)}, got {gen.dtype!r}")
+
+
+def check_eval(ev: DictConfig) -> None:
+    """Cheap checks of the eval.* keys (run before training, and by the evaluate/export stages); nothing is
+    built or imported beyond each classifier's builder function."""
+    if ev.get("classifier_set") is not None:
+        raise ConfigError(
+            "eval.classifier_set", f"was removed: choose the classifier group with eval={ev.classifier_set}"
+        )
+    if ev.crop not in CROPS:
+        raise ConfigError("eval.crop", f"must be none or model, got {ev.crop!r}")
+    for key in ("batch_size", "bootstrap_samples"):
+        if int(ev[key]) <= 0:
+            raise ConfigError(f"eval.{key}", f"must be > 0, got {ev[key]}")
+    if not ev.classifiers:
+        raise ConfigError(
+            "eval.classifiers",
+            "is empty: choose a classifier group (eval=default, eval=tiny) or add one with "
+            "+eval.classifiers.<name>={_target_: spurgen.models.loaders.load_timm, arch: <timm name>}",
+        )
+    for name, node in ev.classifiers.items():
+        _check_builder(f"eval.classifiers.{name}", node)
+
+
+def _check_builder(key: str, node: Any) -> None:
+    from hydra.utils import get_method
+
+    target = node.get("_target_") if isinstance(node, DictConfig | dict) else None
+    if not target:
+        raise ConfigError(key, "needs a _target_ builder, e.g. spurgen.models.loaders.load_timm")
+    try:
+        get_method(target)
+    except Exception:  # noqa: BLE001 - Hydra raises ImportError / ValueError alike
+        raise ConfigError(key, f"_target_ {target!r} is not an importable function") from None
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Check what types cannot; fill target.name from ImageNet. Raises ConfigError naming the key."""
     from spurgen import imagenet
@@ -289,12 +334,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     if cfg.train.on_nonfinite not in ("stop", "skip"):
         raise ConfigError("train.on_nonfinite", f"must be stop or skip, got {cfg.train.on_nonfinite!r}")
     if "generate" in cfg.stages:
-        from spurgen.stages.generate import check_config as check_generate
-
         check_generate(cfg.generate)
     if "evaluate" in cfg.stages:
-        from spurgen.stages.evaluate import check_config as check_eval
-
         check_eval(cfg.eval)
     if cfg.logger.kind not in ("wandb", "csv", "none"):
         raise ConfigError("logger.kind", f"must be wandb, csv or none, got {cfg.logger.kind!r}")

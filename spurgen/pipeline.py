@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 SPURGEN_JSON = "spurgen.json"
 
@@ -61,21 +61,6 @@ def sample(
         )
         images.extend(out.images)
     return images
-
-
-def png_info(meta: dict) -> PngImagePlugin.PngInfo:
-    info = PngImagePlugin.PngInfo()
-    for k, v in meta.items():
-        info.add_text(str(k), json.dumps(v) if not isinstance(v, str) else v)
-    return info
-
-
-def save_png_atomic(im: Image.Image, path: Path, meta: dict | None = None) -> None:
-    """Write to a temporary name in the same folder, then rename: no half-written image survives."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    im.save(tmp, format="PNG", pnginfo=png_info(meta) if meta else None)
-    os.replace(tmp, path)
 
 
 def image_grid(images: Sequence[Image.Image], cols: int | None = None) -> Image.Image:

@@ -125,10 +125,8 @@ def test_evaluate_writes_every_output(data, tmp_path):
 
 def test_each_image_decoded_once_and_shared(data, monkeypatch):
     import spurgen.eval.predict as P
-    from spurgen.models.loaders import load_classifier
-    from spurgen.stages.evaluate import classifier_specs
 
-    models = [load_classifier(s) for s in classifier_specs(_tiny_eval_cfg())]
+    models = tiny_classifiers()
     models[1].input_size = 24  # a second preprocessing group
     calls = []
     real = P.load_rgb
@@ -146,14 +144,8 @@ def test_each_image_decoded_once_and_shared(data, monkeypatch):
 def test_channels_last_placement_keeps_the_predictions(data):
     """eval.channels_last (the default) changes only the memory layout: the same top-5 and probabilities."""
     import spurgen.eval.predict as P
-    from spurgen.models.loaders import load_classifier
-    from spurgen.stages.evaluate import classifier_specs
 
-    specs = classifier_specs(_tiny_eval_cfg())
-    default = [load_classifier(s) for s in specs]
-    cl = [load_classifier(s) for s in specs]
-    P.place(default, torch.device("cpu"), False)
-    P.place(cl, torch.device("cpu"), True)
+    default, cl = tiny_classifiers(), tiny_classifiers(channels_last=True)
     conv = next(w for w in cl[0].parameters() if w.ndim == 4)
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     paths = sorted(data["generated"].glob("*.png"))
@@ -165,12 +157,26 @@ def test_channels_last_placement_keeps_the_predictions(data):
         assert np.allclose(pa.features, pb.features, atol=1e-4)
 
 
-def _tiny_eval_cfg():
+def tiny_eval_cfg():
+    """eval=tiny, as the config group composes it."""
     from omegaconf import OmegaConf
 
-    from spurgen.config import EvalConfig
+    from spurgen.config import CONF_DIR, EvalConfig
 
-    return OmegaConf.structured(EvalConfig(seed=0, classifier_set="tiny"))
+    tiny = OmegaConf.load(Path(CONF_DIR) / "eval" / "tiny.yaml")
+    return OmegaConf.merge(OmegaConf.structured(EvalConfig(seed=0)), tiny)
+
+
+def tiny_classifiers(channels_last: bool = False) -> list:
+    from spurgen.eval.classifiers import build_classifiers
+
+    return build_classifiers(tiny_eval_cfg().classifiers, torch.device("cpu"), channels_last)
+
+
+def test_classifiers_are_built_from_target_nodes_named_by_their_keys():
+    models = tiny_classifiers()
+    assert [m.name for m in models] == TINY and all(m.is_random for m in models)
+    assert models[0].input_size == 32 and not models[0].normalizes_inside
 
 
 def test_model_crop_differs_from_resize_only():
@@ -202,8 +208,10 @@ def test_bad_input_is_one_clear_error(data, tmp_path, capsys):
     assert main([f"images_dir={bad}", "class=koala", "eval=tiny", h]) == 2
     err = _err(capsys)
     assert "cannot read image" in err and "broken.png" in err
-    assert main([gen, "eval.classifiers=[{name: x, source: keras, arch: y}]", h]) == 2
-    assert "unknown classifier source 'keras'" in _err(capsys)
+    keras = "+eval.classifiers.x={_target_: spurgen.models.loaders.load_keras, arch: y}"
+    assert main([gen, "eval=tiny", keras, h]) == 2
+    assert "eval.classifiers.x" in (e := _err(capsys)) and "load_keras" in e
+    assert main([gen, "eval=empty", h]) == 2 and "eval=default" in _err(capsys)
     assert main([gen, "class=imagenet", "target.index=1000", "eval=tiny", h]) == 2
     assert "0..999" in _err(capsys)
     assert main([gen, "class=imagenet", "eval=tiny", h]) == 2
@@ -216,8 +224,38 @@ def test_bad_input_is_one_clear_error(data, tmp_path, capsys):
     assert "eval.crop" in _err(capsys)
     assert main([gen, "class=hummingbird", "eval=tiny", f"eval.reference_dir={data['si']}", h]) == 2
     assert "component 1 (3 images" in _err(capsys)  # ambiguous Spurious ImageNet class: lists the components
-    assert main([gen, "eval=tiny", "eval.classifier_set=nope", "eval.classifiers=[]", h]) == 2
-    assert "classifier_set" in _err(capsys)
+    assert main([gen, "eval.classifier_set=tiny", h]) == 2  # the old switch names its replacement
+    assert "eval=tiny" in _err(capsys)
+
+
+def test_inputs_are_checked_before_any_weights_are_fetched(tmp_path, capsys, monkeypatch):
+    """eval=default needs real weights (absent offline): a bad folder must be reported, not the weights."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    h = f"hydra.run.dir={tmp_path}/h"
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("not an image")
+    assert main([f"images_dir={notes}", "class=koala", h]) == 2
+    err = _err(capsys)
+    assert "readme.txt" in err and "holds no images" in err and "resnet50" not in err
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "photo.png").write_text("not a png")
+    assert main([f"images_dir={fake}", "class=koala", h]) == 2
+    err = _err(capsys)
+    assert "cannot read image" in err and "photo.png" in err and "resnet50" not in err
+
+
+def test_missing_class_and_empty_folder_are_reported_together(tmp_path):
+    from spurgen.errors import SpurgenError
+    from spurgen.stages.evaluate import evaluate
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SpurgenError) as info:
+        evaluate(tiny_eval_cfg(), tmp_path / "empty", tmp_path / "out", None)
+    msg = str(info.value)
+    assert msg.startswith("2 problems") and "no target class" in msg and "holds no images" in msg
+    assert "\n" not in msg and not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 
 from spurgen.export import main
-from tests.test_evaluate import TINY, _tiny_eval_cfg, make_generated
+from tests.test_evaluate import TINY, make_generated, tiny_classifiers
 
 
 def test_export_copies_images_voted_by_at_least_m_classifiers(tmp_path, capsys):
     from spurgen.eval.predict import predict_set
-    from spurgen.models.loaders import load_classifier
-    from spurgen.stages.evaluate import classifier_specs
 
     images = make_generated(tmp_path / "generated", n=5)
     paths = sorted(images.glob("*.png"))
-    models = [load_classifier(s) for s in classifier_specs(_tiny_eval_cfg())]
+    models = tiny_classifiers()
     first = predict_set(models, paths, target=0).per_classifier[TINY[0]]
     target = int(first.argmax[0])  # a class the first tiny classifier predicts for image 0
     preds = predict_set(models, paths, target=target).per_classifier

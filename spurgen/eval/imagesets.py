@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
 from spurgen.data import spurious_imagenet
 from spurgen.data.images import IMAGE_EXTS, list_images
 from spurgen.errors import SpurgenError
@@ -49,11 +51,40 @@ def read_generate_json(folder: Path) -> dict:
 
 
 def load_folder(name: str, folder: str | Path) -> ImageSet:
-    """Every image directly inside `folder`, with its manifest record when there is one."""
+    """Every image directly inside `folder`, with its manifest record when there is one. Checked cheaply
+    (file headers only) so a folder nothing can be read from fails before any classifier is built."""
     folder = Path(folder).expanduser()
-    paths = list_images(folder)
+    paths = _image_files(folder)
+    unreadable = [p.name for p in paths if not _readable(p)]
+    if unreadable:
+        more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
+        raise SpurgenError(f"cannot read image {folder / unreadable[0]}{more}: not an image file")
     manifest = read_manifest(folder)
     return ImageSet(name, folder, paths, [manifest.get(p.name, {}) for p in paths])
+
+
+def _image_files(folder: Path) -> list[Path]:
+    try:
+        return list_images(folder)
+    except SpurgenError as exc:
+        others = sorted(
+            p.name
+            for p in (folder.iterdir() if folder.is_dir() else [])
+            if p.is_file() and not p.name.startswith(".") and p.name not in (MANIFEST, GENERATE_JSON)
+        )
+        if not others:
+            raise
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise SpurgenError(f"{exc}; its files ({listed}) are not images") from None
+
+
+def _readable(path: Path) -> bool:
+    """The file opens as an image (the header only: nothing is decoded)."""
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return False
 
 
 def _has_images(folder: Path) -> bool:

@@ -1,47 +1,22 @@
-"""Evaluation outputs: metrics.json, metrics.csv, a bar chart, a contact sheet, W&B logging."""
+"""What an evaluation shows: the rows of metrics.csv, the spurious-rate bar chart, the contact sheet, one
+prediction record per image, and the W&B table (files are written through spurgen.io)."""
 
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
-import json
 import math
-import os
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from PIL import Image
 
-from spurgen.eval.predict import Predictions
-
-
-def _json_default(x):
-    if hasattr(x, "item"):
-        return x.item()
-    return str(x)
-
-
-def _clean(obj):
-    """NaN -> null so metrics.json is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return obj
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: dict) -> None:
-    write_atomic(path, json.dumps(_clean(data), indent=2, default=_json_default))
-
+from spurgen import imagenet
+from spurgen.eval.imagesets import ImageSet
+from spurgen.eval.predict import Predictions, SetPredictions
+from spurgen.io import save_figure_atomic, write_atomic
 
 CSV_FIELDS = ["set", "template", "classifier", "metric", "value", "ci_low", "ci_high", "n"]
 
@@ -103,21 +78,12 @@ def csv_rows(sets: dict[str, dict], scores: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-    w.writeheader()
-    w.writerows(rows)
-    write_atomic(path, buf.getvalue())
-
-
 def bar_chart(path: Path, sets: dict[str, dict], title: str) -> Path:
     """Spurious rate per classifier (grouped by image set), with 95% Wilson intervals."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     names = list(next(iter(sets.values()))["per_classifier"])
     width = 0.8 / len(sets)
@@ -141,10 +107,8 @@ def bar_chart(path: Path, sets: dict[str, dict], title: str) -> Path:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    save_figure_atomic(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -154,23 +118,17 @@ def _data_uri(im: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def contact_sheet(
-    path: Path,
-    files: list[Path],
-    thumbs: list[Image.Image],
-    records: list[dict],
-    preds: dict[str, Predictions],
-    target: int,
-    class_names: list[str],
-    title: str,
-) -> Path:
-    """One card per image: the thumbnail, its prompt and seed, and every classifier's top-3 (the target in
-    bold). For a person to check that no image shows the class object (METHOD.md)."""
+def contact_sheet(path: Path, images: ImageSet, preds: SetPredictions, target: int, title: str) -> Path:
+    """One card per image (as many as preds has thumbnails): the thumbnail, its prompt and seed, and every
+    classifier's top-3 (the target in bold). For a person to check that no image shows the class object
+    (METHOD.md)."""
+    files, thumbs, records = images.paths, preds.thumbnails, images.records
+    class_names = [imagenet.short_name(i) for i in range(imagenet.NUM_CLASSES)]
     cards = []
     for i, (f, t) in enumerate(zip(files, thumbs, strict=False)):
         rec = records[i] if i < len(records) else {}
         lines = []
-        for c, p in preds.items():
+        for c, p in preds.per_classifier.items():
             top = []
             for j in range(3):
                 k, prob = int(p.top5[i, j]), float(p.top5_p[i, j])
@@ -195,18 +153,37 @@ def contact_sheet(
     return path
 
 
+def prediction_records(files: list[Path], records: list[dict], preds: dict[str, Predictions]) -> list[dict]:
+    """One record per image (predictions.jsonl): its prompt, template and seed, and every classifier's top-5
+    with probabilities and p(k|x)."""
+    out = []
+    for i, path in enumerate(files):
+        per = {
+            c: {
+                "top5": p.top5[i].tolist(),
+                "top5_p": np.round(p.top5_p[i], 6).tolist(),
+                "p_target": float(p.p_target[i]),
+            }
+            for c, p in preds.items()
+        }
+        rec = records[i] if i < len(records) else {}
+        out.append(
+            {"file": path.name, **{k: rec.get(k) for k in ("prompt", "template", "seed")}, "classifiers": per}
+        )
+    return out
+
+
 def log_wandb(
-    logger_cfg,
+    logger_cfg: Any,
     run_dir: Path,
-    name: str,
-    metrics: dict,
+    result: dict,
     rows: list[dict],
     chart: Path,
-    generated: list[Image.Image],
-    reference: list[Image.Image],
+    thumbnails: tuple[list[Image.Image], list[Image.Image]],
 ) -> None:
-    """A table of every number, the bar chart and a grid of generated beside reference images. Resumes the
-    run's W&B run when run_dir/wandb_run_id.txt exists (the training stage's)."""
+    """A table of every number, the bar chart and a grid of generated (thumbnails[0]) beside reference
+    (thumbnails[1]) images. Resumes the run's W&B run when run_dir/wandb_run_id.txt exists (the training
+    stage's)."""
     import wandb
 
     from spurgen.loggers import wandb_mode
@@ -219,7 +196,7 @@ def log_wandb(
         project=logger_cfg.project,
         entity=logger_cfg.entity,
         group=logger_cfg.group,
-        name=logger_cfg.name or name,
+        name=logger_cfg.name or f"eval-{result['target']['name']}",
         dir=str(run_dir),
         mode=mode,
         id=run_id,
@@ -227,8 +204,11 @@ def log_wandb(
         reinit="finish_previous",
     )
     table = wandb.Table(columns=CSV_FIELDS, data=[[r[k] for k in CSV_FIELDS] for r in rows])
+    generated, reference = thumbnails
     payload = {
-        k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))
+        k: v
+        for k, v in result["metrics"].items()
+        if v is not None and not (isinstance(v, float) and math.isnan(v))
     }
     payload["eval/table"] = table
     payload["eval/spurious_rate_chart"] = wandb.Image(str(chart))

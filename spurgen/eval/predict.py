@@ -80,7 +80,7 @@ def resize_image(x: torch.Tensor, size: int, interpolation: str, crop_pct: float
 
 
 def prep_key(model: FrozenImageModel, crop: bool) -> tuple:
-    return (model.input_size, model.interpolation, float(getattr(model, "crop_pct", 0.875)) if crop else None)
+    return (model.input_size, model.interpolation, float(model.crop_pct) if crop else None)
 
 
 def predict_set(

@@ -7,7 +7,8 @@ import math
 import numpy as np
 
 from spurgen.eval import metrics as M
-from spurgen.eval.predict import Predictions
+from spurgen.eval.plan import EvalPlan
+from spurgen.eval.predict import Predictions, SetPredictions
 
 
 def classifier_numbers(
@@ -77,6 +78,27 @@ def spurious_score(val: Predictions, others: dict[str, Predictions], seed: int) 
             "num_spurious": len(pred.p_target),
         }
     return out
+
+
+def measure_sets(
+    plan: EvalPlan, preds: dict[str, SetPredictions], val: SetPredictions | None, seed: int, bootstrap: int
+) -> tuple[dict, dict]:
+    """(numbers per image set, spurious score per classifier). Similarity is to each classifier's normalised
+    mean reference feature m when a reference set was predicted."""
+    ref_means = None
+    if "reference" in preds:
+        ref_means = {c: M.normalized_mean(p.features) for c, p in preds["reference"].per_classifier.items()}
+    numbers = {
+        name: set_numbers(
+            p.per_classifier, plan.target, plan.sets[name].templates, seed, bootstrap, ref_means
+        )
+        for name, p in preds.items()
+    }
+    scores = {}
+    if val is not None:
+        for c, vp in val.per_classifier.items():
+            scores[c] = spurious_score(vp, {n: p.per_classifier[c] for n, p in preds.items()}, seed)
+    return numbers, scores
 
 
 SET_PREFIX = {"images": "eval", "reference": "eval_reference", "baseline": "eval_baseline"}

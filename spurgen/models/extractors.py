@@ -44,6 +44,8 @@ class FrozenImageModel(nn.Module):
         self.temperature = float(temperature)
         self.interpolation = interpolation
         self.channels_last = False  # set by spurgen.eval.predict.place; predict_set then feeds NHWC
+        self.crop_pct = 0.875  # centre-crop ratio of the model's own evaluation transform (crop: model)
+        self.is_random = False  # random weights (tiny tests): numbers computed with it mean nothing
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         modules = dict(model.named_modules())
@@ -135,4 +137,6 @@ def build_tiny_extractor(
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.9, 1.1)
     torch.random.set_rng_state(gen_state)
-    return FrozenImageModel(model, "fc", input_size, normalizes_inside=False, name=name, layer=layer)
+    wrapped = FrozenImageModel(model, "fc", input_size, normalizes_inside=False, name=name, layer=layer)
+    wrapped.is_random = True
+    return wrapped

@@ -1,4 +1,6 @@
-"""Real classifiers / robust feature extractors, each returned as a FrozenImageModel (inputs in [0, 1]).
+"""Builders of real classifiers / robust feature extractors, one per kind, each returning a FrozenImageModel
+(inputs in [0, 1]). Config nodes name them with `_target_` (conf/feature_extractor/*.yaml, conf/eval/*.yaml;
+an evaluation classifier gets its name from its key in eval.classifiers).
 
 - timm: any model by name, with a local weights file (safetensors, or a state dict read with
   weights_only=True) or timm's own download.
@@ -25,7 +27,6 @@ from torch import nn
 from spurgen.errors import MissingWeightsError, SpurgenError
 from spurgen.models.extractors import FrozenImageModel
 
-SOURCES = ("timm", "robustbench", "madry")
 MADRY_PREFIXES = ("module.model.", "module.attacker.model.", "model.", "attacker.model.")
 
 
@@ -50,7 +51,7 @@ def read_state_dict(path: str | Path, allow_pickle: bool = False, what: str = "w
             raise SpurgenError(f"cannot read {what} file {path}: {exc}") from None
         raise SpurgenError(
             f"{what} file {path} holds pickled Python objects, which can run code when loaded; "
-            "if you trust the file, set allow_pickle=true (classifier spec / feature_extractor option)"
+            "if you trust the file, set allow_pickle=true (an option of eval.classifiers.<name> / feature_extractor)"
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
         raise SpurgenError(f"cannot read {what} file {path}: {str(exc).splitlines()[0]}") from None
@@ -284,7 +285,7 @@ def load_madry(
 
     name = name or f"madry_{arch}"
     if not weights:
-        raise SpurgenError(f"classifier {name!r}: source madry needs weights=/path/to/imagenet_l2_3_0.pt")
+        raise SpurgenError(f"classifier {name!r}: load_madry needs weights=/path/to/imagenet_l2_3_0.pt")
     path = Path(weights).expanduser()
     what = f"classifier {name!r} (MadryLab {arch})"
     if not path.is_file():
@@ -305,45 +306,3 @@ def load_madry(
     wrapped.crop_pct = 224 / 256
     wrapped.is_random = False
     return wrapped
-
-
-def load_classifier(spec: Any) -> FrozenImageModel:
-    """Build a classifier from an eval.classifiers spec (spurgen.config.ClassifierSpec fields)."""
-    get = spec.get if hasattr(spec, "get") else lambda k, d=None: getattr(spec, k, d)
-    source, name, arch = get("source"), get("name"), get("arch")
-    temperature, size = float(get("temperature", 1.0) or 1.0), get("input_size")
-    if source not in SOURCES:
-        raise SpurgenError(f"classifier {name!r}: unknown source {source!r}; known: {', '.join(SOURCES)}")
-    if source == "timm":
-        if not arch:
-            raise SpurgenError(f"classifier {name!r}: source timm needs arch=<timm model name>")
-        kwargs = dict(get("model_kwargs") or {})
-        return load_timm(
-            arch,
-            get("weights"),
-            name,
-            temperature=temperature,
-            input_size=size,
-            random_init=bool(get("random_init", False)),
-            allow_pickle=bool(get("allow_pickle")),
-            model_kwargs=kwargs,
-        )
-    if source == "robustbench":
-        if not arch:
-            raise SpurgenError(f"classifier {name!r}: source robustbench needs arch=<model name>")
-        return load_robustbench(
-            arch,
-            get("model_dir"),
-            get("threat_model") or "Linf",
-            name,
-            temperature=temperature,
-            input_size=size,
-        )
-    return load_madry(
-        get("weights"),
-        arch or "resnet50",
-        bool(get("allow_pickle")),
-        name,
-        temperature=temperature,
-        input_size=size,
-    )

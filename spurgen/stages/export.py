@@ -3,9 +3,6 @@ manifest.jsonl (prompt, seed, per-classifier prediction and probability) and dat
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -13,33 +10,57 @@ from omegaconf import DictConfig
 from spurgen import imagenet
 from spurgen.config import METHOD_VERSION
 from spurgen.errors import SpurgenError
-from spurgen.eval.imagesets import load_folder, read_generate_json
-from spurgen.eval.predict import pick_device, place, predict_set
-from spurgen.eval.report import write_atomic
-from spurgen.models.loaders import load_classifier
-from spurgen.stages.evaluate import check_config, check_target
+from spurgen.eval.classifiers import build_classifiers, random_classifiers
+from spurgen.eval.plan import EvalPlan, plan_evaluation
+from spurgen.eval.predict import SetPredictions, pick_device, predict_set
+from spurgen.io import copy_atomic, write_json, write_jsonl
 
 
 def export(
-    eval_cfg: DictConfig, images_dir: str | Path, out_dir: str | Path, target: int, min_classifiers: int
+    eval_cfg: DictConfig,
+    images_dir: str | Path,
+    out_dir: str | Path,
+    target: int | None,
+    min_classifiers: int,
 ) -> dict:
-    target = check_target(target)
-    images = load_folder("images", images_dir)
-    specs = check_config(eval_cfg)
-    if not 1 <= min_classifiers <= len(specs):
+    """Copy into out_dir/images the images at least `min_classifiers` classifiers predict as `target`;
+    write out_dir/manifest.jsonl and out_dir/dataset.json. Inputs are checked before any model is built."""
+    plan = plan_evaluation(eval_cfg, images_dir, target)
+    if not 1 <= min_classifiers <= len(plan.classifiers):
         raise SpurgenError(
-            f"min_classifiers must be in 1..{len(specs)} (the number of classifiers), got {min_classifiers}"
+            f"min_classifiers must be in 1..{len(plan.classifiers)} (the number of classifiers), "
+            f"got {min_classifiers}"
         )
-    models = [load_classifier(s) for s in specs]
     device = pick_device(eval_cfg.device)
-    place(models, device, bool(eval_cfg.channels_last))
+    models = build_classifiers(plan.classifiers, device, bool(eval_cfg.channels_last))
     preds = predict_set(
-        models, images.paths, target, eval_cfg.crop == "model", int(eval_cfg.batch_size), device
+        models, plan.images.paths, plan.target, eval_cfg.crop == "model", int(eval_cfg.batch_size), device
     )
+    records = voted_records(plan, preds, min_classifiers)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    lines, kept = [], 0
-    for i, path in enumerate(images.paths):
+    for rec in records:
+        copy_atomic(Path(rec["source"]), out_dir / rec["file"])
+    write_jsonl(out_dir / "manifest.jsonl", records)
+    summary = {
+        "method_version": METHOD_VERSION,
+        "model_is_tiny_random": bool(plan.generation.get("model_is_tiny_random"))
+        or bool(random_classifiers(models)),
+        "target": {"index": plan.target, "name": imagenet.short_name(plan.target)},
+        "images_dir": str(images_dir),
+        "min_classifiers": min_classifiers,
+        "classifiers": [m.name for m in models],
+        "num_images": len(plan.images.paths),
+        "num_exported": len(records),
+    }
+    write_json(out_dir / "dataset.json", summary)
+    return summary
+
+
+def voted_records(plan: EvalPlan, preds: SetPredictions, min_classifiers: int) -> list[dict]:
+    """Manifest records of the images predicted as the target by at least min_classifiers classifiers."""
+    out = []
+    for i, path in enumerate(plan.images.paths):
         per = {
             c: {
                 "prediction": int(p.argmax[i]),
@@ -49,40 +70,16 @@ def export(
             }
             for c, p in preds.per_classifier.items()
         }
-        votes = sum(v["prediction"] == target for v in per.values())
-        if votes < min_classifiers:
-            continue
-        dest = out_dir / "images" / path.name
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, dest)
-        rec = images.records[i]
-        lines.append(
-            json.dumps(
+        votes = sum(v["prediction"] == plan.target for v in per.values())
+        if votes >= min_classifiers:
+            rec = plan.images.records[i]
+            out.append(
                 {
                     "file": f"images/{path.name}",
                     "source": str(path),
-                    "prompt": rec.get("prompt"),
-                    "template": rec.get("template"),
-                    "seed": rec.get("seed"),
+                    **{k: rec.get(k) for k in ("prompt", "template", "seed")},
                     "votes": votes,
                     "classifiers": per,
                 }
             )
-        )
-        kept += 1
-    write_atomic(out_dir / "manifest.jsonl", "\n".join(lines) + ("\n" if lines else ""))
-    gen = read_generate_json(Path(images_dir))
-    random = [m.name for m in models if getattr(m, "is_random", False)]
-    summary = {
-        "method_version": METHOD_VERSION,
-        "model_is_tiny_random": bool(gen.get("model_is_tiny_random")) or bool(random),
-        "target": {"index": target, "name": imagenet.short_name(target)},
-        "images_dir": str(images_dir),
-        "min_classifiers": min_classifiers,
-        "classifiers": [m.name for m in models],
-        "num_images": len(images.paths),
-        "num_exported": kept,
-    }
-    write_atomic(out_dir / "dataset.json", json.dumps(summary, indent=2))
-    return summary
+    return out

@@ -1,8 +1,11 @@
 """Stage 2: generate images from the fine-tuned pipeline (or the base model: generate.baseline=true).
 
-Each image i has its own seed (generate.seed + i) and prompt template (templates[i % T]), so any one can be
-regenerated alone. Images are written atomically with their manifest.jsonl record; a rerun skips images whose
-file and identical record exist. All-black images are counted and reported.
+A GenerationPlan lists every image before any model is loaded: its file, prompt template (templates[i % T])
+and seed. Image i of training seed s is drawn with spurgen.seeds.generation_seed(s, i), so the seeds of two
+training seeds never overlap and the baseline's image i shares its seed with the fine-tuned image i (paired
+comparisons); any one image can be regenerated alone from its record. Images are written atomically with
+their manifest.jsonl record; a rerun skips images whose file and identical record exist. All-black images are
+counted and reported.
 """
 
 from __future__ import annotations
@@ -10,19 +13,24 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from spurgen.config import METHOD_VERSION
+from spurgen.config import METHOD_VERSION, check_generate
 from spurgen.errors import SpurgenError
 from spurgen.eval.imagesets import GENERATE_JSON, MANIFEST, read_manifest
-from spurgen.eval.report import write_atomic
-from spurgen.pipeline import make_pipeline, read_spurgen_json, sample, save_png_atomic
+from spurgen.io import save_png_atomic, write_atomic, write_json
+from spurgen.pipeline import make_pipeline, read_spurgen_json, sample
+from spurgen.prompts import apply_template, negative_prompt
+from spurgen.seeds import generation_seed
 
 log = logging.getLogger("spurgen")
+# A manifest record whose values for these keys match the plan's is complete: the rerun skips its image.
 SETTING_KEYS = (
     "prompt",
     "template",
@@ -36,14 +44,114 @@ SETTING_KEYS = (
 )
 
 
+@dataclass(frozen=True)
+class Prompts:
+    base: str  # the prompt the templates wrap: the instance prompt, or the class prompt for the baseline
+    negative: str | None
+    instance: str | None
+    klass: str | None
+
+
+@dataclass(frozen=True)
+class PlannedImage:
+    file: str
+    index: int
+    prompt: str
+    template: str
+    seed: int
+
+
+@dataclass
+class GenerationPlan:
+    """Everything decided before a model is loaded."""
+
+    out_dir: Path
+    pipeline_dir: Path | None
+    baseline: bool
+    prompts: Prompts
+    images: list[PlannedImage]
+    meta: dict = field(default_factory=dict)  # the pipeline's spurgen.json ({} when none)
+    class_index: int | None = None
+
+
+@dataclass
+class Generator:
+    """The loaded pipeline and the settings it fixes."""
+
+    pipe: Any
+    model_id: str
+    tiny: bool | None
+    sampler: str
+    resolution: int
+
+    def record(self, image: PlannedImage, plan: GenerationPlan, gen: DictConfig) -> dict:
+        """The manifest record of one planned image (without its `black` flag)."""
+        return {
+            **asdict(image),
+            "negative_prompt": plan.prompts.negative,
+            "sampler": self.sampler,
+            "steps": int(gen.num_inference_steps),
+            "guidance": float(gen.guidance_scale),
+            "resolution": self.resolution,
+            "model": self.model_id,
+            "baseline": plan.baseline,
+        }
+
+
 def is_black(im) -> bool:
     """All pixels (nearly) zero: what an overflowing fp16 VAE or a safety checker produces."""
     return int(np.asarray(im).max()) <= 3
 
 
-def _prompts(
-    gen: DictConfig, meta: dict, target: DictConfig | None, pipeline_dir: Path | None, baseline: bool
+def generate(
+    gen: DictConfig,
+    pipeline_dir: str | Path | None,
+    out_dir: str | Path,
+    target: DictConfig | None = None,
+    model_cfg: DictConfig | None = None,
+    baseline: bool | None = None,
 ) -> dict:
+    """Generate gen.num_images images into out_dir (PNG + manifest.jsonl + generate.json); returns the summary.
+    `baseline` overrides gen.baseline (the run generates both)."""
+    t0 = time.time()
+    baseline = bool(gen.baseline) if baseline is None else baseline
+    plan = plan_generation(gen, pipeline_dir, Path(out_dir), target, baseline)
+    generator = load_generator(plan, gen, model_cfg)
+    records, made = make_images(plan, generator, gen)
+    black = sum(bool(r.get("black")) for r in records)
+    if black:
+        log.warning("generate: %d of %d images are all black", black, len(records))
+    summary = describe(plan, generator, gen, black, made)
+    summary["seconds"] = round(time.time() - t0, 2)
+    write_json(plan.out_dir / GENERATE_JSON, summary)
+    return summary
+
+
+def plan_generation(
+    gen: DictConfig, pipeline_dir: str | Path | None, out_dir: Path, target: DictConfig | None, baseline: bool
+) -> GenerationPlan:
+    """Check the inputs and list every image; loads nothing."""
+    pipeline_dir = Path(pipeline_dir).expanduser() if pipeline_dir else None
+    if pipeline_dir is None and not baseline:
+        raise SpurgenError("pipeline_dir is required: pipeline_dir=<a diffusers pipeline folder>")
+    if pipeline_dir is not None and not pipeline_dir.is_dir():
+        raise SpurgenError(f"pipeline folder {pipeline_dir} does not exist")
+    check_generate(gen)
+    meta = (read_spurgen_json(pipeline_dir) or {}) if pipeline_dir else {}
+    prompts = resolve_prompts(gen, meta, target, pipeline_dir, baseline)
+    images = [
+        PlannedImage(f"{i:05d}.png", i, apply_template(t, prompts.base), t, generation_seed(int(gen.seed), i))
+        for i, t in ((i, gen.templates[i % len(gen.templates)]) for i in range(int(gen.num_images)))
+    ]
+    class_index = meta.get("class_index", _target_index(target))
+    return GenerationPlan(out_dir, pipeline_dir, baseline, prompts, images, meta, class_index)
+
+
+def resolve_prompts(
+    gen: DictConfig, meta: dict, target: DictConfig | None, pipeline_dir: Path | None, baseline: bool
+) -> Prompts:
+    """generate.* prompts first, then the pipeline's spurgen.json; the negative prompt falls back to the
+    class name and synonyms (spurgen.prompts.negative_prompt)."""
     instance = gen.instance_prompt or meta.get("instance_prompt")
     klass = gen.class_prompt or meta.get("class_prompt")
     if baseline and not klass:
@@ -57,41 +165,42 @@ def _prompts(
         )
     if gen.negative_prompt is not None:
         negative = gen.negative_prompt or None  # "" disables it
-    elif meta.get("negative_prompt"):
-        negative = meta["negative_prompt"]
-    elif target is not None and target.get("name"):
-        negative = ", ".join(dict.fromkeys([target.name, *(target.synonyms or [])]))
     else:
-        negative = None
+        negative = meta.get("negative_prompt") or negative_prompt(target)
+    if negative is None:
         log.warning("no negative prompt (no class known): images may show the class object")
-    return {
-        "base": klass if baseline else instance,
-        "negative": negative,
-        "instance": instance,
-        "class": klass,
-    }
+    return Prompts(klass if baseline else instance, negative, instance, klass)
 
 
-def check_config(gen: DictConfig) -> None:
-    """Cheap checks of the generate.* keys (also worth calling before training)."""
-    for key in ("num_images", "num_inference_steps", "batch_size"):
-        if int(gen[key]) <= 0:
-            raise SpurgenError(f"generate.{key} must be > 0, got {gen[key]}")
-    if not gen.templates:
-        raise SpurgenError("generate.templates must hold at least one template")
-    for t in gen.templates:
-        if "{prompt}" not in t:
-            raise SpurgenError(f"generate.templates: {t!r} lacks the placeholder {{prompt}}")
-    if gen.dtype not in ("auto", "float32", "float16", "bfloat16"):
-        raise SpurgenError(f"generate.dtype must be auto, float32, float16 or bfloat16, got {gen.dtype!r}")
+def _target_index(target: DictConfig | None) -> int | None:
+    if target is None or (OmegaConf.is_config(target) and OmegaConf.is_missing(target, "index")):
+        return None
+    return target.get("index")
+
+
+def load_generator(plan: GenerationPlan, gen: DictConfig, model_cfg: DictConfig | None) -> Generator:
+    """The pipeline (fine-tuned, or the base model for the baseline) with generate.sampler / device / dtype."""
+    pipe, model_id, tiny = load_generation_pipeline(plan.baseline, plan.pipeline_dir, model_cfg)
+    tiny = plan.meta.get("model_is_tiny_random") if tiny is None else tiny
+    if gen.sampler:
+        import diffusers
+
+        if not hasattr(diffusers, gen.sampler):
+            raise SpurgenError(f"generate.sampler={gen.sampler!r} is not a diffusers scheduler class")
+        pipe.scheduler = getattr(diffusers, gen.sampler).from_config(pipe.scheduler.config)
+    resolution = int(
+        gen.resolution or plan.meta.get("resolution") or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    )
+    device, dtype = _pick_device(gen)
+    pipe.to(device)
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    return Generator(pipe, model_id, tiny, type(pipe.scheduler).__name__, resolution)
 
 
 def _pick_device(gen: DictConfig) -> tuple[torch.device, torch.dtype]:
-    device = torch.device(
-        "cuda"
-        if gen.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if gen.device == "auto" else gen.device)
-    )
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if gen.device == "auto" else gen.device)
     if gen.dtype == "auto":
         return device, torch.float16 if device.type == "cuda" else torch.float32
     return device, getattr(torch, gen.dtype)
@@ -104,9 +213,9 @@ def load_generation_pipeline(baseline: bool, pipeline_dir: Path | None, model_cf
             raise SpurgenError(
                 "generate.baseline=true needs the base model: pass model=<preset> (e.g. model=sd15)"
             )
-        from hydra.utils import instantiate
+        from spurgen.build import build
 
-        parts = instantiate(model_cfg)
+        parts = build(model_cfg)
         pipe = make_pipeline(
             parts.unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.sample_scheduler
         )
@@ -138,129 +247,39 @@ def _fingerprint(pipeline_dir: Path) -> str:
     return f"{pipeline_dir.resolve()}#{digest}"
 
 
-def generate(
-    gen: DictConfig,
-    pipeline_dir: str | Path | None,
-    out_dir: str | Path,
-    target: DictConfig | None = None,
-    model_cfg=None,
-    baseline: bool | None = None,
-) -> dict:
-    """Generate gen.num_images images into out_dir (PNG + manifest.jsonl + generate.json); returns the summary.
-    `baseline` overrides gen.baseline (the run generates both)."""
-    t0 = time.time()
-    baseline = bool(gen.baseline) if baseline is None else baseline
-    pipeline_dir = Path(pipeline_dir).expanduser() if pipeline_dir else None
-    if pipeline_dir is None and not baseline:
-        raise SpurgenError("pipeline_dir is required: pipeline_dir=<a diffusers pipeline folder>")
-    if pipeline_dir is not None and not pipeline_dir.is_dir():
-        raise SpurgenError(f"pipeline folder {pipeline_dir} does not exist")
-    check_config(gen)
-    meta = (read_spurgen_json(pipeline_dir) or {}) if pipeline_dir else {}
-    prompts = _prompts(gen, meta, target, pipeline_dir, baseline)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    pipe, model_id, tiny = load_generation_pipeline(baseline, pipeline_dir, model_cfg)
-    tiny = meta.get("model_is_tiny_random") if tiny is None else tiny
-    if gen.sampler:
-        import diffusers
-
-        if not hasattr(diffusers, gen.sampler):
-            raise SpurgenError(f"generate.sampler={gen.sampler!r} is not a diffusers scheduler class")
-        pipe.scheduler = getattr(diffusers, gen.sampler).from_config(pipe.scheduler.config)
-    sampler = type(pipe.scheduler).__name__
-    resolution = int(
-        gen.resolution or meta.get("resolution") or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    )
-    device, dtype = _pick_device(gen)
-    pipe.to(device)
-    if dtype != torch.float32:
-        pipe.to(dtype=dtype)
-
-    plan = []
-    for i in range(int(gen.num_images)):
-        template = gen.templates[i % len(gen.templates)]
-        plan.append(
-            {
-                "file": f"{i:05d}.png",
-                "index": i,
-                "prompt": template.replace("{prompt}", prompts["base"]),
-                "template": template,
-                "negative_prompt": prompts["negative"],
-                "seed": int(gen.seed) + i,
-                "sampler": sampler,
-                "steps": int(gen.num_inference_steps),
-                "guidance": float(gen.guidance_scale),
-                "resolution": resolution,
-                "model": model_id,
-                "baseline": baseline,
-            }
-        )
-    records = {f: r for f, r in read_manifest(out_dir).items() if (out_dir / f).exists()}
-    todo = [p for p in plan if not _complete(records.get(p["file"]), p)]
+def make_images(plan: GenerationPlan, generator: Generator, gen: DictConfig) -> tuple[list[dict], int]:
+    """Sample the planned images not already complete in plan.out_dir, a batch at a time; returns the
+    records of all planned images and how many were made now."""
+    out = plan.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    done = {f: r for f, r in read_manifest(out).items() if (out / f).exists()}
+    planned = [generator.record(image, plan, gen) for image in plan.images]
+    todo = [p for p in planned if not _complete(done.get(p["file"]), p)]
     log.info(
         "generate: %d images planned, %d already complete, %d to make",
-        len(plan),
-        len(plan) - len(todo),
+        len(planned),
+        len(planned) - len(todo),
         len(todo),
     )
     bs = int(gen.batch_size)
     for start in range(0, len(todo), bs):
         batch = todo[start : start + bs]
         images = sample(
-            pipe,
+            generator.pipe,
             [p["prompt"] for p in batch],
             [p["seed"] for p in batch],
             int(gen.num_inference_steps),
             float(gen.guidance_scale),
-            resolution,
-            prompts["negative"],
+            generator.resolution,
+            plan.prompts.negative,
             batch_size=bs,
         )
         for p, im in zip(batch, images, strict=True):
-            rec = {**p, "black": is_black(im)}
-            save_png_atomic(
-                im, out_dir / p["file"], {k: rec[k] for k in ("prompt", "seed", "steps", "guidance")}
-            )
-            records[p["file"]] = rec
-        _write_manifest(out_dir, records)  # after every batch: a crash loses at most one batch
-    _write_manifest(out_dir, records)
-    planned = [records[p["file"]] for p in plan]
-    black = sum(bool(r.get("black")) for r in planned)
-    if black:
-        log.warning("generate: %d of %d images are all black", black, len(planned))
-    summary = {
-        "method_version": meta.get("method_version", METHOD_VERSION),
-        "model_is_tiny_random": tiny,
-        "class_index": meta.get(
-            "class_index", target.get("index") if target is not None and _has_index(target) else None
-        ),
-        "model": model_id,
-        "pipeline_dir": str(pipeline_dir) if pipeline_dir else None,
-        "baseline": baseline,
-        "num_images": len(planned),
-        "black_images": black,
-        "generated_now": len(todo),
-        "skipped": len(plan) - len(todo),
-        "instance_prompt": prompts["instance"],
-        "class_prompt": prompts["class"],
-        "negative_prompt": prompts["negative"],
-        "templates": list(gen.templates),
-        "sampler": sampler,
-        "steps": int(gen.num_inference_steps),
-        "guidance": float(gen.guidance_scale),
-        "resolution": resolution,
-        "seconds": round(time.time() - t0, 2),
-    }
-    write_atomic(out_dir / GENERATE_JSON, json.dumps(summary, indent=2))
-    return summary
-
-
-def _has_index(target) -> bool:
-    from omegaconf import OmegaConf
-
-    return not (OmegaConf.is_config(target) and OmegaConf.is_missing(target, "index"))
+            done[p["file"]] = {**p, "black": is_black(im)}
+            save_png_atomic(im, out / p["file"], {k: p[k] for k in ("prompt", "seed", "steps", "guidance")})
+        _write_manifest(out, done)  # after every batch: a crash loses at most one batch
+    _write_manifest(out, done)
+    return [done[p["file"]] for p in planned], len(todo)
 
 
 def _complete(record: dict | None, planned: dict) -> bool:
@@ -272,15 +291,39 @@ def _write_manifest(out_dir: Path, records: dict[str, dict]) -> None:
     write_atomic(out_dir / MANIFEST, "\n".join(lines) + "\n")
 
 
+def describe(plan: GenerationPlan, generator: Generator, gen: DictConfig, black: int, made: int) -> dict:
+    """generate.json: how the images were made."""
+    return {
+        "method_version": plan.meta.get("method_version", METHOD_VERSION),
+        "model_is_tiny_random": generator.tiny,
+        "class_index": plan.class_index,
+        "model": generator.model_id,
+        "pipeline_dir": str(plan.pipeline_dir) if plan.pipeline_dir else None,
+        "baseline": plan.baseline,
+        "num_images": len(plan.images),
+        "black_images": black,
+        "generated_now": made,
+        "skipped": len(plan.images) - made,
+        "instance_prompt": plan.prompts.instance,
+        "class_prompt": plan.prompts.klass,
+        "negative_prompt": plan.prompts.negative,
+        "templates": list(gen.templates),
+        "seed_rule": "spurgen.seeds.generation_seed(generate.seed, image index)",
+        "sampler": generator.sampler,
+        "steps": int(gen.num_inference_steps),
+        "guidance": float(gen.guidance_scale),
+        "resolution": generator.resolution,
+    }
+
+
 def run_stage(cfg: DictConfig, run_dir: Path) -> dict:
     """The run's second stage: run_dir/pipeline -> run_dir/generated; with generate.baseline=true also the
-    base model's images with the class prompt -> run_dir/baseline (the row every gain is measured against)."""
+    base model's images with the class prompt -> run_dir/baseline (the row every gain is measured against),
+    drawn with the same seeds (paired)."""
     run_dir = Path(run_dir)
-    summary = generate(
-        cfg.generate, run_dir / "pipeline", run_dir / "generated", cfg.target, cfg.model, False
-    )
+    pipeline = run_dir / "pipeline"
+    summary = generate(cfg.generate, pipeline, run_dir / "generated", cfg.target, cfg.model, False)
     if cfg.generate.baseline:
-        summary["baseline_summary"] = generate(
-            cfg.generate, run_dir / "pipeline", run_dir / "baseline", cfg.target, cfg.model, True
-        )
+        baseline = generate(cfg.generate, pipeline, run_dir / "baseline", cfg.target, cfg.model, True)
+        summary["baseline_summary"] = baseline
     return summary

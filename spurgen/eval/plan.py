@@ -1,0 +1,108 @@
+"""What an evaluation (or an export) measures, checked before any classifier is built.
+
+Every cheap check runs first and all problems are reported together in one message: a missing target
+class, an images folder that is missing, empty or holds no readable image, a reference or ImageNet-val
+folder that does not fit, and the eval.* settings. Only then are classifier weights fetched and built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig
+
+from spurgen import imagenet
+from spurgen.config import check_eval
+from spurgen.errors import SpurgenError
+from spurgen.eval.imagesets import (
+    ImageSet,
+    load_folder,
+    load_imagenet_val,
+    load_reference,
+    read_generate_json,
+)
+
+T = TypeVar("T")
+NO_TARGET = "no target class: give class=<name> (a conf/class file) or class=imagenet target.index=<i>"
+
+
+@dataclass
+class EvalPlan:
+    """The image sets and classifiers of one evaluation."""
+
+    target: int  # ImageNet class index k
+    component: int | None  # Spurious ImageNet component of the reference set, if any
+    sets: dict[str, ImageSet]  # "images" first, then "reference" / "baseline" when given
+    classifiers: dict[str, Any]  # name -> `_target_` node (eval.classifiers), not built yet
+    val: ImageSet | None = None  # ImageNet validation images of class k (the spurious score)
+    generation: dict = field(default_factory=dict)  # images_dir/generate.json ({} when absent)
+
+    @property
+    def images(self) -> ImageSet:
+        return self.sets["images"]
+
+
+class _Problems:
+    """Collects SpurgenErrors instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def attempt(self, fn: Callable[..., T], *args: Any) -> T | None:
+        try:
+            return fn(*args)
+        except SpurgenError as exc:
+            self.messages.append(str(exc))
+            return None
+
+    def raise_any(self) -> None:
+        if len(self.messages) == 1:
+            raise SpurgenError(self.messages[0])
+        if self.messages:
+            raise SpurgenError(f"{len(self.messages)} problems: " + "; ".join(self.messages))
+
+
+def check_target(index: int | None) -> int:
+    if index is None:
+        raise SpurgenError(NO_TARGET)
+    if not 0 <= int(index) < imagenet.NUM_CLASSES:
+        raise SpurgenError(f"target.index: ImageNet class index must be in 0..999, got {index}")
+    return int(index)
+
+
+def plan_evaluation(
+    ev: DictConfig,
+    images_dir: str | Path,
+    target: int | None,
+    component: int | None = None,
+    extra_sets: dict[str, str | Path | None] | None = None,
+) -> EvalPlan:
+    """Check everything cheap and list the sets: images_dir, then eval.reference_dir / eval.baseline_dir
+    (or, when those are unset, the `reference` / `baseline` folders in extra_sets), and
+    eval.imagenet_val_dir. Raises one SpurgenError naming every problem found."""
+    problems = _Problems()
+    problems.attempt(check_eval, ev)
+    index = problems.attempt(check_target, target)
+    sets = {"images": problems.attempt(load_folder, "images", images_dir)}
+    extra = extra_sets or {}
+    reference = ev.reference_dir or extra.get("reference")
+    if reference and index is not None:
+        sets["reference"] = problems.attempt(load_reference, reference, index, component)
+    baseline = ev.baseline_dir or extra.get("baseline")
+    if baseline:
+        sets["baseline"] = problems.attempt(load_folder, "baseline", baseline)
+    val = None
+    if ev.imagenet_val_dir and index is not None:
+        val = problems.attempt(load_imagenet_val, ev.imagenet_val_dir, index)
+    problems.raise_any()
+    return EvalPlan(
+        index,
+        component,
+        sets,
+        dict(ev.classifiers),
+        val,
+        read_generate_json(Path(images_dir)),
+    )

@@ -1,0 +1,97 @@
+"""Every file spurgen writes goes through here: written under a temporary name in the same folder, then
+renamed, so a crash never leaves a half-written file that a rerun would take for a complete one."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+
+def _tmp(path: Path, suffix: str = "") -> Path:
+    return path.with_name(f".{path.name}.tmp{suffix}")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text to path (temporary file + rename)."""
+    path = Path(path)
+    tmp = _tmp(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _json_default(x: Any) -> Any:
+    return x.item() if hasattr(x, "item") else str(x)  # numpy scalars; paths and the rest as text
+
+
+def _clean(obj: Any) -> Any:
+    """NaN -> null, so the file is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Indented strict JSON (NaN as null; numpy scalars as numbers)."""
+    write_atomic(path, json.dumps(_clean(data), indent=2, default=_json_default))
+
+
+def write_jsonl(path: Path, records: Iterable[dict]) -> None:
+    """One JSON object per line (an empty file for no records)."""
+    lines = [json.dumps(_clean(r), default=_json_default) for r in records]
+    write_atomic(path, "".join(line + "\n" for line in lines))
+
+
+def write_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> None:
+    """rows as CSV with a header of `fields`."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buf.getvalue())
+
+
+def png_info(meta: dict) -> PngImagePlugin.PngInfo:
+    """PNG text chunks: strings as they are, anything else as JSON."""
+    info = PngImagePlugin.PngInfo()
+    for k, v in meta.items():
+        info.add_text(str(k), v if isinstance(v, str) else json.dumps(v))
+    return info
+
+
+def save_png_atomic(im: Image.Image, path: Path, meta: dict | None = None) -> None:
+    """A PNG (with `meta` as text chunks); the folder is created when missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    im.save(tmp, format="PNG", pnginfo=png_info(meta) if meta else None)
+    os.replace(tmp, path)
+
+
+def save_figure_atomic(fig: Any, path: Path, dpi: int = 100) -> Path:
+    """A matplotlib figure (format from the file's suffix)."""
+    path = Path(path)
+    tmp = _tmp(path, path.suffix)
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
+    return path
+
+
+def copy_atomic(src: Path, dest: Path) -> None:
+    """Copy a file (temporary copy + rename)."""
+    dest = Path(dest)
+    tmp = _tmp(dest)
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
