@@ -21,7 +21,9 @@ from spurgen.errors import ConfigError
 
 # Bump whenever a default of the objective changes (METHOD.md: results from different definitions are never
 # mixed silently). Written into pipeline/spurgen.json, metadata and metrics of every run.
-METHOD_VERSION = "1"
+# Version 2: distance=mse is the MSE of unnormalised features to m_raw = mean_r phi(x_ref_r) (it was the MSE
+# of unit-normalised features), and f runs on decoded images in float32 with autocast off, as on the references.
+METHOD_VERSION = "2"
 
 # The Hydra config tree ships inside the package (spurgen/conf), so an installed wheel composes runs too.
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
@@ -59,7 +61,6 @@ class SFSLConfig:
     _target_: str = "spurgen.losses.SpuriousFeatureSimilarityLoss"
     distance: Distance = Distance.cosine
     reference: ReferenceTarget = ReferenceTarget.mean
-    layer: str = "pool"  # "pool" = input of the final fc; or a module name whose output is average-pooled
     t_max: int = 500  # only instance samples with t <= t_max get the term
     decode_size: int | None = None  # null: decode at full resolution, then resize for f
     every_n_steps: int = 1
@@ -317,8 +318,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     if cfg.train.optimizer not in ("adamw", "adamw8bit"):
         raise ConfigError("train.optimizer", f"must be adamw or adamw8bit, got {cfg.train.optimizer!r}")
     _nonneg(cfg, "train.lora_rank")
-    if cfg.loss.sfsl.layer == "":
-        raise ConfigError("loss.sfsl.layer", "must be 'pool' or a module name")
+    if cfg.feature_extractor.get("layer", "pool") == "":
+        raise ConfigError("feature_extractor.layer", "must be 'pool' or a module name")
     if len(cfg.data.identifier.strip()) == 0 or " " in cfg.data.identifier:
         raise ConfigError("data.identifier", f"must be one token without spaces, got {cfg.data.identifier!r}")
 
