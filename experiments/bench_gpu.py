@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, setting in STEPS.items():
         module = make_module(parts, extractor, setting, resolution).to(device)
         params = [p for m in (parts.unet, parts.text_encoder) for p in m.parameters() if p.requires_grad]
-        opt = make_optimizer("adamw", [{"params": params}], lr=1e-6, weight_decay=1e-2)
+        opt = make_optimizer([{"params": params}], "adamw", lr=1e-6, weight_decay=1e-2)
         step = spurgen_step(module, opt, batch, bf16=False)
 
         def run(step=step) -> None:

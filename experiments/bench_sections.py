@@ -30,6 +30,7 @@ from bench_setup import (
     make_batch,
     make_module,
     plain_step,
+    sfsl_for,
     sfsl_term,
     spurgen_step,
 )
@@ -61,7 +62,7 @@ def _optimizer(parts) -> torch.optim.Optimizer:
     from spurgen.optim import make_optimizer
 
     params = [p for m in (parts.unet, parts.text_encoder) for p in m.parameters() if p.requires_grad]
-    return make_optimizer("adamw", [{"params": params}], lr=1e-6, weight_decay=1e-2)
+    return make_optimizer([{"params": params}], "adamw", lr=1e-6, weight_decay=1e-2)
 
 
 def cost_ratios(size: str, timer: Timer, repeats: int) -> dict:
@@ -402,16 +403,11 @@ def generation(size: str, timer: Timer, repeats: int, smoke: bool = False) -> di
 
 
 def _unet_sfsl_grad(parts, ex, setting: Setting, z_t, t, enc) -> torch.Tensor:
-    loss = setting.loss()
-    loss.set_references(
-        ex.features(
-            torch.rand(3, 3, parts.resolution, parts.resolution, generator=torch.Generator().manual_seed(1))
-        ).detach()
-    )
+    loss = sfsl_for(parts, ex, setting)  # references: reference_images(resolution), 3 seeded random images
     parts.unet.zero_grad(set_to_none=True)
     with autocast(setting.bf16):
         out = parts.unet(z_t, t, enc).sample
-        value = loss(z_t, out, t, parts.noise_scheduler.alphas_cumprod, "epsilon", parts.vae, ex)
+        value = loss(z_t, out, t)
     value.backward()
     return torch.cat([p.grad.flatten() for p in parts.unet.parameters() if p.grad is not None])
 

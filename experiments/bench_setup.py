@@ -8,8 +8,10 @@ Lightning, for the framework-overhead comparison.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,8 @@ from spurgen.models.extractors import FrozenImageModel, build_tiny_extractor
 from spurgen.models.parts import SDParts
 from spurgen.models.proportional import build_proportional_extractor, build_proportional_sd
 from spurgen.models.tiny import build_tiny_sd
-from spurgen.module import OptimSettings, SpurgenModule
+from spurgen.module import ModuleSettings, SpurgenModule
+from spurgen.optim import make_optimizer
 
 PROMPT, CLASS_PROMPT = "a photo of a sks flower", "a photo of a flower"
 T_ACTIVE = (250, 600)  # instance t passes the default gate (t_max = 500), prior t does not
@@ -90,8 +93,9 @@ class Setting:
     every_n_steps: int = 1
     cache_latents: bool = False  # train.cache_latents (the training default is true)
 
-    def loss(self) -> SpuriousFeatureSimilarityLoss:
+    def loss(self, extractor: FrozenImageModel) -> SpuriousFeatureSimilarityLoss:
         return SpuriousFeatureSimilarityLoss(
+            extractor,
             t_max=self.t_max,
             every_n_steps=self.every_n_steps,
             decode_size=self.decode_size,
@@ -147,26 +151,43 @@ def reference_images(resolution: int, n: int = 3) -> torch.Tensor:  # (R, 3, H, 
     return torch.rand(n, 3, resolution, resolution, generator=torch.Generator().manual_seed(1))
 
 
+def sfsl_for(parts: SDParts, extractor: FrozenImageModel, setting: Setting) -> SpuriousFeatureSimilarityLoss:
+    """The SFSL of a setting as SpurgenModule holds it: bound to the VAE and schedule, m computed from the
+    references (outside any timed call)."""
+    loss = setting.loss(extractor).bind(parts.vae, parts.noise_scheduler)
+    loss.set_reference_images(reference_images(parts.resolution))
+    loss.prepare_target()
+    return loss
+
+
 def make_module(
     parts: SDParts, extractor: FrozenImageModel, setting: Setting, resolution: int
 ) -> SpurgenModule:
-    sfsl = setting.loss() if setting.lambda_sfsl > 0 else None
+    sfsl = None
+    if setting.lambda_sfsl > 0:
+        sfsl = setting.loss(extractor)
+        sfsl.set_reference_images(reference_images(resolution))
     objective = SpurgenObjective(lambda_prior=1.0, lambda_sfsl=setting.lambda_sfsl, sfsl=sfsl)
     module = SpurgenModule(
-        parts.unet,
-        parts.text_encoder,
-        parts.tokenizer,
-        parts.vae,
-        parts.noise_scheduler,
-        extractor if sfsl else None,
+        parts,
         objective,
-        OptimSettings(lr_unet=1e-6, lr_text_encoder=1e-6),
-        reference_images=reference_images(resolution) if sfsl else None,
-        sample_scheduler=parts.sample_scheduler,
-        cache_latents=setting.cache_latents,
+        partial(make_optimizer, name="adamw"),
+        ModuleSettings(lr_unet=1e-6, lr_text_encoder=1e-6, cache_latents=setting.cache_latents),
     )
-    module.prepare_references()
+    if sfsl is not None:
+        sfsl.prepare_target()  # m once, outside any timed step (the module does it at fit start)
     return module
+
+
+@contextmanager
+def fixed_timesteps(module: SpurgenModule, t: torch.Tensor) -> Iterator[None]:
+    """While active, module.compute_losses uses t instead of drawing it (t is the step's last draw, so the
+    noise is unchanged). The bench's own seam, like tests/helpers.py: no test hook in the module's API."""
+    module.sample_timesteps = lambda n, generator: t
+    try:
+        yield
+    finally:
+        del module.sample_timesteps
 
 
 def autocast(enabled: bool):
@@ -184,8 +205,8 @@ def spurgen_step(
 
     def step() -> int:
         i = next(counter)
-        with autocast(bf16):
-            res = module.compute_losses(batch, module.step_generator(i), i, timesteps=t if fixed_t else None)
+        with autocast(bf16), fixed_timesteps(module, t) if fixed_t else nullcontext():
+            res = module.compute_losses(batch, module.step_generator(i), i)
         res.total.backward()
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
         opt.step()
@@ -234,8 +255,7 @@ def sfsl_term(
     g = torch.Generator().manual_seed(0)
     z_t, eps_hat = torch.randn(n, 4, h, h, generator=g), torch.randn(n, 4, h, h, generator=g)
     t = torch.tensor([250] * n_gated + [750] * (n - n_gated))
-    loss = setting.loss()
-    loss.set_references(extractor.features(reference_images(parts.resolution)).detach())
+    loss = sfsl_for(parts, extractor, setting)
     ab = parts.noise_scheduler.alphas_cumprod
 
     def step() -> None:
@@ -248,9 +268,9 @@ def sfsl_term(
                 z0 = predict_z0(z_t, out, ab[t], "epsilon")
                 size = extractor.input_size if setting.decode_at_extractor_size else setting.decode_size
                 x = decode_to_unit(parts.vae, z0, size, setting.decoder_checkpointing)[keep]
-                value = loss.distance_to_reference(extractor.features(x))
+                value = loss.distance_to_reference(loss.features(x))
             else:
-                value = loss(z_t, out, t, ab, "epsilon", parts.vae, extractor)
+                value = loss(z_t, out, t)
         value.backward()
 
     return step
