@@ -36,7 +36,7 @@ class SampleImages(L.Callback):
         self.meta: dict = {}
 
     def setup(self, trainer, module, stage: str) -> None:
-        self.resolution = int(self.resolution or module.resolution)
+        self.resolution = int(self.resolution or module.parts.resolution)
         self.meta = {"model_is_tiny_random": bool(module.parts.is_tiny_random)}
 
     def _sample(self, trainer: L.Trainer, module, name: str) -> None:

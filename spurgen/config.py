@@ -8,6 +8,8 @@ any model is built.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -125,6 +127,9 @@ class TrainConfig:
 
 @dataclass
 class LoggerConfig:
+    """The logger group (conf/logger/*.yaml): `_target_` builds a factory in spurgen/loggers.py."""
+
+    _target_: str = "spurgen.loggers.CsvLogger"
     kind: str = "csv"  # wandb | csv | none
     project: str = "spurgen"
     entity: str | None = None
@@ -192,6 +197,8 @@ class SpurgenConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     trainer: dict[str, Any] = field(default_factory=dict)  # any lightning.Trainer argument
+    module: Any = MISSING  # the LightningModule's settings and optimiser (conf/module), built with _target_
+    callbacks: dict[str, Any] = field(default_factory=dict)  # name -> _target_ node (conf/callbacks)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -365,6 +372,18 @@ def asset_path(name: str) -> str:
     return str(Path(str(resources.files("spurgen") / "assets" / name)))
 
 
+def _hash_nodes(*nodes: Any) -> str:
+    """Short hash of config nodes (resolved), e.g. the settings that make a random model what it is."""
+    plain = [OmegaConf.to_container(n, resolve=True) if OmegaConf.is_config(n) else n for n in nodes]
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _negative_prompt(name: str | None, synonyms: Any) -> str | None:
+    from spurgen.prompts import negative_prompt
+
+    return negative_prompt({"name": name, "synonyms": list(synonyms or [])})
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("spurgen_asset"):
         OmegaConf.register_new_resolver("spurgen_asset", asset_path)
@@ -378,5 +397,11 @@ def register_resolvers() -> None:
         from spurgen.sweep import short_dirname
 
         OmegaConf.register_new_resolver("spurgen_subdir", short_dirname)
+    if not OmegaConf.has_resolver("spurgen_hash"):  # ${spurgen_hash:${model.unet},...}: ids of random parts
+        OmegaConf.register_new_resolver("spurgen_hash", _hash_nodes)
+    if not OmegaConf.has_resolver("spurgen_none_if_zero"):  # a cadence of 0 means never
+        OmegaConf.register_new_resolver("spurgen_none_if_zero", lambda v: None if not v else v)
+    if not OmegaConf.has_resolver("spurgen_negative_prompt"):  # the class name and its synonyms
+        OmegaConf.register_new_resolver("spurgen_negative_prompt", _negative_prompt)
     if not OmegaConf.has_resolver("spurgen_resume_or"):
         OmegaConf.register_new_resolver("spurgen_resume_or", lambda resume, default: resume or default)

@@ -1,38 +1,8 @@
-"""Export the images predicted as the target by at least m classifiers: the spurious test set.
-
-python -m spurgen.export images_dir=outputs/.../generated min_classifiers=3 out_dir=spurious_set/
-"""
-
-from __future__ import annotations
+"""`python -m spurgen.export`: the same as `spurgen export` (spurgen/cli/export.py)."""
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
-
-from spurgen.entry import CONF_DIR, guarded, register_app_configs, resolve_target, run_main
-
-register_app_configs()
-
-
-def _task(cfg: DictConfig) -> dict:
-    from spurgen.stages.export import export
-
-    index, _ = resolve_target(cfg, cfg.images_dir)
-    summary = export(cfg.eval, cfg.images_dir, cfg.out_dir, index, int(cfg.min_classifiers))
-    print(f"spurgen: exported {summary['num_exported']} of {summary['num_images']} images to {cfg.out_dir}")
-    return summary
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
-def _hydra_entry(cfg: DictConfig) -> None:
-    guarded(_task)(cfg)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run with command-line overrides; return the exit code (0 ok, 1 config error, 2 input error)."""
-    return run_main(_hydra_entry, "spurgen.export", argv)
-
+from spurgen.cli.export import main
 
 if __name__ == "__main__":
     sys.exit(main())

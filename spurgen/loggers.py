@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spurgen.config import LoggerConfig
+
 SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|credential)", re.IGNORECASE)
 
 
@@ -70,8 +72,9 @@ class RunLabels:
 
 
 @dataclass
-class NoLogger:
-    """logger=none: nothing is logged (Lightning's `logger=False`)."""
+class NoLogger(LoggerConfig):
+    """logger=none: nothing is logged (Lightning's `logger=False`). Every logger takes the keys of the typed
+    `logger` schema (spurgen/config.py LoggerConfig); each uses those it needs."""
 
     kind: str = "none"
 
@@ -80,7 +83,7 @@ class NoLogger:
 
 
 @dataclass
-class CsvLogger:
+class CsvLogger(LoggerConfig):
     """logger=csv: <run>/logs/metrics.csv."""
 
     kind: str = "csv"
@@ -92,17 +95,11 @@ class CsvLogger:
 
 
 @dataclass
-class WandbLogger:
+class WandbLogger(LoggerConfig):
     """logger=wandb: offline without credentials or network (mode=auto); a resumed run continues the same
     W&B run (its id is kept in <run>/wandb_run_id.txt); a sweep's runs share one group."""
 
     kind: str = "wandb"
-    project: str = "spurgen"
-    entity: str | None = None
-    group: str | None = None  # null: the sweep, else the class
-    name: str | None = None  # null: <class>-lambda<lambda_sfsl>-seed<seed>
-    tags: list[str] = field(default_factory=list)
-    mode: str = "auto"  # auto | online | offline | disabled
 
     def __call__(self, run_dir: Path, config: dict, labels: RunLabels):
         from lightning.pytorch.loggers import WandbLogger as LightningWandb

@@ -8,9 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from spurgen.config import register_configs, register_resolvers, validate
+from spurgen.config import CONF_DIR, register_configs, register_resolvers, validate
 from spurgen.errors import ConfigError
-from spurgen.run import CONF_DIR
 
 from .conftest import run_cli
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from spurgen.run import CONF_DIR
+from spurgen.config import CONF_DIR
 
 from .conftest import FAST, run_cli
 

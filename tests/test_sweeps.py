@@ -155,7 +155,7 @@ def test_ablation_grid_and_baseline_switch():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from spurgen.run import CONF_DIR
+    from spurgen.config import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", ["experiment=ablation_six_classes"], return_hydra_config=True)

@@ -1,27 +1,26 @@
-"""Stage 1: fine-tune SD on the reference images (DreamBooth + prior preservation + SFSL) and save pipeline/."""
+"""Stage 1: fine-tune SD on the reference images (DreamBooth + prior preservation + SFSL) and save pipeline/.
+
+The stage is a plan of short steps. Cheap checks first (output folder, launcher, optimiser, reference files,
+the checkpoint to resume from), then every object is built from its config node (`_target_`): the model parts
+(`model`), the objective (`loss`, whose SFSL owns the frozen extractor and the references), the LightningModule
+(`module`), the callbacks (`callbacks`), the logger (`logger`) and the Trainer (`trainer`). Then fit, then save.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from spurgen.build import build
-from spurgen.callbacks import SampleImages
-from spurgen.checkpointing import (
-    AtomicCheckpointIO,
-    FaultInjection,
-    GracefulInterrupt,
-    newest_loadable_checkpoint,
-)
+from spurgen.checkpointing import AtomicCheckpointIO, GracefulInterrupt, newest_loadable_checkpoint
 from spurgen.config import METHOD_VERSION, asset_path
 from spurgen.data.dataset import (
     DreamBoothDataset,
@@ -35,12 +34,13 @@ from spurgen.data.references import reference_folder, select_references
 from spurgen.distributed import RankBatchSampler, check_launch, module_rank_world
 from spurgen.errors import SpurgenError
 from spurgen.identity import identities
-from spurgen.loggers import build_logger, scrub_secrets
+from spurgen.loggers import RunLabels, scrub_secrets
 from spurgen.models.lora import add_lora, merge_lora
 from spurgen.models.parts import SDParts
-from spurgen.module import OptimSettings, SpurgenModule
+from spurgen.module import SpurgenModule
 from spurgen.optim import check_optimizer
 from spurgen.pipeline import save_pipeline
+from spurgen.prompts import negative_prompt
 
 log = logging.getLogger("spurgen")
 
@@ -49,6 +49,16 @@ _BANNER_LINES = (
     "It checks the plumbing; its images, losses and rates mean nothing about real models.",
 )
 TINY_BANNER = "\n".join(["", "!" * 92, *(f"!!  {line:<86}!!" for line in _BANNER_LINES), "!" * 92, ""])
+
+
+@dataclass
+class TrainPlan:
+    """What the cheap checks settled before any model is built."""
+
+    run_dir: Path
+    references: list[Path]
+    resume_from: Path | None
+    started: float
 
 
 def run_metadata(cfg: DictConfig, parts: SDParts | None, **extra) -> dict:
@@ -78,18 +88,6 @@ def resolve_references(cfg: DictConfig) -> list[Path]:
     )
     names = list(cfg.target.reference_files) if cfg.target.reference_files else None
     return select_references(folder, int(cfg.data.num_references), int(cfg.data.reference_seed), names)
-
-
-def negative_prompt(cfg: DictConfig) -> str:
-    return ", ".join(dict.fromkeys([cfg.target.name, *cfg.target.synonyms]))
-
-
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, logger) -> L.Trainer:
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    plugins = [*(kwargs.pop("plugins", None) or []), AtomicCheckpointIO()]
-    return L.Trainer(
-        **kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir), plugins=plugins
-    )
 
 
 def check_writable(run_dir: Path) -> None:
@@ -142,13 +140,35 @@ def build_dataset(
     )
 
 
-def build_module(
-    cfg: DictConfig, parts: SDParts, ref_images: torch.Tensor, run_config: dict
-) -> SpurgenModule:
-    """The objective, the frozen extractor (only when the SFSL is on), memory options and LoRA, wrapped in
-    the LightningModule."""
-    objective = build(cfg.loss)
-    extractor = build(cfg.feature_extractor) if objective.uses_sfsl else None
+def plan_training(cfg: DictConfig, run_dir: Path) -> TrainPlan:
+    """Cheap checks, in the order a user fixes them; nothing heavy is loaded yet."""
+    started = time.time()
+    run_dir = Path(run_dir)
+    check_writable(run_dir)
+    check_launch(cfg.trainer)  # DDP inside a basic/joblib sweep cannot work: fail before building
+    check_optimizer(cfg.train.optimizer)  # adamw8bit without CUDA/bitsandbytes fails before any model
+    references = resolve_references(cfg)
+    resume_from = newest_loadable_checkpoint(run_dir / "checkpoints") if cfg.resume else None
+    if cfg.resume:
+        log.info("resuming in %s from %s", run_dir, resume_from or "the start (no loadable checkpoint)")
+    return TrainPlan(run_dir, references, resume_from, started)
+
+
+def build_objective(cfg: DictConfig, ref_images: torch.Tensor):
+    """L = L_inst + lambda_prior L_prior + lambda_sfsl L_SFSL (spurgen/losses). The SFSL, and with it the
+    frozen extractor, is built only when lambda_sfsl > 0; it computes the reference target m itself."""
+    sfsl = None
+    if float(cfg.loss.lambda_sfsl) > 0:
+        sfsl = build(cfg.loss.sfsl, extractor=build(cfg.feature_extractor))
+        sfsl.set_reference_images(ref_images)
+    loss = OmegaConf.to_container(cfg.loss, resolve=True)
+    loss.pop("sfsl")  # the typed sfsl node cannot hold the built object: pass it in instead
+    return build(loss, sfsl=sfsl)
+
+
+def build_module(cfg: DictConfig, parts: SDParts, ref_images: torch.Tensor) -> SpurgenModule:
+    """The LightningModule from `cfg.module` (settings and optimiser partial), handed the parts and the
+    objective; memory options and LoRA are applied to the parts first."""
     if cfg.train.gradient_checkpointing:
         parts.unet.enable_gradient_checkpointing()
         parts.text_encoder.gradient_checkpointing_enable()
@@ -160,30 +180,9 @@ def build_module(
             cfg.train.lora_dropout,
             cfg.train.train_text_encoder,
         )
-    return SpurgenModule(
-        parts.unet,
-        parts.text_encoder,
-        parts.tokenizer,
-        parts.vae,
-        parts.noise_scheduler,
-        extractor,
-        objective,
-        OptimSettings(
-            cfg.train.lr_unet,
-            cfg.train.lr_text_encoder,
-            cfg.train.weight_decay,
-            (cfg.train.adam_beta1, cfg.train.adam_beta2),
-            cfg.train.adam_eps,
-            cfg.train.train_text_encoder,
-            optimizer=cfg.train.optimizer,
-        ),
-        seed=int(cfg.seed),
-        on_nonfinite=cfg.train.on_nonfinite,
-        reference_images=ref_images if objective.uses_sfsl else None,
-        sample_scheduler=parts.sample_scheduler,
-        run_config=run_config,
-        cache_latents=cfg.train.cache_latents,
-    )
+    # a partial: Hydra would read the SDParts dataclass passed as a keyword as config, not pass it through
+    make_module = build(cfg.module, _partial_=True)
+    return make_module(parts, build_objective(cfg, ref_images))
 
 
 def build_loader(cfg: DictConfig, dataset: DreamBoothDataset, module: SpurgenModule) -> DataLoader:
@@ -200,106 +199,95 @@ def build_loader(cfg: DictConfig, dataset: DreamBoothDataset, module: SpurgenMod
     )
 
 
-def build_callbacks(
-    cfg: DictConfig, run_dir: Path, parts: SDParts, resolution: int
-) -> tuple[list, GracefulInterrupt]:
-    """Checkpoints, intermediate samples, signal handling (and the test-only fault injection)."""
-    ckpt = ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"),
-        filename="step-{step:06d}",
-        every_n_train_steps=int(cfg.train.checkpoint_every_n_steps) or None,
-        save_top_k=int(cfg.train.keep_last_n),
-        monitor="step",
-        mode="max",
-        save_last=True,
-        auto_insert_metric_name=False,
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """Every entry of `cfg.callbacks`, in order; the signal handler last, so that it sees a signal sent by
+    any other callback in the same step."""
+    callbacks = [build(node) for node in cfg.callbacks.values() if node is not None]
+    return sorted(callbacks, key=lambda c: isinstance(c, GracefulInterrupt))
+
+
+def run_labels(cfg: DictConfig) -> RunLabels:
+    cls = cfg.target.name.replace(" ", "_")
+    lam = float(cfg.loss.lambda_sfsl)
+    return RunLabels(
+        name=f"{cls}-lambda{lam:g}-seed{cfg.seed}",
+        group=cls,
+        tags=[f"class:{cfg.target.index}", f"lambda_sfsl:{lam:g}", f"seed:{cfg.seed}"],
     )
-    samples = SampleImages(
-        run_dir / "samples",
-        cfg.data.instance_prompt,
-        int(cfg.train.sample_every_n_steps),
-        int(cfg.train.num_samples),
-        int(cfg.train.sample_steps),
-        float(cfg.train.sample_guidance),
-        resolution,
-        negative_prompt(cfg),
-        seed=int(cfg.seed),
-        meta={"model_is_tiny_random": parts.is_tiny_random},
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, run_config: dict) -> L.Trainer:
+    """`cfg.trainer` (any lightning.Trainer argument) with the callbacks and the logger from their groups."""
+    logger = build(cfg.logger)(run_dir, run_config, run_labels(cfg))
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    plugins = [*(kwargs.pop("plugins", None) or []), AtomicCheckpointIO()]
+    return L.Trainer(
+        **kwargs,
+        logger=logger,
+        callbacks=build_callbacks(cfg),
+        default_root_dir=str(run_dir),
+        plugins=plugins,
     )
-    interrupt = GracefulInterrupt(run_dir / "checkpoints" / "last.ckpt", run_dir)
-    callbacks = [ckpt, samples, interrupt]
-    if os.environ.get("SPURGEN_FAULT_KILL_AT_STEP"):
-        fault = FaultInjection(
-            int(os.environ["SPURGEN_FAULT_KILL_AT_STEP"]), os.environ.get("SPURGEN_FAULT_SIGNAL", "KILL")
-        )
-        callbacks.insert(0, fault)  # before GracefulInterrupt, which then sees the signal at the same step
-    return callbacks, interrupt
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Returns the run metadata (also written to run_dir/run.json)."""
-    run_dir = Path(run_dir)
-    t0 = time.time()
-    check_writable(run_dir)
-    check_launch(cfg.trainer)  # DDP inside a basic/joblib sweep cannot work: fail before building
-    ref_paths = resolve_references(cfg)
-    check_optimizer(cfg.train.optimizer)  # adamw8bit without CUDA/bitsandbytes fails before any model
-
-    parts: SDParts = build(cfg.model)
-    if parts.is_tiny_random:
-        print(TINY_BANNER, flush=True)
-    resolution = int(cfg.data.resolution or parts.resolution)
-    log.info("references (%d): %s", len(ref_paths), ", ".join(p.name for p in ref_paths))
-    ref_images = load_training_images(ref_paths, resolution, cfg.data.center_crop)  # (R, 3, H, W) in [0, 1]
-    dataset = build_dataset(cfg, parts, ref_images, resolution)
+def resolved_config(cfg: DictConfig, parts: SDParts) -> dict:
+    """The resolved config, secrets masked, as stored in checkpoints and the W&B config."""
     resolved = scrub_secrets(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    resolved["model_is_tiny_random"] = parts.is_tiny_random  # in checkpoints and the W&B config too
-    module = build_module(cfg, parts, ref_images, resolved)
-    loader = build_loader(cfg, dataset, module)
+    resolved["model_is_tiny_random"] = parts.is_tiny_random
+    return resolved
 
-    meta = run_metadata(cfg, parts, resolution=resolution, prediction_type=parts.prediction_type)
-    name = f"{cfg.target.name.replace(' ', '_')}-lambda{cfg.loss.lambda_sfsl:g}-seed{cfg.seed}"
-    logger = build_logger(
-        cfg.logger,
-        run_dir,
-        resolved,
-        name,
-        group=cfg.target.name.replace(" ", "_"),
-        tags=[f"class:{cfg.target.index}", f"lambda_sfsl:{cfg.loss.lambda_sfsl:g}", f"seed:{cfg.seed}"],
-    )
-    callbacks, interrupt = build_callbacks(cfg, run_dir, parts, resolution)
-    trainer = build_trainer(cfg, run_dir, callbacks, logger)
-    if parts.is_tiny_random and trainer.logger is not None:
+
+def fit(trainer: L.Trainer, module: SpurgenModule, loader: DataLoader, plan: TrainPlan) -> None:
+    if module.parts.is_tiny_random and trainer.logger is not None:
         trainer.logger.log_metrics({"meta/model_is_tiny_random": 1.0}, step=0)
-    resume_from = newest_loadable_checkpoint(run_dir / "checkpoints") if cfg.resume else None
-    if cfg.resume:
-        log.info("resuming in %s from %s", run_dir, resume_from or "the start (no loadable checkpoint)")
-    interrupt.install()
-    try:
-        trainer.fit(module, loader, ckpt_path=str(resume_from) if resume_from else None)
-    finally:
-        interrupt.uninstall()
-    trainer.save_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"), weights_only=False)
+    trainer.fit(module, loader, ckpt_path=str(plan.resume_from) if plan.resume_from else None)
+    trainer.save_checkpoint(str(plan.run_dir / "checkpoints" / "last.ckpt"), weights_only=False)
 
+
+def save_outputs(
+    cfg: DictConfig, plan: TrainPlan, trainer: L.Trainer, module: SpurgenModule, meta: dict
+) -> dict:
+    """pipeline/ (a plain diffusers folder, LoRA merged) and run.json, on global rank 0."""
     final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     meta.update(
         steps=int(trainer.global_step),
         final_losses=final,
-        references=[str(p) for p in ref_paths],
+        references=[str(p) for p in plan.references],
         instance_prompt=cfg.data.instance_prompt,
         class_prompt=cfg.data.class_prompt,
         identifier=cfg.data.identifier,
         concept=cfg.target.concept,
-        negative_prompt=negative_prompt(cfg),
-        train_seconds=round(time.time() - t0, 2),
+        negative_prompt=negative_prompt(cfg.target),
+        train_seconds=round(time.time() - plan.started, 2),
     )
     if trainer.is_global_zero:
         module.eval()
         if cfg.train.lora_rank > 0:  # merged, so pipeline/ is a plain diffusers folder
             merge_lora(module.unet)
             merge_lora(module.text_encoder)
-        save_pipeline(module.pipeline(), run_dir / "pipeline", meta)
-        (run_dir / "run.json").write_text(json.dumps(meta, indent=2))
-        if parts.is_tiny_random:
-            print(TINY_BANNER, flush=True)
+        save_pipeline(module.pipeline(), plan.run_dir / "pipeline", meta)
+        (plan.run_dir / "run.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Returns the run metadata (also written to run_dir/run.json)."""
+    plan = plan_training(cfg, run_dir)
+    parts: SDParts = build(cfg.model)
+    if parts.is_tiny_random:
+        print(TINY_BANNER, flush=True)
+    resolution = int(cfg.data.resolution or parts.resolution)
+    log.info("references (%d): %s", len(plan.references), ", ".join(p.name for p in plan.references))
+    ref_images = load_training_images(
+        plan.references, resolution, cfg.data.center_crop
+    )  # (R, 3, H, W) in [0, 1]
+    dataset = build_dataset(cfg, parts, ref_images, resolution)
+    module = build_module(cfg, parts, ref_images)
+    module.run_config = resolved_config(cfg, parts)
+    trainer = build_trainer(cfg, plan.run_dir, module.run_config)
+    fit(trainer, module, build_loader(cfg, dataset, module), plan)
+    meta = run_metadata(cfg, parts, resolution=resolution, prediction_type=parts.prediction_type)
+    meta = save_outputs(cfg, plan, trainer, module, meta)
+    if parts.is_tiny_random and trainer.is_global_zero:
+        print(TINY_BANNER, flush=True)
     return meta

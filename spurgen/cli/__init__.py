@@ -1,0 +1,86 @@
+"""The `spurgen` command: `spurgen <command> [args...]` hands the rest of the command line to that command.
+
+Each command is also a module: `spurgen run ...` is `python -m spurgen.run ...`. The modules are imported only
+when their command is chosen, so `spurgen --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+# command -> one line of help; its code is spurgen/cli/<command>.py (main(argv, prog) -> exit code), and
+# spurgen/<command>.py is the shim that `python -m spurgen.<command>` runs
+COMMANDS: dict[str, str] = {
+    "run": "train -> generate -> evaluate one run, or a sweep with -m (Hydra)",
+    "generate": "images from a fine-tuned pipeline or the base model",
+    "evaluate": "spurious rates of a folder of images across classifiers",
+    "export": "the images predicted as the target by >= m classifiers",
+    "report": "tables and figures of a sweep folder",
+}
+
+
+def usage() -> str:
+    """The text of `spurgen --help`."""
+    lines = [
+        "usage: spurgen <command> [args...]",
+        "",
+        "commands (each takes the arguments of `python -m spurgen.<command>`; `spurgen <command> --help`):",
+    ]
+    lines += [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
+    lines += [
+        "",
+        "Users' config folders (laid out like spurgen/conf: class/, model/, experiment/ ...):",
+        "  SPURGEN_CONFIG_PATH=dir1:dir2 (searched before the packaged configs), or Hydra's --config-dir DIR.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch `spurgen <command> ...`; return the exit code (2: unknown or missing command)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if args and args[0] == "--version":
+        print(f"spurgen {_version()}")
+        return 0
+    if not args or args[0] not in COMMANDS:
+        given = f"unknown command {args[0]!r}" if args else "no command given"
+        choices = ", ".join(COMMANDS)
+        print(f"spurgen: error: {given}; choose one of {choices} (spurgen --help)", file=sys.stderr)
+        return 2
+    name, rest = args[0], args[1:]
+    module = importlib.import_module(f"spurgen.cli.{name}")
+    with _main_module_as(f"spurgen.{name}"):
+        return module.main(rest, prog=f"spurgen {name}")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("spurgen")
+    except importlib.metadata.PackageNotFoundError:  # a checkout on sys.path, not installed
+        return "(not installed)"
+
+
+@contextmanager
+def _main_module_as(shim: str) -> Iterator[None]:
+    """While a command runs from the `spurgen` console script, make __main__ look like `python -m <shim>`.
+
+    Lightning's DDP launcher starts ranks 1.. with `python -m <__main__.__spec__.name> <argv[1:]>`, or, when the
+    program has no spec (a console script), with `python <argv[0]> ...`, and argv[0] is 'spurgen run' here.
+    Only a spec-less __main__ is changed, and it is restored afterwards.
+    """
+    entry = sys.modules.get("__main__")
+    changed = entry is not None and getattr(entry, "__spec__", None) is None
+    if changed:
+        entry.__spec__ = importlib.util.find_spec(shim)
+    try:
+        yield
+    finally:
+        if changed:
+            entry.__spec__ = None

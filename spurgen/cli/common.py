@@ -1,0 +1,131 @@
+"""Shared plumbing of the Hydra entry points (spurgen run | generate | evaluate | export): the typed schemas of
+the stand-alone stages, users' config folders (SPURGEN_CONFIG_PATH, spurgen/cli/searchpath.py), and
+`main(argv) -> exit code` with user mistakes printed as one line, no traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from spurgen.cli.searchpath import register_search_path, user_config_dirs
+from spurgen.config import (
+    METHOD_VERSION,
+    EvalConfig,
+    GenerateConfig,
+    LoggerConfig,
+    TargetConfig,
+    register_resolvers,
+)
+from spurgen.errors import SpurgenError
+
+register_search_path()
+
+
+@dataclass
+class GenerateApp:
+    pipeline_dir: str | None = None  # a diffusers folder; its spurgen.json gives the prompts
+    out_dir: str | None = None  # null: <pipeline_dir>/../generated (or ../baseline)
+    seed: int = 0
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    target: TargetConfig | None = None  # class=<name>: the negative prompt of a foreign pipeline
+    model: Any = None  # the base model for generate.baseline=true (model=sd15 / model=tiny)
+    data: Any = None  # model presets also set data/train/trainer keys; unused here
+    train: Any = None
+    trainer: Any = None
+    eval: Any = None  # the tiny preset also picks the tiny classifier set; unused here
+    method_version: str = METHOD_VERSION
+
+
+@dataclass
+class EvaluateApp:
+    images_dir: str = MISSING
+    out_dir: str = "${hydra:runtime.output_dir}"
+    seed: int = 0
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    target: TargetConfig | None = None  # null: the class recorded in images_dir/generate.json
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    method_version: str = METHOD_VERSION
+
+
+@dataclass
+class ExportApp:
+    images_dir: str = MISSING
+    out_dir: str = "${hydra:runtime.output_dir}/dataset"
+    min_classifiers: int = 1  # copy images predicted as the target by at least this many classifiers
+    seed: int = 0
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    target: TargetConfig | None = None
+    method_version: str = METHOD_VERSION
+
+
+def register_app_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="spurgen_generate_schema", node=GenerateApp)
+    cs.store(name="spurgen_evaluate_schema", node=EvaluateApp)
+    cs.store(name="spurgen_export_schema", node=ExportApp)
+    register_resolvers()
+
+
+def resolve_target(cfg: DictConfig, images_dir: str | Path | None = None) -> tuple[int | None, int | None]:
+    """(class index, component) from class=... / target.index, else images_dir/generate.json; index None when
+    neither names a class (the evaluate/export stages report that together with any other input problem)."""
+    from spurgen import imagenet
+    from spurgen.eval.imagesets import read_generate_json
+
+    target = cfg.get("target")
+    index = None
+    if target is not None and not OmegaConf.is_missing(target, "index"):
+        index = target.index
+    elif target is not None:
+        raise SpurgenError("target.index is missing: with class=imagenet give target.index=<0..999>")
+    elif images_dir is not None:
+        index = read_generate_json(Path(images_dir)).get("class_index")
+    if index is None:
+        return None, None
+    if not 0 <= int(index) < imagenet.NUM_CLASSES:
+        raise SpurgenError(f"target.index: ImageNet class index must be in 0..999, got {index}")
+    if target is not None:
+        if not target.name:
+            target.name = imagenet.short_name(int(index))
+        if not target.synonyms:
+            target.synonyms = imagenet.synonyms(int(index))
+    return int(index), (target.component if target is not None else None)
+
+
+def guarded(body: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Wrap a Hydra task: SpurgenError -> 'spurgen: error: ...' on stderr and its exit code."""
+
+    def task(cfg: DictConfig) -> Any:
+        try:
+            return body(cfg)
+        except SpurgenError as exc:
+            print(f"spurgen: error: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+
+    return task
+
+
+def run_main(hydra_entry: Callable[[], Any], prog: str | None, argv: list[str] | None) -> int:
+    """Call a @hydra.main function with argv as its command line (prog as argv[0], None: keep today's);
+    return the exit code."""
+    saved = sys.argv
+    sys.argv = [prog or (saved[0] if saved else "spurgen"), *(saved[1:] if argv is None else argv)]
+    try:
+        user_config_dirs()  # a missing SPURGEN_CONFIG_PATH folder: one line before Hydra starts
+        hydra_entry()
+        return 0
+    except SpurgenError as exc:
+        print(f"spurgen: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        sys.argv = saved

@@ -1,0 +1,101 @@
+"""spurgen's entry point: compose the config, validate, seed, then run the stages. Wiring only.
+
+spurgen run class=sulphur_butterfly lambda_sfsl=0.1          (or python -m spurgen.run ...)
+spurgen run -m class=hummingbird,koala lambda_sfsl=0,0.1,1
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from spurgen.cli.common import run_main
+from spurgen.config import CONF_DIR, register_configs, register_resolvers, validate
+from spurgen.distributed import is_global_zero
+from spurgen.errors import SpurgenError
+from spurgen.loggers import argv_secrets_masked, scrub_hydra_files
+
+register_configs()
+register_resolvers()
+_last_result: dict = {}
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _hydra_entry(cfg: DictConfig) -> float | None:
+    try:
+        validate(cfg)
+        scrub_hydra_files(Path(cfg.run_dir))
+        with argv_secrets_masked():  # Hydra has parsed the command line; loggers record it
+            result = run_stages(cfg, Path(cfg.run_dir))
+        _last_result.clear()
+        _last_result.update(result)
+        return result.get("train", {}).get("final_losses", {}).get("train/loss")
+    except SpurgenError as exc:
+        print(f"spurgen: error: {exc}", file=sys.stderr)
+        _remove_if_only_hydra_files(cfg)
+        sys.exit(exc.exit_code)
+
+
+def run_stages(cfg: DictConfig, run_dir: Path) -> dict:
+    """Seed, then train -> generate -> evaluate (those listed in cfg.stages)."""
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    result: dict = {}
+    if "train" in cfg.stages:
+        from spurgen.stages.train import train
+
+        result["train"] = train(cfg, run_dir)
+    if "generate" in cfg.stages and is_global_zero():  # under DDP, rank 0 only
+        from spurgen.stages.generate import run_stage as generate_stage
+
+        result["generate"] = generate_stage(cfg, run_dir)
+    if "evaluate" in cfg.stages and is_global_zero():
+        from spurgen.stages.evaluate import run_stage as evaluate_stage
+
+        result["evaluate"] = evaluate_stage(cfg, run_dir)
+    return result
+
+
+def _remove_if_only_hydra_files(cfg: DictConfig) -> None:
+    """A run that failed on its input leaves no folder behind (Hydra creates it before we start)."""
+    try:
+        run_dir = Path(cfg.run_dir)
+    except Exception:  # noqa: BLE001 - no Hydra context (compose API): nothing was created
+        return
+    if cfg.get("resume") or not run_dir.is_dir():
+        return
+    if {p.name for p in run_dir.iterdir()} <= {".hydra", "run.log"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _precheck_output_dir(argv: list[str]) -> str | None:
+    """Hydra creates the run folder before any of our code runs, and fails with a traceback when it
+    cannot: check the requested folder (or the working directory) first."""
+    if "-m" in argv or "--multirun" in argv or any(a.startswith(("-h", "--help", "--cfg")) for a in argv):
+        return None
+    wanted = [a.split("=", 1)[1] for a in argv if a.startswith(("hydra.run.dir=", "resume="))]
+    target = Path(wanted[-1]).expanduser() if wanted else Path.cwd() / "outputs"
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        return (
+            f"output folder {target} is not writable (at {probe}); choose another with hydra.run.dir=<folder>"
+        )
+    return None
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run with command-line overrides (prog: argv[0] while it runs, None: unchanged); return the exit code
+    (0 ok, 1 config error, 2 input error)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    problem = _precheck_output_dir(args)
+    if problem:
+        print(f"spurgen: error: {problem}", file=sys.stderr)
+        return SpurgenError.exit_code
+    return run_main(_hydra_entry, prog, args)
