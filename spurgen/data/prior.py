@@ -28,8 +28,9 @@ from tqdm.auto import tqdm
 
 from spurgen.data.images import IMAGE_EXTS, list_images
 from spurgen.distributed import file_lock
+from spurgen.io import save_png_atomic
 from spurgen.models.parts import SDParts
-from spurgen.pipeline import make_pipeline, sample, save_png_atomic
+from spurgen.pipeline import make_pipeline, sample
 
 log = logging.getLogger("spurgen")
 
