@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-# Keys left out of every identity (a dotted key leaves out everything under it).
+# Keys left out of every identity (a dotted key leaves out everything under it; a value that only repeats one of
+# them, like `${seed}`, is left out with it).
 SEED_KEYS = (
     "seed",
     "lambda_sfsl",
@@ -29,6 +31,7 @@ SEED_KEYS = (
     "target",  # the class: the report's other axis (class_key)
     "generate.seed",  # derived from the training seed
     "eval.seed",  # the bootstrap seed: intervals only
+    "module.settings.seed",
 )
 LAUNCH_KEYS = ("run_dir", "resume", "logger", "hydra")
 NO_EFFECT_KEYS = (
@@ -51,6 +54,7 @@ NO_EFFECT_KEYS = (
     "generate.batch_size",
     "generate.device",
     "generate.baseline",  # a switch that adds the baseline images; the run's own images do not change
+    "callbacks",  # checkpoints, validation samples, signal handling: none changes what a run learns
     "stages",
     "extras",
 )
@@ -96,12 +100,19 @@ def flat_config(cfg: DictConfig | dict, ignored: tuple[str, ...] = IGNORED_KEYS)
     return out
 
 
+def _repeats_ignored(child: Any, ignored: tuple[str, ...]) -> bool:
+    """A value that only repeats an ignored key (`generate.seed: ${seed}`) is ignored with it."""
+    raw = child._value() if child is not None and child._is_interpolation() else None
+    match = re.fullmatch(r"\$\{([\w.]+)\}", raw) if isinstance(raw, str) else None
+    return bool(match) and _under(match.group(1), ignored)
+
+
 def _walk(node: DictConfig, prefix: str, ignored: tuple[str, ...], out: dict[str, Any]) -> None:
     for key in node.keys():
         full = f"{prefix}{key}"
-        if _under(full, ignored):
-            continue
         child = node._get_node(key)
+        if _under(full, ignored) or _repeats_ignored(child, ignored):
+            continue
         if isinstance(child, DictConfig) and not child._is_none() and not child._is_interpolation():
             before = len(out)
             _walk(child, full + ".", ignored, out)

@@ -22,17 +22,15 @@ def _block(rate: float, sim: float = 0.5) -> dict:
     return {"per_classifier": per, "consistency": {"all": {"value": rate}, "at_least_half": {"value": rate}}}
 
 
-def _fake_run(
-    root: Path,
-    name: str,
-    lam: float,
-    seed: int,
-    rate: float,
-    version: str = "1",
-    metrics: bool | str = True,
-    baseline: bool = False,
-) -> None:
-    run = root / name
+def _fake_run(root: Path, lam: float, seed: int, rate: float, **opts) -> None:
+    """A run folder `lambda_sfsl=<lam>,seed=<seed>`; opts: version ("1"), metrics (True | False | "broken"),
+    baseline (False)."""
+    version, metrics, baseline = (
+        opts.get("version", "1"),
+        opts.get("metrics", True),
+        opts.get("baseline", False),
+    )
+    run = root / f"lambda_sfsl={lam:g},seed={seed}"
     (run / ".hydra").mkdir(parents=True)
     cfg = {"target": {"name": "koala", "index": 105}, "lambda_sfsl": lam, "seed": seed}
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -61,12 +59,12 @@ def _fake_run(
 @pytest.fixture
 def fake_sweep(tmp_path) -> Path:
     root = tmp_path / "sweep"
-    _fake_run(root, "lambda_sfsl=0,seed=0", 0, 0, 0.2, baseline=True)
-    _fake_run(root, "lambda_sfsl=0,seed=1", 0, 1, 0.4, baseline=True)
-    _fake_run(root, "lambda_sfsl=1,seed=0", 1, 0, 0.6)
-    _fake_run(root, "lambda_sfsl=1,seed=1", 1, 1, 0.0, metrics="broken")
-    _fake_run(root, "lambda_sfsl=1,seed=2", 1, 2, 0.0, metrics=False)
-    _fake_run(root, "lambda_sfsl=0,seed=2", 0, 2, 0.9, version="2")
+    _fake_run(root, 0, 0, 0.2, baseline=True)
+    _fake_run(root, 0, 1, 0.4, baseline=True)
+    _fake_run(root, 1, 0, 0.6)
+    _fake_run(root, 1, 1, 0.0, metrics="broken")
+    _fake_run(root, 1, 2, 0.0, metrics=False)
+    _fake_run(root, 0, 2, 0.9, version="2")
     multirun = {
         "hydra": {"sweeper": {"params": {"lambda_sfsl": "0,1", "seed": "0,1,2,3"}}, "overrides": {"task": []}}
     }
@@ -123,6 +121,132 @@ def test_report_bad_input_one_line_exit_2(tmp_path, capsys):
     assert err.count("spurgen: error:") == 2 and "Traceback" not in err and "holds no runs" in err
 
 
+def _mixed_run(root: Path, ext: str, t_max: int, file: str, lam: float, seed: int) -> float:
+    """A fake run of the mixed sweep with a saved config as Hydra writes it (interpolations unresolved);
+    returns its spurious rate, distinct for every (extractor, t_max, class file, lambda_sfsl)."""
+    rate = {"A": 0.1, "B": 0.3}[ext] + {300: 0.0, 500: 0.05}[t_max] + {"hummingbird": 0.0}.get(file, 0.4)
+    rate += 0.1 * lam + 0.01 * seed
+    run = root / f"ext={ext},t_max={t_max},class={file},lambda_sfsl={lam:g},seed={seed}"
+    (run / ".hydra").mkdir(parents=True)
+    concept = "flower" if file == "hummingbird" else "feeder"
+    cfg = {
+        "target": {"index": 94, "file": file, "name": "hummingbird", "component": None, "concept": concept},
+        "feature_extractor": {"_target_": f"extractors.{ext}", "layer": "pool"},
+        "loss": {"lambda_sfsl": "${lambda_sfsl}", "sfsl": {"t_max": t_max}},
+        "data": {"class_prompt": "a photo of a ${target.concept}", "num_workers": seed},
+        "generate": {"seed": "${seed}", "baseline": "${spurgen_eq:${lambda_sfsl},0}", "num_images": 4},
+        "model": {"path": "sd15"},
+        "eval": {"crop": "none", "seed": "${seed}"},
+        "lambda_sfsl": lam,
+        "seed": seed,
+        "run_dir": "${hydra:runtime.output_dir}",
+    }
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    results = {"images": _block(rate), "reference": _block(0.9, 1.0)}
+    if lam == 0:  # the baseline depends on the class file (its prompt) and the seed only
+        results["baseline"] = _block({"hummingbird": 0.05}.get(file, 0.15) + 0.01 * seed)
+    metrics = {"method_version": "2", "target": {"index": 94, "name": "hummingbird"}, "results": results}
+    (run / "eval").mkdir()
+    (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    return rate
+
+
+def test_report_never_counts_unlike_runs_as_seeds(tmp_path):
+    """Two extractors x two t_max x hummingbird / hummingbird_feeder x lambda_sfsl {0, 1} x seeds {0, 1}:
+    eight tables, each averaging exactly its own two seeds."""
+    from itertools import product
+
+    from spurgen.stages.report import write_report
+
+    root = tmp_path / "mixed"
+    expected = {}
+    for ext, t_max, file, lam, seed in product(
+        "AB", (300, 500), ("hummingbird", "hummingbird_feeder"), (0, 1), (0, 1)
+    ):
+        expected.setdefault((ext, t_max, file, lam), []).append(_mixed_run(root, ext, t_max, file, lam, seed))
+    write_report(root)
+    rows = [
+        r for r in __import__("csv").DictReader(open(root / "report.csv")) if r["metric"] == "spurious_rate/a"
+    ]
+    tuned = [r for r in rows if r["row"] == "images"]
+    assert len({(r["identity"], r["class_file"]) for r in tuned}) == 8 and len(tuned) == 16
+    assert all(r["n_seeds"] == "2" and r["seeds"] == "0 1" for r in rows)  # never more than the two seeds
+    means = sorted(round(float(r["mean"]), 6) for r in tuned)
+    assert means == sorted(round(sum(v) / 2, 6) for v in expected.values())  # each table its own runs
+    base = {
+        (r["identity"], r["class_file"]): (r["row_identity"], float(r["mean"]))
+        for r in rows
+        if r["row"] == "baseline"
+    }
+    assert len(base) == 8
+    assert len(set(base.values())) == 2  # one baseline per class file, shared by its four tables
+    md = (root / "report.md").read_text()
+    assert (
+        md.count("### hummingbird (94, hummingbird_feeder)") == 4
+        and md.count("### hummingbird (94, hummingbird)") == 4
+    )
+    assert "`feature_extractor._target_=extractors.A`" in md and "`loss.sfsl.t_max=300`" in md
+    assert "data.num_workers" not in md and "generate.baseline" not in md  # keys that change nothing
+    assert "Repeated runs" not in md
+    figures = {p.name for p in (root / "figures").iterdir()}
+    assert len([f for f in figures if f.startswith("images_94_")]) == 0  # no images in these fake runs
+    assert "spurious_rate_vs_lambda_v2.png" in figures
+
+
+def test_report_lists_a_second_differing_baseline(tmp_path):
+    """Two runs of one seed whose baselines should agree but do not: both are named, one is used."""
+    from spurgen.stages.report import write_report
+
+    root = tmp_path / "twice"
+    _mixed_run(root, "A", 300, "hummingbird", 0, 0)
+    _mixed_run(root, "B", 300, "hummingbird", 0, 0)  # another table, the same baseline identity
+    other = next(p for p in root.iterdir() if "ext=B" in p.name) / "eval" / "metrics.json"
+    metrics = json.loads(other.read_text())
+    metrics["results"]["baseline"] = _block(0.5)
+    other.write_text(json.dumps(metrics))
+    write_report(root)
+    md = (root / "report.md").read_text()
+    repeated = md.split("## Repeated runs")[1]
+    assert "ext=B" in repeated and "ext=A" in repeated and "other numbers" in repeated
+    rows = list(__import__("csv").DictReader(open(root / "report.csv")))
+    base = [r for r in rows if r["row"] == "baseline" and r["metric"] == "spurious_rate/a"]
+    assert len(base) == 2 and all(r["n_seeds"] == "1" and float(r["mean"]) == 0.05 for r in base)
+
+
+def test_identity_leaves_out_seed_lambda_target_paths_and_inert_keys():
+    from hydra import compose, initialize_config_dir
+
+    from spurgen.config import CONF_DIR, register_configs, register_resolvers
+    from spurgen.identity import class_key, identities, run_identity
+
+    register_configs()
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        base = compose("config", [])
+        same = [
+            ["seed=3", "lambda_sfsl=0", "data.num_workers=2", "train.sample_every_n_steps=5", "logger=none"],
+            ["generate.batch_size=1", "eval.device=cpu", "stages=[train]", "generate.baseline=true"],
+        ]
+        other = [
+            ["feature_extractor.input_size=64"],
+            ["loss.sfsl.t_max=300"],
+            ["data.reference_seed=1"],
+            ["trainer.precision=bf16-mixed"],
+            ["model.unet.init_seed=1"],
+        ]
+        assert all(identities(compose("config", o)) == identities(base) for o in same)
+        ids = [identities(compose("config", o)) for o in other]
+        assert all(i["run"] != identities(base)["run"] for i in ids)
+        assert ids[1]["baseline"] == identities(base)["baseline"]  # t_max: not the baseline's business
+        assert ids[1]["reference"] == identities(base)["reference"]
+        assert ids[4]["baseline"] != identities(base)["baseline"]  # another base model
+        feeder = compose("config", ["class=hummingbird_feeder"])
+        assert class_key(feeder) == (94, "hummingbird_feeder", None) and class_key(base)[1] == "hummingbird"
+        # a saved .hydra/config.yaml (unresolved, no Hydra context) gives the run's identity
+        saved = yaml.safe_load(__import__("omegaconf").OmegaConf.to_yaml(compose("config", ["seed=2"])))
+        assert run_identity(saved) == identities(base)["run"]
+
+
 # -- fast: pieces of the sweep and DDP plumbing ---------------------------------------------------------------
 def test_short_dirname_keeps_short_names_and_fits_long_ones():
     from spurgen.sweep import short_dirname
@@ -155,8 +279,10 @@ def test_ablation_grid_and_baseline_switch():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from spurgen.config import CONF_DIR
+    from spurgen.config import CONF_DIR, register_configs, register_resolvers
 
+    register_configs()
+    register_resolvers()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", ["experiment=ablation_six_classes"], return_hydra_config=True)
         params = cfg.hydra.sweeper.params

@@ -1,5 +1,5 @@
-"""The sweep report's figures: spurious rate against lambda_sfsl per classifier; per class, reference images
-beside the baseline's and each lambda_sfsl's generated images."""
+"""The sweep report's figures: spurious rate against lambda_sfsl per classifier; per table (class and run
+identity), reference images beside the baseline's and each lambda_sfsl's generated images."""
 
 from __future__ import annotations
 
@@ -16,41 +16,63 @@ from spurgen.data.images import IMAGE_EXTS  # noqa: E402
 PER_ROW = 6
 
 
+def _line_labels(rows: list[dict]) -> dict[tuple, str]:
+    """A legend label per table: the class, plus its file, component and identity where a class has several
+    tables."""
+    tables = sorted({r["table"] for r in rows})
+    labels = {}
+    for t in tables:
+        r = next(r for r in rows if r["table"] == t)
+        label = f"{r['class_name']} ({r['class_index']})"
+        if sum(1 for u in tables if u[1][0] == t[1][0]) > 1:
+            label += "".join(f" {x}" for x in (r["class_file"], r["component"]) if x not in ("", None))
+            label += f" [{r['identity'][:6]}]"
+        labels[t] = label
+    return labels
+
+
+def _panel(ax, rows: list[dict], classifier: str, labels: dict[tuple, str]) -> None:
+    """One classifier: a line per table (mean, error bar = seed-to-seed std), its baseline dotted."""
+    metric = f"spurious_rate/{classifier}"
+    for k, (table, label) in enumerate(labels.items()):
+        color = f"C{k % 10}"
+        mine = [r for r in rows if r["table"] == table]
+        pts = [(r["lambda_sfsl"], r["stats"].get(metric)) for r in mine if r["row"] == "images"]
+        pts = [(x, s) for x, s in sorted(pts, key=lambda p: p[0]) if s and s["mean"] is not None]
+        if pts:
+            ax.errorbar(
+                [x for x, _ in pts],
+                [s["mean"] for _, s in pts],
+                yerr=[s["std"] or 0.0 for _, s in pts],  # one seed: no spread
+                marker="o",
+                capsize=3,
+                color=color,
+                label=label,
+            )
+        for r in mine:
+            s = r["stats"].get(metric)
+            if r["row"] == "baseline" and s and s["mean"] is not None:
+                ax.axhline(s["mean"], color=color, linestyle=":", linewidth=1)
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlabel("lambda_sfsl")
+    ax.set_ylabel("spurious rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(classifier)
+
+
 def rate_vs_lambda(rows: list[dict], path: Path, title: str) -> Path | None:
     """One panel per classifier: mean spurious rate (error bar: seed-to-seed std) against lambda_sfsl, a line
-    per class; the baseline as a dotted line. x is symlog so lambda_sfsl = 0 has a place."""
+    per table (class and run identity); each table's baseline as a dotted line. x is symlog so lambda_sfsl = 0
+    has a place."""
     classifiers = sorted(
         {m.split("/", 1)[1] for r in rows for m in r["stats"] if m.startswith("spurious_rate/")}
     )
     if not classifiers:
         return None
     fig, axes = plt.subplots(1, len(classifiers), figsize=(4.2 * len(classifiers), 3.6), squeeze=False)
-    classes = sorted({(r["class_index"], r["class_name"]) for r in rows})
+    labels = _line_labels(rows)
     for ax, c in zip(axes[0], classifiers, strict=True):
-        for k, (index, name) in enumerate(classes):
-            color = f"C{k % 10}"
-            tuned = [r for r in rows if r["class_index"] == index and r["row"] == "images"]
-            pts = [(r["lambda_sfsl"], r["stats"].get(f"spurious_rate/{c}")) for r in tuned]
-            pts = [(x, s) for x, s in sorted(pts) if s and s["mean"] is not None]
-            if pts:
-                ax.errorbar(
-                    [x for x, _ in pts],
-                    [s["mean"] for _, s in pts],
-                    yerr=[s["std"] or 0.0 for _, s in pts],  # one seed: no spread
-                    marker="o",
-                    capsize=3,
-                    color=color,
-                    label=f"{name} ({index})",
-                )
-            for r in rows:
-                s = r["stats"].get(f"spurious_rate/{c}")
-                if r["class_index"] == index and r["row"] == "baseline" and s and s["mean"] is not None:
-                    ax.axhline(s["mean"], color=color, linestyle=":", linewidth=1)
-        ax.set_xscale("symlog", linthresh=0.01)
-        ax.set_xlabel("lambda_sfsl")
-        ax.set_ylabel("spurious rate")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(c)
+        _panel(ax, rows, c, labels)
     axes[0][0].legend(fontsize=7, title="dotted: baseline", title_fontsize=7)
     return _save(fig, path, title)
 
