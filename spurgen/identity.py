@@ -169,12 +169,12 @@ def class_key(cfg: DictConfig | dict) -> tuple[int | None, str | None, int | Non
     )
 
 
-def stamp_metrics(cfg: DictConfig, result: dict, path: str | Path) -> dict:
-    """Add the identities and the class file to an evaluation's result and to its metrics.json (as written,
-    rewritten atomically); returns the result."""
+def stamp_metrics(cfg: DictConfig, run_dir: str | Path, result: dict) -> dict:
+    """Add the identities and the class file to a run's evaluation: to the result and to
+    run_dir/eval/metrics.json as written (rewritten atomically). Returns the result."""
     stamp = {"identity": identities(cfg), "class_file": class_key(cfg)[1]}
     result.update(stamp)
-    path = Path(path)
+    path = Path(run_dir) / "eval" / "metrics.json"
     if path.exists():
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps({**json.loads(path.read_text()), **stamp}, indent=2))

@@ -213,40 +213,6 @@ def test_report_lists_a_second_differing_baseline(tmp_path):
     assert len(base) == 2 and all(r["n_seeds"] == "1" and float(r["mean"]) == 0.05 for r in base)
 
 
-def test_identity_leaves_out_seed_lambda_target_paths_and_inert_keys():
-    from hydra import compose, initialize_config_dir
-
-    from spurgen.config import CONF_DIR, register_configs, register_resolvers
-    from spurgen.identity import class_key, identities, run_identity
-
-    register_configs()
-    register_resolvers()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        base = compose("config", [])
-        same = [
-            ["seed=3", "lambda_sfsl=0", "data.num_workers=2", "train.sample_every_n_steps=5", "logger=none"],
-            ["generate.batch_size=1", "eval.device=cpu", "stages=[train]", "generate.baseline=true"],
-        ]
-        other = [
-            ["feature_extractor.input_size=64"],
-            ["loss.sfsl.t_max=300"],
-            ["data.reference_seed=1"],
-            ["trainer.precision=bf16-mixed"],
-            ["model.unet.init_seed=1"],
-        ]
-        assert all(identities(compose("config", o)) == identities(base) for o in same)
-        ids = [identities(compose("config", o)) for o in other]
-        assert all(i["run"] != identities(base)["run"] for i in ids)
-        assert ids[1]["baseline"] == identities(base)["baseline"]  # t_max: not the baseline's business
-        assert ids[1]["reference"] == identities(base)["reference"]
-        assert ids[4]["baseline"] != identities(base)["baseline"]  # another base model
-        feeder = compose("config", ["class=hummingbird_feeder"])
-        assert class_key(feeder) == (94, "hummingbird_feeder", None) and class_key(base)[1] == "hummingbird"
-        # a saved .hydra/config.yaml (unresolved, no Hydra context) gives the run's identity
-        saved = yaml.safe_load(__import__("omegaconf").OmegaConf.to_yaml(compose("config", ["seed=2"])))
-        assert run_identity(saved) == identities(base)["run"]
-
-
 # -- fast: pieces of the sweep and DDP plumbing ---------------------------------------------------------------
 def test_short_dirname_keeps_short_names_and_fits_long_ones():
     from spurgen.sweep import short_dirname
@@ -333,6 +299,16 @@ def test_tiny_multirun_joblib_then_report(tmp_path):
     assert {r["row"] for r in rows} == {"images", "reference", "baseline"}
     md = (sweep / "report.md").read_text()
     assert "None." in md.split("## Missing or failed runs")[1]
+    for run in runs:  # recorded at run time = recomputed by the report from .hydra/config.yaml
+        meta = json.loads((run / "run.json").read_text())
+        stamped = json.loads((run / "eval" / "metrics.json").read_text())
+        assert meta["identity"] == stamped["identity"] and meta["reference_seed"] == 0 and meta["seed"] == 0
+        assert (
+            stamped["class_file"] == meta["class_file"] == ("koala" if "koala" in run.name else "hummingbird")
+        )
+        assert meta["identity"]["run"] in {
+            r["identity"] for r in rows if r["class_file"] == meta["class_file"]
+        }
     figures = sweep / "figures"
     assert (figures / "spurious_rate_vs_lambda_v1.png").exists()
     assert (figures / "images_94_v1.png").exists() and (figures / "images_105_v1.png").exists()

@@ -1,0 +1,91 @@
+"""The run identity (spurgen/identity.py): which runs the report may average as seeds of one experiment."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from spurgen.identity import class_key, flat_config, identities, run_identity
+
+
+@pytest.fixture(scope="module")
+def compose_cfg():
+    from hydra import compose, initialize_config_dir
+
+    from spurgen.config import CONF_DIR, register_configs, register_resolvers
+
+    register_configs()
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        yield lambda *overrides: compose("config", list(overrides))
+
+
+def test_identity_leaves_out_seed_lambda_target_paths_and_inert_keys(compose_cfg):
+    base = identities(compose_cfg())
+    same = [
+        ["seed=3", "lambda_sfsl=0", "data.num_workers=2", "train.sample_every_n_steps=5", "logger=none"],
+        ["generate.batch_size=1", "eval.device=cpu", "stages=[train]", "generate.baseline=true"],
+        [
+            "class=koala",
+            "data.instance_prompt=a photo of a sks flower",
+            "data.class_prompt=a photo of a flower",
+        ],
+    ]
+    assert all(identities(compose_cfg(*o)) == base for o in same)
+    other = {
+        o: identities(compose_cfg(o))
+        for o in (
+            "feature_extractor.input_size=64",
+            "loss.sfsl.t_max=300",
+            "data.reference_seed=1",
+            "trainer.precision=bf16-mixed",
+            "model.unet.init_seed=1",
+        )
+    }
+    assert all(i["run"] != base["run"] for i in other.values())
+    assert other["loss.sfsl.t_max=300"]["baseline"] == base["baseline"]  # not the baseline's business
+    assert other["loss.sfsl.t_max=300"]["reference"] == base["reference"]
+    assert other["model.unet.init_seed=1"]["baseline"] != base["baseline"]  # another base model
+    assert other["model.unet.init_seed=1"]["reference"] == base["reference"]
+
+
+def test_class_file_tells_two_features_of_one_class_apart(compose_cfg):
+    feeder = compose_cfg("class=hummingbird_feeder")
+    assert class_key(feeder) == (94, "hummingbird_feeder", None)
+    assert class_key(compose_cfg()) == (94, "hummingbird", None)
+    from spurgen.config import CONF_DIR
+
+    for path in (__import__("pathlib").Path(CONF_DIR) / "class").glob("*.yaml"):
+        assert compose_cfg(f"class={path.stem}").target.file == path.stem, path
+
+
+def test_a_saved_config_gives_the_identity_of_the_run(compose_cfg):
+    live = compose_cfg("seed=2")
+    saved = yaml.safe_load(OmegaConf.to_yaml(live))  # as .hydra/config.yaml: interpolations unresolved
+    assert "${" in str(saved) and run_identity(saved) == identities(compose_cfg())["run"]
+
+
+def test_saved_configs_resolve_what_they_can():
+    """A saved .hydra/config.yaml holds interpolations, some of which need Hydra (`${hydra:...}`)."""
+    saved = {
+        "a": {"x": "${b}", "y": "${hydra:runtime.output_dir}", "z": "???"},
+        "b": 3,
+        "seed": 1,
+        "model": {"init_seed": "${seed}", "n": 4},
+        "eval": {},
+    }
+    flat = flat_config(saved)
+    expected = {
+        "a.x": 3,
+        "a.y": "${hydra:runtime.output_dir}",
+        "a.z": "???",
+        "b": 3,
+        "model.n": 4,
+        "eval": {},
+    }
+    assert flat == expected
+    assert run_identity(saved) == run_identity({**saved, "seed": 2, "run_dir": "/elsewhere"})
+    assert run_identity(saved) != run_identity({**saved, "b": 4})
+    # a value that only repeats the seed leaves with it; one set on its own is a setting
+    assert run_identity({**saved, "model": {"init_seed": 7, "n": 4}}) != run_identity(saved)
