@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     base = result["steps"]["lambda_sfsl=0"]["median_s"]
     for r in result["steps"].values():
         r["x_lambda0"] = r["median_s"] / base
-    from spurgen.pipeline import make_pipeline, sample
+    from spurgen.pipeline import SampleSettings, make_pipeline, sample
 
     parts.unet.eval()
     parts.text_encoder.eval()
@@ -163,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     n = args.gen_images
     g = timed(
         lambda: sample(
-            pipe, ["a photo of a sks flower"] * n, list(range(n)), args.gen_steps, 3.0, resolution
+            pipe,
+            ["a photo of a sks flower"] * n,
+            list(range(n)),
+            SampleSettings(args.gen_steps, 3.0, resolution),
         ),
         max(1, args.repeats // 5),
         device,

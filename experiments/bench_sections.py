@@ -385,7 +385,7 @@ def evaluation(size: str, timer: Timer, repeats: int, smoke: bool = False) -> di
 
 def generation(size: str, timer: Timer, repeats: int, smoke: bool = False) -> dict:
     """(d) spurgen.pipeline.sample: images/s with classifier-free guidance (DDIM)."""
-    from spurgen.pipeline import make_pipeline, sample
+    from spurgen.pipeline import SampleSettings, make_pipeline, sample
 
     spec = SIZES[size]
     parts = spec.parts()
@@ -394,7 +394,10 @@ def generation(size: str, timer: Timer, repeats: int, smoke: bool = False) -> di
     res = timer(
         {
             "sample": lambda: sample(
-                pipe, ["a photo of a sks flower"] * n, list(range(n)), steps, 3.0, spec.resolution, "bird"
+                pipe,
+                ["a photo of a sks flower"] * n,
+                list(range(n)),
+                SampleSettings(steps, 3.0, spec.resolution, "bird"),
             )
         },
         repeats,
@@ -483,11 +486,10 @@ def memory_job(size: str, kind: str, name: str) -> Callable[[], object]:
             fast = spurgen_eval_model(model)
             return lambda: predict_set([fast], paths, 0, batch_size=32)
         return lambda: naive_predict(model, paths)
-    from spurgen.pipeline import make_pipeline, sample
+    from spurgen.pipeline import SampleSettings, make_pipeline, sample
 
     parts = spec.parts()
     pipe = make_pipeline(parts.unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.sample_scheduler)
     n = spec.gen_images
-    return lambda: sample(
-        pipe, ["a photo of a sks flower"] * n, list(range(n)), spec.gen_steps, 3.0, spec.resolution
-    )
+    settings = SampleSettings(spec.gen_steps, 3.0, spec.resolution)
+    return lambda: sample(pipe, ["a photo of a sks flower"] * n, list(range(n)), settings)

@@ -12,7 +12,7 @@ from torch import nn
 from spurgen.errors import SpurgenError
 from spurgen.losses import SpurgenObjective, StepTensors, denoising_target
 from spurgen.models.parts import SDParts
-from spurgen.pipeline import make_pipeline, sample
+from spurgen.pipeline import SampleSettings, make_pipeline, sample
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]  # (param groups, fused=...) -> optimiser
 
@@ -231,6 +231,7 @@ class SpurgenModule(L.LightningModule):
         self.eval()
         try:
             with torch.autocast(self.device.type, enabled=False):
-                return sample(self.pipeline(), prompts, seeds, steps, guidance, resolution, negative_prompt)
+                settings = SampleSettings(steps, guidance, resolution, negative_prompt)
+                return sample(self.pipeline(), prompts, seeds, settings)
         finally:
             self.train(was_training)

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,32 +32,36 @@ def make_pipeline(unet, text_encoder, tokenizer, vae, scheduler) -> StableDiffus
     return pipe
 
 
+@dataclass(frozen=True)
+class SampleSettings:
+    """How images are drawn (everything but the prompts and seeds)."""
+
+    steps: int
+    guidance: float
+    resolution: int  # pixels, square
+    negative_prompt: str | None = None
+    batch_size: int = 4  # prompts per pipeline call
+
+
 @torch.no_grad()
 def sample(
-    pipe: StableDiffusionPipeline,
-    prompts: Sequence[str],
-    seeds: Sequence[int],
-    steps: int,
-    guidance: float,
-    resolution: int,
-    negative_prompt: str | None = None,
-    batch_size: int = 4,
+    pipe: StableDiffusionPipeline, prompts: Sequence[str], seeds: Sequence[int], settings: SampleSettings
 ) -> list[Image.Image]:
     """One image per (prompt, seed); each has its own CPU generator so it can be regenerated alone."""
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
     images: list[Image.Image] = []
-    for i in range(0, len(prompts), batch_size):
-        p, s = list(prompts[i : i + batch_size]), list(seeds[i : i + batch_size])
-        gens = [torch.Generator("cpu").manual_seed(int(x)) for x in s]
+    negative, bs = settings.negative_prompt, settings.batch_size
+    for i in range(0, len(prompts), bs):
+        p, s = list(prompts[i : i + bs]), list(seeds[i : i + bs])
         out = pipe(
             prompt=p,
-            negative_prompt=[negative_prompt] * len(p) if negative_prompt else None,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            height=resolution,
-            width=resolution,
-            generator=gens,
+            negative_prompt=[negative] * len(p) if negative else None,
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance,
+            height=settings.resolution,
+            width=settings.resolution,
+            generator=[torch.Generator("cpu").manual_seed(int(x)) for x in s],
             output_type="pil",
         )
         images.extend(out.images)

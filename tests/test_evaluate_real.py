@@ -42,13 +42,14 @@ def test_coffee_and_chelsea_with_real_efficientnet_lite0(tmp_path):
     Image.fromarray(skimage_data.coffee()).save(images / "coffee.png")
     Image.fromarray(skimage_data.chelsea()).save(images / "chelsea.png")
     out = tmp_path / "eval"
-    spec = f"[{{name: effnet, source: timm, arch: efficientnet_lite0, weights: '{weights}'}}]"
+    node = f"{{_target_: spurgen.models.loaders.load_timm, arch: efficientnet_lite0, weights: '{weights}'}}"
     rc = main(
         [
             f"images_dir={images}",
             "class=imagenet",
             "target.index=967",
-            f"eval.classifiers={spec}",
+            "eval=empty",
+            f"+eval.classifiers.effnet={node}",
             f"hydra.run.dir={out}",
         ]
     )

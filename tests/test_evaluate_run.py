@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from omegaconf import OmegaConf
 
 from tests.conftest import FAST, run_cli
 
@@ -13,7 +14,7 @@ TINY_GEN_EVAL = [
     "generate.num_inference_steps=2",
     "generate.guidance_scale=3.0",
     "generate.baseline=true",
-    "eval.classifier_set=tiny",
+    "eval=tiny",
     "eval.bootstrap_samples=100",
 ]
 
@@ -34,5 +35,8 @@ def test_run_train_generate_evaluate(tmp_path):
         "eval/spurious_rate/tiny_effnet" in m["metrics"]
         and "eval_baseline/spurious_rate/tiny_vit" in m["metrics"]
     )
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")  # the classifiers are part of the saved config
+    assert list(saved.eval.classifiers) == ["tiny_effnet", "tiny_byobnet", "tiny_vit"]
+    assert [c["name"] for c in m["classifiers"]] == list(saved.eval.classifiers)
     first = json.loads((run_dir / "generated" / "manifest.jsonl").read_text().splitlines()[0])
     assert first["prompt"] == "a photo of a sks flower" and "hummingbird" in first["negative_prompt"]

@@ -13,6 +13,7 @@ from PIL import Image
 
 from spurgen.config import GenerateConfig
 from spurgen.generate import main
+from spurgen.seeds import generation_seed
 
 META = {
     "identifier": "sks",
@@ -62,12 +63,13 @@ def test_generate_manifest_seeds_templates_and_rerun_skip(pipeline_dir, tmp_path
         f"out_dir={out}",
         "generate.num_images=5",
         f"hydra.run.dir={tmp_path}/h",
+        "seed=1",
         *FAST,
     ]
     assert main(argv) == 0
     recs = _manifest(out)
     assert [r["file"] for r in recs] == [f"{i:05d}.png" for i in range(5)]
-    assert [r["seed"] for r in recs] == [0, 1, 2, 3, 4]
+    assert [r["seed"] for r in recs] == [1_000_000 + i for i in range(5)]  # generation_seed(1, i)
     assert recs[1]["prompt"] == "a photo of a sks flower on the beach" and recs[0]["template"] == "{prompt}"
     assert recs[4]["prompt"] == "a photo of a sks flower in a market"
     for r in recs:
@@ -85,17 +87,32 @@ def test_generate_manifest_seeds_templates_and_rerun_skip(pipeline_dir, tmp_path
 
 @pytest.mark.slow
 def test_any_image_regenerates_alone_from_its_record(pipeline_dir, tmp_path):
-    from spurgen.stages.generate import generate
+    from spurgen.pipeline import SampleSettings, sample
+    from spurgen.stages.generate import generate, load_generation_pipeline
 
     out = tmp_path / "all"
-    generate(_gen_cfg(num_images=4), pipeline_dir, out)
+    generate(_gen_cfg(num_images=4, seed=2), pipeline_dir, out)
     rec = _manifest(out)[3]
-    alone = tmp_path / "alone"
-    generate(_gen_cfg(num_images=1, seed=rec["seed"], templates=[rec["template"]]), pipeline_dir, alone)
+    pipe = load_generation_pipeline(False, pipeline_dir, None)[0]
+    settings = SampleSettings(rec["steps"], rec["guidance"], rec["resolution"], rec["negative_prompt"])
+    alone = sample(pipe, [rec["prompt"]], [rec["seed"]], settings)[0]
     a = np.asarray(Image.open(out / rec["file"]), dtype=int)
-    b = np.asarray(Image.open(alone / "00000.png"), dtype=int)
-    assert _manifest(alone)[0]["prompt"] == rec["prompt"]
-    assert np.abs(a - b).max() <= 2  # same seed and prompt; batch of 2 vs 1 may differ by rounding only
+    assert rec["seed"] == generation_seed(2, 3) and rec["template"] == "{prompt} in a garden"
+    assert np.abs(a - np.asarray(alone, dtype=int)).max() <= 2  # batch of 2 vs 1 may differ by rounding only
+
+
+def test_generation_seeds_are_paired_with_the_baseline_and_disjoint_across_training_seeds(
+    pipeline_dir, tmp_path
+):
+    from spurgen.stages.generate import plan_generation
+
+    def seeds(seed: int, baseline: bool) -> list[int]:
+        plan = plan_generation(_gen_cfg(num_images=3, seed=seed), pipeline_dir, tmp_path, None, baseline)
+        return [image.seed for image in plan.images]
+
+    assert seeds(0, False) == seeds(0, True) == [generation_seed(0, i) for i in range(3)]
+    assert not set(seeds(0, False)) & set(seeds(1, False))
+    assert seeds(1, False) == [1_000_000, 1_000_001, 1_000_002]
 
 
 def test_crash_leaves_only_complete_images_and_rerun_finishes(pipeline_dir, tmp_path, monkeypatch):
@@ -150,6 +167,9 @@ def test_baseline_uses_the_base_model_and_the_class_prompt(pipeline_dir, tmp_pat
     recs = _manifest(run / "baseline")
     assert [r["prompt"] for r in recs] == ["a photo of a flower", "a photo of a flower on the beach"]
     assert all(r["baseline"] and r["model"].startswith("tiny-random:") for r in recs)
+    assert [r["seed"] for r in recs] == [
+        generation_seed(0, i) for i in range(2)
+    ]  # the fine-tuned images' seeds
     assert not (run / "generated").exists()
 
 
@@ -189,5 +209,7 @@ def test_bad_input_is_one_clear_error(pipeline_dir, tmp_path, capsys):
     assert "{prompt}" in _err(capsys)
     assert main([f"pipeline_dir={pipeline_dir}", "generate.num_images=0", h]) == 2
     assert "generate.num_images" in _err(capsys)
+    assert main([f"pipeline_dir={pipeline_dir}", "seed=-1", h]) == 2
+    assert "generate.seed" in _err(capsys)
     assert main([f"pipeline_dir={pipeline_dir}", "generate.sampler=NoSuchScheduler", h]) == 2
     assert "not a diffusers scheduler" in _err(capsys)

@@ -62,8 +62,6 @@ def test_timm_missing_mismatched_and_unknown(tmp_path):
         loaders.load_timm("test_efficientnet", str(shapes))
     with pytest.raises(SpurgenError, match="no model named"):
         loaders.load_timm("no_such_net_xyz", None)
-    with pytest.raises(SpurgenError, match="unknown source 'keras'"):
-        loaders.load_classifier({"name": "k", "source": "keras", "arch": "x"})
 
 
 def test_timm_pickled_file_needs_allow_pickle(tmp_path):
@@ -143,14 +141,7 @@ def test_madry_pickle_only_behind_the_option(tmp_path):
 def test_robustbench_missing_offline_names_the_file(tmp_path):
     expected = tmp_path / "imagenet" / "Linf" / "Salman2020Do_R50.pt"
     with pytest.raises(MissingWeightsError, match=str(expected)):
-        loaders.load_classifier(
-            {
-                "name": "salman",
-                "source": "robustbench",
-                "arch": "Salman2020Do_R50",
-                "model_dir": str(tmp_path),
-            }
-        )
+        loaders.load_robustbench("Salman2020Do_R50", str(tmp_path), name="salman")
 
 
 @pytest.mark.slow
@@ -217,33 +208,53 @@ def test_feature_extractor_configs_use_the_loaders(tmp_path):
 def test_timm_hub_weights_missing_offline_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(MissingWeightsError, match="timm/resnet18"):
-        loaders.load_classifier({"name": "r18", "source": "timm", "arch": "resnet18", "weights": None})
+        loaders.load_timm("resnet18", None, name="r18")
 
 
 def test_random_tiny_classifiers_are_reproducible():
-    spec = {"name": "t", "source": "timm", "arch": "test_efficientnet", "random_init": True, "input_size": 32}
+    def tiny():
+        return loaders.load_timm("test_efficientnet", random_init=True, input_size=32, name="t")
+
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(loaders.load_classifier(spec).logits(x), loaders.load_classifier(spec).logits(x))
+        assert torch.equal(tiny().logits(x), tiny().logits(x))
+    assert tiny().is_random
 
 
-def test_default_classifier_set_offline_fails_with_one_clear_message(tmp_path, monkeypatch):
-    from omegaconf import OmegaConf
-
-    from spurgen.config import EvalConfig
-    from spurgen.stages.evaluate import classifier_specs
+def test_default_classifiers_offline_fail_with_one_clear_message(tmp_path, monkeypatch):
+    from spurgen.build import build
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("SPURGEN_MADRY_WEIGHTS", str(tmp_path / "imagenet_l2_3_0.pt"))
-    specs = classifier_specs(OmegaConf.structured(EvalConfig(seed=0, classifier_set="default")))
-    assert [s.name for s in specs][:4] == [
+    nodes = _compose(["eval=default"]).eval.classifiers
+    assert list(nodes) == [
         "resnet50",
         "vit_base_patch16_224",
         "convnext_base",
         "efficientnet_b0",
+        "robust_resnet50_l2_eps3",
     ]
-    assert specs[4].source == "madry" and specs[4].temperature == pytest.approx(0.7156)
-    for spec in specs:
-        expected = "imagenet_l2_3_0.pt" if spec.source == "madry" else f"timm/{spec.arch}"
+    madry = nodes.robust_resnet50_l2_eps3
+    assert madry._target_.endswith("load_madry") and madry.temperature == pytest.approx(0.7156)
+    assert madry.allow_pickle is False  # the pickle loads only when the user opts in
+    for name, node in nodes.items():
+        expected = "imagenet_l2_3_0.pt" if "madry" in node._target_ else f"timm/{node.arch}"
         with pytest.raises(MissingWeightsError, match=expected):
-            loaders.load_classifier(spec)
+            build(node, name=name)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "first"),
+    [
+        ([], "tiny_effnet"),  # model=tiny (the default preset) selects eval=tiny
+        (["model=tiny"], "tiny_effnet"),
+        (["experiment=tiny_lambda_grid"], "tiny_effnet"),
+        (["model=sd15"], "resnet50"),
+        (["experiment=sd15_sfsl"], "resnet50"),
+        (["model=tiny", "eval=default"], "resnet50"),  # the command line wins over the preset
+    ],
+)
+def test_presets_select_the_eval_group(overrides, first):
+    cfg = _compose(overrides)
+    assert next(iter(cfg.eval.classifiers)) == first
+    assert all("_target_" in node for node in cfg.eval.classifiers.values())

@@ -30,7 +30,7 @@ from spurgen.data.images import IMAGE_EXTS, list_images
 from spurgen.distributed import file_lock
 from spurgen.io import save_png_atomic
 from spurgen.models.parts import SDParts
-from spurgen.pipeline import make_pipeline, sample
+from spurgen.pipeline import SampleSettings, make_pipeline, sample
 
 log = logging.getLogger("spurgen")
 
@@ -203,16 +203,14 @@ def _generate(
         with tqdm(total=len(todo), desc=f"prior images '{prompt}'", unit="img") as bar:
             for start in range(0, len(todo), sampling.batch_size):
                 idx = todo[start : start + sampling.batch_size]
-                ims = sample(
-                    pipe,
-                    [prompt] * len(idx),
-                    idx,
+                settings = SampleSettings(
                     sampling.steps,
                     sampling.guidance,
                     resolution,
                     sampling.negative_prompt,
                     sampling.batch_size,
                 )
+                ims = sample(pipe, [prompt] * len(idx), idx, settings)
                 for i, im in zip(idx, ims, strict=True):
                     save_png_atomic(im, folder / f"class_{i:05d}.png", {"prompt": prompt, "seed": i})
                 bar.update(len(idx))

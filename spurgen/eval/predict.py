@@ -25,6 +25,7 @@ from spurgen.data.images import load_rgb
 from spurgen.models.extractors import FrozenImageModel
 
 log = logging.getLogger("spurgen")
+THUMBNAIL_SIZE = 128  # pixels, the longer side (contact sheet, W&B grid)
 
 
 @dataclass
@@ -89,12 +90,11 @@ def predict_set(
     target: int,
     crop: bool = False,
     batch_size: int = 32,
-    device: torch.device | str = "cpu",
     num_thumbnails: int = 0,
-    thumbnail_size: int = 128,
 ) -> SetPredictions:
-    """Run every model over the images at `paths`; p(k|x) uses each model's temperature."""
-    device = torch.device(device)
+    """Run every model over the images at `paths` (on the device the models are on: spurgen.eval.predict.place);
+    p(k|x) uses each model's temperature. The first num_thumbnails images are kept as thumbnails."""
+    device = models[0].mean.device
     groups: dict[tuple, list[FrozenImageModel]] = {}
     for m in models:
         groups.setdefault(prep_key(m, crop), []).append(m)
@@ -107,7 +107,7 @@ def predict_set(
             im = load_rgb(p)  # decoded once, shared by every classifier
             if len(thumbs) < num_thumbnails:
                 t = im.copy()
-                t.thumbnail((thumbnail_size, thumbnail_size))
+                t.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
                 thumbs.append(t)
             chunk.append(to_tensor(im))
         for (size, interp, crop_pct), members in groups.items():

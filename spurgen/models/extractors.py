@@ -29,25 +29,22 @@ class FrozenImageModel(nn.Module):
         head: str,
         input_size: int,
         normalizes_inside: bool,
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
         name: str = "model",
         layer: str = "pool",
-        temperature: float = 1.0,
-        interpolation: str = "bicubic",
     ):
         super().__init__()
         self.model = model
         self.name = name
         self.input_size = int(input_size)
         self.normalizes_inside = normalizes_inside
-        self.temperature = float(temperature)
-        self.interpolation = interpolation
-        self.channels_last = False  # set by spurgen.eval.predict.place; predict_set then feeds NHWC
+        # Settings a loader changes after construction where its model differs from these defaults:
+        self.temperature = 1.0  # logits / T before the softmax (Spurious ImageNet's robust ResNet: 0.7156)
+        self.interpolation = "bicubic"  # the resize to input_size
         self.crop_pct = 0.875  # centre-crop ratio of the model's own evaluation transform (crop: model)
         self.is_random = False  # random weights (tiny tests): numbers computed with it mean nothing
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.channels_last = False  # set by spurgen.eval.predict.place; predict_set then feeds NHWC
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         modules = dict(model.named_modules())
         if head not in modules:
             raise ValueError(f"{name}: no module named {head!r} (the final classifier layer)")
@@ -61,6 +58,11 @@ class FrozenImageModel(nn.Module):
             modules[layer].register_forward_hook(self._capture_output)
         self.requires_grad_(False)
         super().train(False)
+
+    def normalize_with(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        """The per-channel mean and std the model was trained with (default: ImageNet's)."""
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.mean.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.std.device).view(1, 3, 1, 1)
 
     def _capture_input(self, _module, inputs):
         self._captured = inputs[0]

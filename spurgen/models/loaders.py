@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from spurgen.errors import MissingWeightsError, SpurgenError
-from spurgen.models.extractors import FrozenImageModel
+from spurgen.models.extractors import IMAGENET_MEAN, IMAGENET_STD, FrozenImageModel
 
 MADRY_PREFIXES = ("module.model.", "module.attacker.model.", "model.", "attacker.model.")
 
@@ -83,7 +83,7 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path, wha
         )
 
 
-def load_timm(
+def load_timm(  # noqa: PLR0913 - config-bound builder: its arguments are the keys of its config node
     arch: str,
     weights: str | None = None,
     name: str | None = None,
@@ -121,18 +121,10 @@ def load_timm(
         _load_into(model, unwrap_state_dict(read_state_dict(path, allow_pickle, what)), path, what)
     cfg = model.pretrained_cfg
     size = int(input_size or cfg.get("input_size", (3, 224, 224))[-1])
-    wrapped = FrozenImageModel(
-        model,
-        head=cfg.get("classifier", "fc"),
-        input_size=size,
-        normalizes_inside=False,
-        mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-        name=name,
-        layer=layer,
-        temperature=temperature,
-        interpolation=_interp(cfg.get("interpolation")),
-    )
+    wrapped = FrozenImageModel(model, cfg.get("classifier", "fc"), size, False, name=name, layer=layer)
+    wrapped.normalize_with(tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
+    wrapped.temperature = float(temperature)
+    wrapped.interpolation = _interp(cfg.get("interpolation"))
     wrapped.crop_pct = float(cfg.get("crop_pct", 0.875))
     wrapped.is_random = bool(random_init)
     return wrapped
@@ -198,7 +190,7 @@ def import_robustbench():
     return load_model
 
 
-def load_robustbench(
+def load_robustbench(  # noqa: PLR0913 - config-bound builder: its arguments are the keys of its config node
     arch: str,
     model_dir: str | None = None,
     threat_model: str = "Linf",
@@ -235,17 +227,9 @@ def load_robustbench(
             ) from None
         raise SpurgenError(f"classifier {name!r}: robustbench could not load {path}: {exc}") from None
     head = "model.fc" if "model.fc" in dict(model.named_modules()) else _last_linear(model)
-    wrapped = FrozenImageModel(
-        model,
-        head,
-        input_size or 224,
-        normalizes_inside=True,
-        name=name,
-        layer=layer,
-        temperature=temperature,
-    )
+    wrapped = FrozenImageModel(model, head, input_size or 224, normalizes_inside=True, name=name, layer=layer)
+    wrapped.temperature = float(temperature)
     wrapped.crop_pct = 224 / 256  # RobustBench's 'Res256Crop224'
-    wrapped.is_random = False
     return wrapped
 
 
@@ -271,7 +255,7 @@ def madry_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     )
 
 
-def load_madry(
+def load_madry(  # noqa: PLR0913 - config-bound builder: its arguments are the keys of its config node
     weights: str,
     arch: str = "resnet50",
     allow_pickle: bool = False,
@@ -295,14 +279,8 @@ def load_madry(
     model = getattr(torchvision.models, arch)(weights=None)
     _load_into(model, madry_state_dict(read_state_dict(path, allow_pickle, what)), path, what)
     wrapped = FrozenImageModel(
-        model,
-        "fc",
-        input_size or 224,
-        normalizes_inside=False,
-        name=name,
-        layer=layer,
-        temperature=temperature,
+        model, "fc", input_size or 224, normalizes_inside=False, name=name, layer=layer
     )
-    wrapped.crop_pct = 224 / 256
-    wrapped.is_random = False
+    wrapped.temperature = float(temperature)
+    wrapped.crop_pct = 224 / 256  # torchvision's resize 256, centre crop 224
     return wrapped

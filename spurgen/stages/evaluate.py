@@ -19,6 +19,7 @@ from spurgen.eval.classifiers import build_classifiers, random_classifiers
 from spurgen.eval.plan import EvalPlan, plan_evaluation
 from spurgen.eval.predict import SetPredictions, pick_device, predict_set
 from spurgen.eval.summary import flat_metrics, measure_sets
+from spurgen.identity import stamp_metrics  # the run identity in metrics.json
 from spurgen.io import write_csv, write_json, write_jsonl
 from spurgen.models.extractors import FrozenImageModel
 from spurgen.pipeline import read_spurgen_json
@@ -51,25 +52,8 @@ def run_plan(
 ) -> dict:
     """Build the classifiers, predict every set, measure, write; run_dir holds the W&B run to resume."""
     t0 = time.time()
-    device = pick_device(ev.device)
-    models = build_classifiers(plan.classifiers, device, bool(ev.channels_last))
-    preds = {
-        name: predict_set(
-            models,
-            s.paths,
-            plan.target,
-            ev.crop == "model",
-            int(ev.batch_size),
-            device,
-            int(ev.contact_sheet_max) if name == "images" else WANDB_THUMBNAILS,
-        )
-        for name, s in plan.sets.items()
-    }
-    val = (
-        predict_set(models, plan.val.paths, plan.target, True, int(ev.batch_size), device)
-        if plan.val
-        else None
-    )
+    models = build_classifiers(plan.classifiers, pick_device(ev.device), bool(ev.channels_last))
+    preds, val = predict_plan(plan, models, ev)
     numbers, scores = measure_sets(plan, preds, val, int(ev.seed), int(ev.bootstrap_samples))
     result = describe(plan, ev, models, numbers, scores)
     result["seconds"] = round(time.time() - t0, 2)
@@ -82,6 +66,27 @@ def run_plan(
     if result["model_is_tiny_random"]:
         log.warning("tiny random models: these numbers check the plumbing and mean nothing")
     return result
+
+
+def predict_plan(
+    plan: EvalPlan, models: list[FrozenImageModel], ev: DictConfig
+) -> tuple[dict[str, SetPredictions], SetPredictions | None]:
+    """Every image set (resized without crop, or with the model's crop if eval.crop=model) and the ImageNet
+    validation images (always the model's own resize and centre crop, METHOD.md)."""
+    crop, bs = ev.crop == "model", int(ev.batch_size)
+    preds = {
+        name: predict_set(
+            models,
+            s.paths,
+            plan.target,
+            crop,
+            bs,
+            int(ev.contact_sheet_max) if name == "images" else WANDB_THUMBNAILS,
+        )
+        for name, s in plan.sets.items()
+    }
+    val = predict_set(models, plan.val.paths, plan.target, True, bs) if plan.val else None
+    return preds, val
 
 
 def describe(
@@ -156,4 +161,4 @@ def run_stage(cfg: DictConfig, run_dir: Path) -> dict:
     plan = plan_evaluation(
         cfg.eval, run_dir / "generated", int(cfg.target.index), cfg.target.component, extra
     )
-    return run_plan(plan, cfg.eval, run_dir / "eval", cfg.logger, run_dir)
+    return stamp_metrics(cfg, run_dir, run_plan(plan, cfg.eval, run_dir / "eval", cfg.logger, run_dir))

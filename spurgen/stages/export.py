@@ -31,10 +31,9 @@ def export(
             f"min_classifiers must be in 1..{len(plan.classifiers)} (the number of classifiers), "
             f"got {min_classifiers}"
         )
-    device = pick_device(eval_cfg.device)
-    models = build_classifiers(plan.classifiers, device, bool(eval_cfg.channels_last))
+    models = build_classifiers(plan.classifiers, pick_device(eval_cfg.device), bool(eval_cfg.channels_last))
     preds = predict_set(
-        models, plan.images.paths, plan.target, eval_cfg.crop == "model", int(eval_cfg.batch_size), device
+        models, plan.images.paths, plan.target, eval_cfg.crop == "model", int(eval_cfg.batch_size)
     )
     records = voted_records(plan, preds, min_classifiers)
     out_dir = Path(out_dir)

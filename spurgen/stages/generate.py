@@ -25,7 +25,7 @@ from spurgen.config import METHOD_VERSION, check_generate
 from spurgen.errors import SpurgenError
 from spurgen.eval.imagesets import GENERATE_JSON, MANIFEST, read_manifest
 from spurgen.io import save_png_atomic, write_atomic, write_json
-from spurgen.pipeline import make_pipeline, read_spurgen_json, sample
+from spurgen.pipeline import SampleSettings, make_pipeline, read_spurgen_json, sample
 from spurgen.prompts import apply_template, negative_prompt
 from spurgen.seeds import generation_seed
 
@@ -262,18 +262,16 @@ def make_images(plan: GenerationPlan, generator: Generator, gen: DictConfig) -> 
         len(todo),
     )
     bs = int(gen.batch_size)
+    settings = SampleSettings(
+        int(gen.num_inference_steps),
+        float(gen.guidance_scale),
+        generator.resolution,
+        plan.prompts.negative,
+        bs,
+    )
     for start in range(0, len(todo), bs):
         batch = todo[start : start + bs]
-        images = sample(
-            generator.pipe,
-            [p["prompt"] for p in batch],
-            [p["seed"] for p in batch],
-            int(gen.num_inference_steps),
-            float(gen.guidance_scale),
-            generator.resolution,
-            plan.prompts.negative,
-            batch_size=bs,
-        )
+        images = sample(generator.pipe, [p["prompt"] for p in batch], [p["seed"] for p in batch], settings)
         for p, im in zip(batch, images, strict=True):
             done[p["file"]] = {**p, "black": is_black(im)}
             save_png_atomic(im, out / p["file"], {k: p[k] for k in ("prompt", "seed", "steps", "guidance")})
