@@ -37,7 +37,8 @@ class GenerateApp:
     data: Any = None  # model presets also set data/train/trainer keys; unused here
     train: Any = None
     trainer: Any = None
-    eval: Any = None  # the tiny preset also picks the tiny classifier set; unused here
+    eval: Any = None  # model presets also pick the classifier set and the extractor; unused here
+    feature_extractor: Any = None
     method_version: str = METHOD_VERSION
 
 
