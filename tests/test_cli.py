@@ -58,9 +58,10 @@ def test_dispatch_passes_the_rest_of_argv(capsys):
     assert spurgen.cli.main(["run", "--cfg", "job", "class=koala", "seed=7"]) == 0
     out = capsys.readouterr().out
     assert target_of(out) == {"index": "105", "name": "koala"} and "\nseed: 7\n" in out
-    with pytest.raises(SystemExit) as exc:  # argparse's --help exits 0; the prog names the subcommand
-        spurgen.cli.main(["report", "--help"])
-    assert exc.value.code == 0 and "usage: spurgen report" in capsys.readouterr().out
+    assert spurgen.cli.main(["report", "--help"]) == 0  # argparse's prog names the subcommand
+    assert "usage: spurgen report" in capsys.readouterr().out
+    assert spurgen.cli.main(["report"]) == 2  # argparse's usage error: an exit code, no SystemExit
+    assert "the following arguments are required: sweep_dir" in capsys.readouterr().err
 
 
 def test_console_script_ddp_ranks_rerun_the_module(monkeypatch):

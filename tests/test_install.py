@@ -73,8 +73,11 @@ def test_wheel_install_runs_outside_the_repository(tmp_path):
     assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout  # the installed copy, not ours
 
     spurgen = str(venv / "bin" / "spurgen")
+    assert "\n  export " in sh([spurgen, "--help"], work, env).stdout
     default = "\n" + sh([spurgen, "run", "--cfg", "job"], work, env).stdout
     assert "\ntarget:\n  index: 94\n" in default and "  name: hummingbird\n" in default
+    module = "\n" + sh([str(venv / "bin" / "python"), "-m", "spurgen.run", "--cfg", "job"], work, env).stdout
+    assert module == default
     user = tmp_path / "my_configs"
     (user / "class").mkdir(parents=True)
     (user / "class" / "my_class.yaml").write_text(MY_CLASS)

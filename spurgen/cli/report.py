@@ -18,7 +18,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m spurgen.report") 
     parser.add_argument("sweep_dir", help="a Hydra multirun folder (one sub-folder per run)")
     parser.add_argument("--out", default=None, help="where to write the report (default: the sweep folder)")
     parser.add_argument("--wandb", action="store_true", help="also log the table and figures to W&B")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): an exit code, as the Hydra commands give
+        return exc.code if isinstance(exc.code, int) else 2
     from spurgen.stages.report import write_report
 
     try:
