@@ -44,6 +44,7 @@ def test_help_lists_every_command(capsys):
     for name in ("run", "generate", "evaluate", "export", "report"):
         assert f"\n  {name} " in out
     assert ENV_VAR in out
+    assert spurgen.cli.main(["--version"]) == 0 and capsys.readouterr().out.startswith("spurgen 0.")
 
 
 @pytest.mark.parametrize("argv", [["bogus", "class=koala"], []])
