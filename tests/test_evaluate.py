@@ -244,6 +244,11 @@ def test_inputs_are_checked_before_any_weights_are_fetched(tmp_path, capsys, mon
     assert main([f"images_dir={fake}", "class=koala", h]) == 2
     err = _err(capsys)
     assert "cannot read image" in err and "photo.png" in err and "resnet50" not in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([f"images_dir={empty}", h]) == 2  # no class= and nothing to read: both, in one message
+    err = _err(capsys)
+    assert "no target class" in err and "holds no images" in err and len(err.strip().splitlines()) == 1
 
 
 def test_missing_class_and_empty_folder_are_reported_together(tmp_path):

@@ -115,6 +115,19 @@ def test_generation_seeds_are_paired_with_the_baseline_and_disjoint_across_train
     assert seeds(1, False) == [1_000_000, 1_000_001, 1_000_002]
 
 
+def test_a_seed_other_than_the_training_seed_is_flagged(tmp_path, caplog):
+    from spurgen.stages.generate import plan_generation
+
+    folder = tmp_path / "pipeline"
+    folder.mkdir()
+    (folder / "spurgen.json").write_text(json.dumps({**META, "seed": 3}))  # planning reads nothing else
+    plan_generation(_gen_cfg(num_images=1, seed=3), folder, tmp_path / "out", None, False)
+    assert "not paired" not in caplog.text
+    plan = plan_generation(_gen_cfg(num_images=1, seed=0), folder, tmp_path / "out", None, False)
+    assert "not paired" in caplog.text and "seed=3" in caplog.text and plan.images[0].seed == 0
+    assert not (tmp_path / "out").exists()  # a plan writes nothing
+
+
 def test_crash_leaves_only_complete_images_and_rerun_finishes(pipeline_dir, tmp_path, monkeypatch):
     import spurgen.stages.generate as G
 

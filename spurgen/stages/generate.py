@@ -138,6 +138,14 @@ def plan_generation(
         raise SpurgenError(f"pipeline folder {pipeline_dir} does not exist")
     check_generate(gen)
     meta = (read_spurgen_json(pipeline_dir) or {}) if pipeline_dir else {}
+    if "seed" in meta and int(meta["seed"]) != int(gen.seed):
+        log.warning(
+            "generate.seed=%s but the pipeline was trained with seed %s: these images are not paired with that "
+            "run's generated/baseline images (give seed=%s)",
+            gen.seed,
+            meta["seed"],
+            meta["seed"],
+        )
     prompts = resolve_prompts(gen, meta, target, pipeline_dir, baseline)
     images = [
         PlannedImage(f"{i:05d}.png", i, apply_template(t, prompts.base), t, generation_seed(int(gen.seed), i))
