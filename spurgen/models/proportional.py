@@ -150,6 +150,8 @@ def build_proportional_extractor(
     channels = _scale(RESNET50, width_scale, 4)
     model = ResNet(Bottleneck, [3, 4, 6, 3], channels=channels, stem_width=channels[0])
     torch.random.set_rng_state(state)
-    return FrozenImageModel(
+    wrapped = FrozenImageModel(
         model, "fc", input_size, normalizes_inside=False, name=f"resnet50_w{width_scale:g}", layer=layer
     )
+    wrapped.is_random = True
+    return wrapped

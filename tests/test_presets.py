@@ -1,0 +1,140 @@
+"""A preset composes to what it says: build what each model and experiment preset composes (its SD parts, its
+feature extractor, its classifiers) and assert on the built objects, not on config paths.
+
+Real loading code runs on files the tests write: a tiny diffusers folder stands in for SD 1.5 weights and a
+random ResNet-50 saved in the MadryLab layout stands in for imagenet_l2_3_0.pt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from spurgen.build import build
+from spurgen.config import CONF_DIR, register_configs, register_resolvers, validate
+from spurgen.errors import ConfigError
+
+register_configs()
+register_resolvers()
+MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+REAL = {"sd15", "sd21", "sd21_base", "local"}
+
+
+def load(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory) -> Path:
+    """A complete diffusers StableDiffusionPipeline folder (tiny weights) written by the test."""
+    from spurgen.models.tiny import build_tiny_sd
+    from spurgen.pipeline import make_pipeline
+
+    parts = build_tiny_sd()
+    folder = tmp_path_factory.mktemp("sd") / "pipeline"
+    pipe = make_pipeline(parts.unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.sample_scheduler)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def madry_file(tmp_path_factory) -> Path:
+    """A ResNet-50 state dict in the MadryLab `robustness` layout (module.model.* keys), random weights."""
+    import torchvision
+
+    torch.manual_seed(0)
+    sd = torchvision.models.resnet50(weights=None).state_dict()
+    path = tmp_path_factory.mktemp("madry") / "imagenet_l2_3_0.pt"
+    torch.save({"model": {f"module.model.{k}": v for k, v in sd.items()}, "epoch": 90}, path)
+    return path
+
+
+def real_overrides(name: str, sd_folder: Path, madry_file: Path) -> list[str]:
+    return [f"model.path={sd_folder}", f"feature_extractor.weights={madry_file}"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_preset_builds_its_parts(name, sd_folder, madry_file):
+    overrides = [f"model={name}"] + (real_overrides(name, sd_folder, madry_file) if name in REAL else [])
+    parts = build(load(*overrides).model)
+    assert parts.unet.config.in_channels == parts.vae.config.latent_channels
+    assert parts.text_encoder.config.hidden_size == parts.unet.config.cross_attention_dim
+    if name in REAL:  # read from the folder: the real loading code, on a file the test wrote
+        assert not parts.is_tiny_random and parts.model_id == str(sd_folder)
+        assert type(parts.sample_scheduler).__name__ == "DDIMScheduler"  # what the folder ships
+    else:
+        assert parts.is_tiny_random and parts.model_id.startswith(f"{name.replace('tiny', 'tiny')}-random:")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_preset_builds_its_extractor(name, sd_folder, madry_file):
+    """Real generators train through the robust ResNet-50; random ones through a random extractor."""
+    overrides = [f"model={name}"] + (real_overrides(name, sd_folder, madry_file) if name in REAL else [])
+    extractor = build(load(*overrides).feature_extractor)
+    if name in REAL:
+        assert extractor.name == "robust_resnet50_l2_eps3" and not extractor.is_random
+        assert type(extractor.model).__name__ == "ResNet" and extractor.normalizes_inside is False
+    else:
+        assert extractor.is_random
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_builds_what_it_says(name, sd_folder, madry_file):
+    cfg = load(f"experiment={name}")
+    real = cfg.model.get("path") is not None
+    if real:
+        cfg = load(f"experiment={name}", *real_overrides(name, sd_folder, madry_file))
+    validate(cfg)
+    parts = build(cfg.model)
+    classifiers = {n: build(node) for n, node in cfg.eval.classifiers.items()} if not real else {}
+    assert parts.is_tiny_random is (not real)
+    if real:  # SD 1.5 with Spurious ImageNet's extractor, and the real classifier set
+        assert cfg.feature_extractor._target_.endswith("load_madry")
+        assert build(cfg.feature_extractor).name == "robust_resnet50_l2_eps3"
+        assert "robust_resnet50_l2_eps3" in cfg.eval.classifiers and "resnet50" in cfg.eval.classifiers
+    else:
+        assert classifiers and all(c.is_random for c in classifiers.values())
+
+
+def test_one_part_swaps_alone():
+    """model/vae=... changes the VAE and nothing else: every other part keeps its weights."""
+    base = build(load().model)
+    parts = build(load("model/vae=proportional", "model.vae.resolution=32").model)
+    assert type(parts.vae.decoder.up_blocks).__name__ == "ModuleList" and len(parts.vae.decoder.up_blocks) == 4
+    assert len(base.vae.decoder.up_blocks) == 2
+    for a, b in zip(base.unet.parameters(), parts.unet.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert parts.model_id != base.model_id  # a different model: a different prior-image cache
+
+
+@pytest.mark.parametrize(
+    ("overrides", "keys"),
+    [
+        (["model.vae.latent_channels=8"], ("model.vae", "model.unet")),
+        (["model.text_encoder.hidden=64"], ("model.text_encoder", "model.unet")),
+        (["model.text_encoder.max_length=16"], ("model.tokenizer", "model.text_encoder")),
+        (["model.sample_scheduler.prediction_type=v_prediction"], ("model.sample_scheduler", "noise_scheduler")),
+    ],
+)
+def test_parts_that_do_not_fit_fail_naming_both_keys(overrides, keys):
+    with pytest.raises(ConfigError) as err:
+        build(load(*overrides).model)
+    assert all(k in str(err.value) for k in keys), str(err.value)
+
+
+def test_callbacks_and_logger_come_from_their_groups(tmp_path):
+    from spurgen.checkpointing import GracefulInterrupt
+    from spurgen.loggers import CsvLogger, WandbLogger
+
+    cfg = load(f"run_dir={tmp_path}", "logger=wandb", "~callbacks.samples")
+    built = [build(node) for node in cfg.callbacks.values()]
+    assert {type(c).__name__ for c in built} == {"ModelCheckpoint", "GracefulInterrupt"}
+    assert any(isinstance(c, GracefulInterrupt) and c.run_dir == tmp_path for c in built)
+    assert isinstance(build(cfg.logger), WandbLogger)
+    assert isinstance(build(load().logger), CsvLogger)
