@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from spurgen.config import METHOD_VERSION
 from tests.conftest import FAST, REPO, run_cli
 
 TINY_GEN = ["generate.num_images=4", "stages=[train,generate,evaluate]"]
@@ -309,9 +310,9 @@ def test_tiny_multirun_joblib_then_report(tmp_path):
         assert meta["identity"]["run"] in {
             r["identity"] for r in rows if r["class_file"] == meta["class_file"]
         }
-    figures = sweep / "figures"
-    assert (figures / "spurious_rate_vs_lambda_v1.png").exists()
-    assert (figures / "images_94_v1.png").exists() and (figures / "images_105_v1.png").exists()
+    figures, v = sweep / "figures", METHOD_VERSION
+    assert (figures / f"spurious_rate_vs_lambda_v{v}.png").exists()
+    assert (figures / f"images_94_v{v}.png").exists() and (figures / f"images_105_v{v}.png").exists()
 
 
 @pytest.mark.slow
