@@ -85,6 +85,9 @@ def test_evaluate_writes_every_output(data, tmp_path):
     assert m["method_version"] == METHOD_VERSION
     assert m["model_is_tiny_random"] is True and m["random_classifiers"] == TINY
     assert m["target"]["index"] == 94 and m["target"]["component"] == 1
+    recorded = m["classifiers"][0]  # the node it was built from, its name and preprocessing
+    assert recorded["name"] == "tiny_effnet" and recorded["_target_"].endswith("load_timm")
+    assert recorded["input_size"] == 32 and recorded["random_init"] is True
     assert m["sets"]["reference"]["num_images"] == 3  # component 1 of class 94 only
     assert set(m["results"]) == {"images", "reference", "baseline"}
     res = m["results"]["images"]

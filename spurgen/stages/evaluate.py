@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -111,7 +112,7 @@ def describe(
         "classifiers": [
             {
                 "name": m.name,
-                **OmegaConf.to_container(OmegaConf.create(plan.classifiers[m.name]), resolve=True),
+                **_plain(plan.classifiers[m.name]),
                 "normalizes_inside": m.normalizes_inside,
                 "input_size": m.input_size,
             }
@@ -124,6 +125,11 @@ def describe(
         if gen
         else None,
     }
+
+
+def _plain(node: Any) -> dict:
+    """A classifier node as recorded in metrics.json (resolved in place: interpolations keep their root)."""
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
 
 
 def write_outputs(
