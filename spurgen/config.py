@@ -123,6 +123,7 @@ class TrainConfig:
     lora_dropout: float = 0.0
     on_nonfinite: str = "stop"  # stop (message naming the term and step) | skip (skip the step, count it)
     cache_latents: bool = True  # encode each training image with the frozen VAE once, not every step
+    allow_random_extractor: bool = False  # a real generator with a random extractor is refused unless true
 
 
 @dataclass

@@ -173,6 +173,9 @@ def stamp_metrics(cfg: DictConfig, run_dir: str | Path, result: dict) -> dict:
     """Add the identities and the class file to a run's evaluation: to the result and to
     run_dir/eval/metrics.json as written (rewritten atomically). Returns the result."""
     stamp = {"identity": identities(cfg), "class_file": class_key(cfg)[1]}
+    run_json = Path(run_dir) / "run.json"  # what training built: the extractor that trained the SFSL
+    if run_json.exists():
+        stamp["extractor"] = json.loads(run_json.read_text()).get("extractor")
     result.update(stamp)
     path = Path(run_dir) / "eval" / "metrics.json"
     if path.exists():

@@ -106,7 +106,9 @@ def test_one_part_swaps_alone():
     """model/vae=... changes the VAE and nothing else: every other part keeps its weights."""
     base = build(load().model)
     parts = build(load("model/vae=proportional", "model.vae.resolution=32").model)
-    assert type(parts.vae.decoder.up_blocks).__name__ == "ModuleList" and len(parts.vae.decoder.up_blocks) == 4
+    assert (
+        type(parts.vae.decoder.up_blocks).__name__ == "ModuleList" and len(parts.vae.decoder.up_blocks) == 4
+    )
     assert len(base.vae.decoder.up_blocks) == 2
     for a, b in zip(base.unet.parameters(), parts.unet.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -119,7 +121,10 @@ def test_one_part_swaps_alone():
         (["model.vae.latent_channels=8"], ("model.vae", "model.unet")),
         (["model.text_encoder.hidden=64"], ("model.text_encoder", "model.unet")),
         (["model.text_encoder.max_length=16"], ("model.tokenizer", "model.text_encoder")),
-        (["model.sample_scheduler.prediction_type=v_prediction"], ("model.sample_scheduler", "noise_scheduler")),
+        (
+            ["model.sample_scheduler.prediction_type=v_prediction"],
+            ("model.sample_scheduler", "noise_scheduler"),
+        ),
     ],
 )
 def test_parts_that_do_not_fit_fail_naming_both_keys(overrides, keys):
@@ -138,3 +143,36 @@ def test_callbacks_and_logger_come_from_their_groups(tmp_path):
     assert any(isinstance(c, GracefulInterrupt) and c.run_dir == tmp_path for c in built)
     assert isinstance(build(cfg.logger), WandbLogger)
     assert isinstance(build(load().logger), CsvLogger)
+
+
+def test_real_generator_refuses_a_random_extractor_unless_meant(sd_folder):
+    from spurgen.errors import SpurgenError
+    from spurgen.stages.train import build_extractor, extractor_identity
+
+    cfg = validate(load("model=sd15", f"model.path={sd_folder}", "feature_extractor=tiny"))
+    with pytest.raises(SpurgenError, match=r"train\.allow_random_extractor=true") as err:
+        build_extractor(cfg)
+    assert "feature_extractor=robust_resnet50_madry" in str(err.value)
+    cfg = validate(
+        load(
+            "model=sd15",
+            f"model.path={sd_folder}",
+            "feature_extractor=tiny",
+            "train.allow_random_extractor=true",
+        )
+    )
+    ident = extractor_identity(cfg, build_extractor(cfg))
+    assert ident["name"] == "tiny_cnn" and ident["is_random"] and ident["used"]
+    # lambda_sfsl = 0 builds no extractor at all, and records only the configured name
+    cfg = validate(load("model=sd15", f"model.path={sd_folder}", "lambda_sfsl=0"))
+    assert build_extractor(cfg) is None
+    assert extractor_identity(cfg, None) == {"name": "robust_resnet50_l2_eps3", "used": False}
+
+
+def test_extractor_identity_hashes_its_weights_file(madry_file):
+    import hashlib
+
+    cfg = load("model=sd15", f"feature_extractor.weights={madry_file}")
+    ident = build(cfg.feature_extractor).identity()
+    assert ident["weights_sha256"] == hashlib.sha256(madry_file.read_bytes()).hexdigest()
+    assert ident["arch"] == "torchvision:resnet50" and ident["layer"] == "pool" and not ident["is_random"]

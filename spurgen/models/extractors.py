@@ -7,6 +7,9 @@ ImageNet mean/std once. Nothing is normalised twice.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,6 +45,9 @@ class FrozenImageModel(nn.Module):
         self.interpolation = "bicubic"  # the resize to input_size
         self.crop_pct = 0.875  # centre-crop ratio of the model's own evaluation transform (crop: model)
         self.is_random = False  # random weights (tiny tests): numbers computed with it mean nothing
+        self.arch = type(model).__name__  # the architecture's name (a loader sets timm/torchvision's)
+        self.weights: str | None = None  # the weights file it was loaded from, if any
+        self._weights_sha256: str | None = None
         self.channels_last = False  # set by spurgen.eval.predict.place; predict_set then feeds NHWC
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -96,6 +102,20 @@ class FrozenImageModel(nn.Module):
             feats = feats.flatten(1)
         return feats, logits / self.temperature
 
+    def identity(self) -> dict:
+        """What this model is, for run.json, spurgen.json, metrics.json, the W&B config and the report:
+        name, architecture, phi's layer, the weights file and its sha256, and whether it is random."""
+        if self.weights and self._weights_sha256 is None and Path(self.weights).is_file():
+            self._weights_sha256 = sha256_file(Path(self.weights))
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "layer": self.layer,
+            "weights": self.weights,
+            "weights_sha256": self._weights_sha256,
+            "is_random": bool(self.is_random),
+        }
+
     def features(self, x: torch.Tensor) -> torch.Tensor:  # phi(x), (B, D)
         return self.forward_prepared(self.prepare(x))[0]
 
@@ -103,6 +123,14 @@ class FrozenImageModel(nn.Module):
         return self.forward_prepared(self.prepare(x))[1]
 
     forward = features
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class TinyCNN(nn.Module):

@@ -127,6 +127,7 @@ def load_timm(  # noqa: PLR0913 - config-bound builder: its arguments are the ke
     wrapped.interpolation = _interp(cfg.get("interpolation"))
     wrapped.crop_pct = float(cfg.get("crop_pct", 0.875))
     wrapped.is_random = bool(random_init)
+    wrapped.arch, wrapped.weights = arch, None if weights is None else str(Path(weights).expanduser())
     return wrapped
 
 
@@ -230,6 +231,7 @@ def load_robustbench(  # noqa: PLR0913 - config-bound builder: its arguments are
     wrapped = FrozenImageModel(model, head, input_size or 224, normalizes_inside=True, name=name, layer=layer)
     wrapped.temperature = float(temperature)
     wrapped.crop_pct = 224 / 256  # RobustBench's 'Res256Crop224'
+    wrapped.arch, wrapped.weights = f"robustbench:{arch}", str(path)
     return wrapped
 
 
@@ -283,4 +285,5 @@ def load_madry(  # noqa: PLR0913 - config-bound builder: its arguments are the k
     )
     wrapped.temperature = float(temperature)
     wrapped.crop_pct = 224 / 256  # torchvision's resize 256, centre crop 224
+    wrapped.arch, wrapped.weights = f"torchvision:{arch}", str(path)
     return wrapped

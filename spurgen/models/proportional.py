@@ -95,7 +95,7 @@ def build_proportional_text_encoder(
         return random_text_encoder(tokenizer, hidden, layers, 12, 4 * hidden, max_length)
 
 
-def build_proportional_sd(
+def build_proportional_sd(  # noqa: PLR0913 - one keyword per size setting of the benchmark model
     width_scale: float = 0.25,
     vae_width_scale: float | None = 0.5,
     resolution: int = 128,

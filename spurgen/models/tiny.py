@@ -156,7 +156,7 @@ def build_tiny_vae(
         )
 
 
-def build_tiny_sd(
+def build_tiny_sd(  # noqa: PLR0913 - one keyword per size setting of the tiny model (tests, benches)
     sample_size: int = 16,
     block_out_channels: tuple[int, ...] = (32, 64),
     vae_channels: tuple[int, ...] = (16, 32),

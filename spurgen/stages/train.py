@@ -154,19 +154,44 @@ def plan_training(cfg: DictConfig, run_dir: Path) -> TrainPlan:
     return TrainPlan(run_dir, references, resume_from, started)
 
 
-def build_objective(cfg: DictConfig, ref_images: torch.Tensor):
-    """L = L_inst + lambda_prior L_prior + lambda_sfsl L_SFSL (spurgen/losses). The SFSL, and with it the
-    frozen extractor, is built only when lambda_sfsl > 0; it computes the reference target m itself."""
+def build_extractor(cfg: DictConfig):
+    """The frozen feature extractor f, only when lambda_sfsl > 0 (lambda_sfsl = 0 never builds or runs it).
+    Built before the SD parts: it is the cheaper load, and a random extractor under a real generator stops the
+    run here, before minutes of loading, unless train.allow_random_extractor=true says the pairing is meant."""
+    if float(cfg.loss.lambda_sfsl) <= 0:
+        return None
+    extractor = build(cfg.feature_extractor)
+    real_generator = not cfg.model.get("is_tiny_random", False)
+    if real_generator and extractor.is_random and not cfg.train.allow_random_extractor:
+        raise SpurgenError(
+            f"the real generator model is paired with the random feature extractor {extractor.name!r}: the SFSL "
+            "would pull images toward random features; set feature_extractor=robust_resnet50_madry (or another "
+            "real extractor), or train.allow_random_extractor=true if the pairing is meant"
+        )
+    return extractor
+
+
+def extractor_identity(cfg: DictConfig, extractor) -> dict:
+    """The extractor's identity for run.json, spurgen.json, metrics.json and the W&B config; with
+    lambda_sfsl = 0 it was never built: only its configured name is recorded."""
+    if extractor is not None:
+        return {**extractor.identity(), "used": True}
+    return {"name": cfg.feature_extractor.get("name"), "used": False}
+
+
+def build_objective(cfg: DictConfig, extractor, ref_images: torch.Tensor):
+    """L = L_inst + lambda_prior L_prior + lambda_sfsl L_SFSL (spurgen/losses). The SFSL exists only when
+    lambda_sfsl > 0; it owns the frozen extractor and computes the reference target m itself."""
     sfsl = None
-    if float(cfg.loss.lambda_sfsl) > 0:
-        sfsl = build(cfg.loss.sfsl, extractor=build(cfg.feature_extractor))
+    if extractor is not None:
+        sfsl = build(cfg.loss.sfsl, extractor=extractor)
         sfsl.set_reference_images(ref_images)
     loss = OmegaConf.to_container(cfg.loss, resolve=True)
     loss.pop("sfsl")  # the typed sfsl node cannot hold the built object: pass it in instead
     return build(loss, sfsl=sfsl)
 
 
-def build_module(cfg: DictConfig, parts: SDParts, ref_images: torch.Tensor) -> SpurgenModule:
+def build_module(cfg: DictConfig, parts: SDParts, extractor, ref_images: torch.Tensor) -> SpurgenModule:
     """The LightningModule from `cfg.module` (settings and optimiser partial), handed the parts and the
     objective; memory options and LoRA are applied to the parts first."""
     if cfg.train.gradient_checkpointing:
@@ -182,7 +207,7 @@ def build_module(cfg: DictConfig, parts: SDParts, ref_images: torch.Tensor) -> S
         )
     # a partial: Hydra would read the SDParts dataclass passed as a keyword as config, not pass it through
     make_module = build(cfg.module, _partial_=True)
-    return make_module(parts, build_objective(cfg, ref_images))
+    return make_module(parts, build_objective(cfg, extractor, ref_images))
 
 
 def build_loader(cfg: DictConfig, dataset: DreamBoothDataset, module: SpurgenModule) -> DataLoader:
@@ -230,10 +255,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, run_config: dict) -> L.Trainer
     )
 
 
-def resolved_config(cfg: DictConfig, parts: SDParts) -> dict:
-    """The resolved config, secrets masked, as stored in checkpoints and the W&B config."""
+def resolved_config(cfg: DictConfig, parts: SDParts, extractor: dict) -> dict:
+    """The resolved config, secrets masked, as stored in checkpoints and the W&B config, with what was built."""
     resolved = scrub_secrets(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     resolved["model_is_tiny_random"] = parts.is_tiny_random
+    resolved["extractor"] = extractor
     return resolved
 
 
@@ -273,6 +299,7 @@ def save_outputs(
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Returns the run metadata (also written to run_dir/run.json)."""
     plan = plan_training(cfg, run_dir)
+    extractor = build_extractor(cfg)
     parts: SDParts = build(cfg.model)
     if parts.is_tiny_random:
         print(TINY_BANNER, flush=True)
@@ -282,11 +309,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         plan.references, resolution, cfg.data.center_crop
     )  # (R, 3, H, W) in [0, 1]
     dataset = build_dataset(cfg, parts, ref_images, resolution)
-    module = build_module(cfg, parts, ref_images)
-    module.run_config = resolved_config(cfg, parts)
+    module = build_module(cfg, parts, extractor, ref_images)
+    identity = extractor_identity(cfg, extractor)
+    module.run_config = resolved_config(cfg, parts, identity)
     trainer = build_trainer(cfg, plan.run_dir, module.run_config)
     fit(trainer, module, build_loader(cfg, dataset, module), plan)
-    meta = run_metadata(cfg, parts, resolution=resolution, prediction_type=parts.prediction_type)
+    meta = run_metadata(
+        cfg, parts, resolution=resolution, prediction_type=parts.prediction_type, extractor=identity
+    )
     meta = save_outputs(cfg, plan, trainer, module, meta)
     if parts.is_tiny_random and trainer.is_global_zero:
         print(TINY_BANNER, flush=True)
