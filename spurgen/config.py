@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
-
-from spurgen.errors import ConfigError
+from omegaconf import MISSING, OmegaConf
 
 # Bump whenever a default of the objective changes (METHOD.md: results from different definitions are never
 # mixed silently). Written into pipeline/spurgen.json, metadata and metrics of every run.
@@ -220,152 +217,6 @@ def register_configs() -> None:
     # checked against lightning.Trainer's signature in validate().
     OmegaConf.set_struct(node.trainer, False)
     ConfigStore.instance().store(name="spurgen_schema", node=node)
-
-
-KNOWN_STAGES = ("train", "generate", "evaluate")
-
-
-def _nonneg(cfg: DictConfig, key: str) -> None:
-    value = OmegaConf.select(cfg, key)
-    if value is None or not math.isfinite(value) or value < 0:
-        raise ConfigError(key, f"must be a finite number >= 0, got {value!r}")
-
-
-def _positive(cfg: DictConfig, key: str, allow_none: bool = False) -> None:
-    value = OmegaConf.select(cfg, key)
-    if value is None and allow_none:
-        return
-    if value is None or value <= 0:
-        raise ConfigError(key, f"must be > 0, got {value!r}")
-
-
-GENERATE_DTYPES = ("auto", "float32", "float16", "bfloat16")
-CROPS = ("none", "model")
-
-
-def check_generate(gen: DictConfig) -> None:
-    """Cheap checks of the generate.* keys (run before training, and by the generate stage itself)."""
-    from spurgen.seeds import GENERATION_STRIDE
-
-    for key in ("num_images", "num_inference_steps", "batch_size"):
-        if int(gen[key]) <= 0:
-            raise ConfigError(f"generate.{key}", f"must be > 0, got {gen[key]}")
-    if int(gen.num_images) > GENERATION_STRIDE:
-        raise ConfigError(
-            "generate.num_images", f"at most {GENERATION_STRIDE} (spurgen/seeds.py), got {gen.num_images}"
-        )
-    if int(gen.seed) < 0:
-        raise ConfigError("generate.seed", f"must be >= 0 (generation seeds derive from it), got {gen.seed}")
-    if not gen.templates:
-        raise ConfigError("generate.templates", "must hold at least one template")
-    for t in gen.templates:
-        if "{prompt}" not in t:
-            raise ConfigError("generate.templates", f"{t!r} lacks the placeholder {{prompt}}")
-    if gen.dtype not in GENERATE_DTYPES:
-        raise ConfigError("generate.dtype", f"must be one of {', '.join(GENERATE_DTYPES)}, got {gen.dtype!r}")
-
-
-def check_eval(ev: DictConfig) -> None:
-    """Cheap checks of the eval.* keys (run before training, and by the evaluate/export stages); nothing is
-    built or imported beyond each classifier's builder function."""
-    if ev.get("classifier_set") is not None:
-        raise ConfigError(
-            "eval.classifier_set", f"was removed: choose the classifier group with eval={ev.classifier_set}"
-        )
-    if ev.crop not in CROPS:
-        raise ConfigError("eval.crop", f"must be none or model, got {ev.crop!r}")
-    for key in ("batch_size", "bootstrap_samples"):
-        if int(ev[key]) <= 0:
-            raise ConfigError(f"eval.{key}", f"must be > 0, got {ev[key]}")
-    if not ev.classifiers:
-        raise ConfigError(
-            "eval.classifiers",
-            "is empty: choose a classifier group (eval=default, eval=tiny) or add one with "
-            "+eval.classifiers.<name>={_target_: spurgen.models.loaders.load_timm, arch: <timm name>}",
-        )
-    for name, node in ev.classifiers.items():
-        _check_builder(f"eval.classifiers.{name}", node)
-
-
-def _check_builder(key: str, node: Any) -> None:
-    from hydra.utils import get_method
-
-    target = node.get("_target_") if isinstance(node, DictConfig | dict) else None
-    if not target:
-        raise ConfigError(key, "needs a _target_ builder, e.g. spurgen.models.loaders.load_timm")
-    try:
-        get_method(target)
-    except Exception:  # noqa: BLE001 - Hydra raises ImportError / ValueError alike
-        raise ConfigError(key, f"_target_ {target!r} is not an importable function") from None
-
-
-def validate(cfg: DictConfig) -> DictConfig:
-    """Check what types cannot; fill target.name from ImageNet. Raises ConfigError naming the key."""
-    from spurgen import imagenet
-
-    index = OmegaConf.select(cfg, "target.index", throw_on_missing=False)
-    if OmegaConf.is_missing(cfg.target, "index"):
-        raise ConfigError("target.index", "missing: with class=imagenet give target.index=<0..999>")
-    if not 0 <= index < imagenet.NUM_CLASSES:
-        raise ConfigError("target.index", f"ImageNet class index must be in 0..999, got {index}")
-    if not cfg.target.name:
-        cfg.target.name = imagenet.short_name(index)
-    if not cfg.target.synonyms:
-        cfg.target.synonyms = imagenet.synonyms(index)
-
-    for key in ("lambda_sfsl", "loss.lambda_prior", "loss.lambda_sfsl"):
-        _nonneg(cfg, key)
-    for key in ("loss.sfsl.t_max", "loss.sfsl.every_n_steps", "data.num_references", "data.batch_size"):
-        _positive(cfg, key)
-    _positive(cfg, "loss.sfsl.decode_size", allow_none=True)
-    _positive(cfg, "data.resolution", allow_none=True)
-    for key in ("data.num_class_images", "train.lr_unet", "train.lr_text_encoder", "train.keep_last_n"):
-        _nonneg(cfg, key)
-    for key in ("train.checkpoint_every_n_steps", "train.sample_every_n_steps", "train.num_samples"):
-        _nonneg(cfg, key)
-    if cfg.train.optimizer not in ("adamw", "adamw8bit"):
-        raise ConfigError("train.optimizer", f"must be adamw or adamw8bit, got {cfg.train.optimizer!r}")
-    _nonneg(cfg, "train.lora_rank")
-    if cfg.feature_extractor.get("layer", "pool") == "":
-        raise ConfigError("feature_extractor.layer", "must be 'pool' or a module name")
-    if len(cfg.data.identifier.strip()) == 0 or " " in cfg.data.identifier:
-        raise ConfigError("data.identifier", f"must be one token without spaces, got {cfg.data.identifier!r}")
-
-    for stage in cfg.stages:
-        if stage not in KNOWN_STAGES:
-            raise ConfigError("stages", f"unknown stage {stage!r}; known: {', '.join(KNOWN_STAGES)}")
-    if "train" in cfg.stages and not (cfg.target.concept and str(cfg.target.concept).strip()):
-        raise ConfigError(
-            "target.concept",
-            f"class {cfg.target.name!r} (index {index}) has no spurious concept noun; training needs one "
-            "for the prompts, e.g. target.concept=flower",
-        )
-    if cfg.train.on_nonfinite not in ("stop", "skip"):
-        raise ConfigError("train.on_nonfinite", f"must be stop or skip, got {cfg.train.on_nonfinite!r}")
-    if "generate" in cfg.stages:
-        check_generate(cfg.generate)
-    if "evaluate" in cfg.stages:
-        check_eval(cfg.eval)
-    if cfg.logger.kind not in ("wandb", "csv", "none"):
-        raise ConfigError("logger.kind", f"must be wandb, csv or none, got {cfg.logger.kind!r}")
-    _validate_trainer_keys(cfg)
-    return cfg
-
-
-def _validate_trainer_keys(cfg: DictConfig) -> None:
-    import inspect
-
-    import lightning
-
-    allowed = set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"}
-    managed = {"logger", "callbacks", "default_root_dir"}  # spurgen builds these itself
-    for key in cfg.trainer:
-        if key in managed:
-            raise ConfigError(f"trainer.{key}", "is set by spurgen (use logger=..., hydra.run.dir=...)")
-        if key not in allowed:
-            close = sorted(a for a in allowed if a[:4] == str(key)[:4])
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"trainer.{key}", f"is not a lightning.Trainer argument{hint}")
 
 
 def asset_path(name: str) -> str:

@@ -21,4 +21,3 @@ def generation_seed(train_seed: int, index: int) -> int:
             f"got seed={train_seed}, index={index}"
         )
     return int(train_seed) * GENERATION_STRIDE + int(index)
-

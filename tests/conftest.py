@@ -18,6 +18,17 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _register_schema() -> None:
+    """Tests compose with Hydra's compose API too: the typed schema and resolvers must be registered."""
+    from spurgen.config import register_configs, register_resolvers
+
+    register_configs()
+    register_resolvers()
+
+
+_register_schema()
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch, tmp_path_factory):
     """Tests never touch the network; W&B offline; caches in a per-session temp folder."""

@@ -1,6 +1,6 @@
 """Test-only fault injection, added to a run through the config (never an environment switch in spurgen/):
 
-    python -m spurgen.run ... +callbacks.fault._target_=tests.faults.FaultInjection +callbacks.fault.kill_at_step=3
+python -m spurgen.run ... +callbacks.fault._target_=tests.faults.FaultInjection +callbacks.fault.kill_at_step=3
 """
 
 from __future__ import annotations

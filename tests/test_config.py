@@ -8,8 +8,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from spurgen.config import CONF_DIR, register_configs, register_resolvers, validate
+from spurgen.config import CONF_DIR, register_configs, register_resolvers
 from spurgen.errors import ConfigError
+from spurgen.validation import validate
 
 from .conftest import run_cli
 

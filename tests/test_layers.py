@@ -14,8 +14,8 @@ PKG = Path(__file__).resolve().parents[1] / "spurgen"
 # Lowest first. A module may import its own layer or any layer below, never one above.
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "seeds", "io", "imagenet", "prompts", "build", "sweep"),
-    ("config", "distributed", "loggers"),
-    ("data", "models", "losses", "eval", "optim", "pipeline"),
+    ("config", "validation", "distributed", "loggers"),
+    ("data", "models", "losses", "eval", "optim", "pipeline", "mini"),
     ("module", "callbacks", "checkpointing", "identity"),
     ("stages",),
     ("cli", "run", "generate", "evaluate", "export", "report", "__init__", "__main__"),

@@ -14,8 +14,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from spurgen.build import build
-from spurgen.config import CONF_DIR, register_configs, register_resolvers, validate
+from spurgen.config import CONF_DIR, register_configs, register_resolvers
 from spurgen.errors import ConfigError
+from spurgen.validation import validate
 
 register_configs()
 register_resolvers()

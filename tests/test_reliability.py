@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from .conftest import REPO, run_cli, write_images
+from .faults import fault_overrides
 
 RUN = [
     "debug=default",
@@ -51,15 +52,16 @@ def reference_run(tmp_path_factory):
 
 
 def _killed_subprocess(run: Path, step: int, signal_name: str = "KILL") -> int:
-    env = {
-        **os.environ,
-        "SPURGEN_FAULT_KILL_AT_STEP": str(step),
-        "SPURGEN_FAULT_SIGNAL": signal_name,
-        "OMP_NUM_THREADS": "2",
-        "HF_HUB_OFFLINE": "1",
-    }
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "spurgen.run", *RUN, f"hydra.run.dir={run}"],
+        [
+            sys.executable,
+            "-m",
+            "spurgen.run",
+            *RUN,
+            *fault_overrides(step, signal_name),
+            f"hydra.run.dir={run}",
+        ],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -107,14 +109,11 @@ def test_fault_injection_kill_resume_and_corruption(reference_run, tmp_path, mon
 @pytest.mark.parametrize(("name", "code"), [("TERM", 143), ("INT", 130)])
 def test_sigterm_and_sigint_save_a_checkpoint(reference_run, tmp_path, monkeypatch, capsys, name, code):
     run = tmp_path / "run"
-    monkeypatch.setenv("SPURGEN_FAULT_KILL_AT_STEP", "3")
-    monkeypatch.setenv("SPURGEN_FAULT_SIGNAL", name)
-    assert run_cli([*RUN, "logger=wandb", f"hydra.run.dir={run}"]) == code
+    assert run_cli([*RUN, *fault_overrides(3, name), "logger=wandb", f"hydra.run.dir={run}"]) == code
     err = capsys.readouterr().err
     assert f"SIG{name} received" in err and "resume=" in err
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3
-    monkeypatch.delenv("SPURGEN_FAULT_KILL_AT_STEP")
     assert run_cli([*RUN, "logger=wandb", f"resume={run}"]) == 0
     assert same_weights(run, reference_run)
     # the W&B run continues under the same id: two offline run folders, one id

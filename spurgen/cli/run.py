@@ -16,10 +16,11 @@ import lightning as L
 from omegaconf import DictConfig
 
 from spurgen.cli.common import run_main
-from spurgen.config import CONF_DIR, register_configs, register_resolvers, validate
+from spurgen.config import CONF_DIR, register_configs, register_resolvers
 from spurgen.distributed import is_global_zero
 from spurgen.errors import SpurgenError
 from spurgen.loggers import argv_secrets_masked, scrub_hydra_files
+from spurgen.validation import validate
 
 register_configs()
 register_resolvers()

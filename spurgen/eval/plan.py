@@ -7,16 +7,14 @@ folder that does not fit, and the eval.* settings. Only then are classifier weig
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from omegaconf import DictConfig
 
 from spurgen import imagenet
-from spurgen.config import check_eval
-from spurgen.errors import SpurgenError
+from spurgen.errors import Problems, SpurgenError
 from spurgen.eval.imagesets import (
     ImageSet,
     load_folder,
@@ -24,8 +22,8 @@ from spurgen.eval.imagesets import (
     load_reference,
     read_generate_json,
 )
+from spurgen.validation import check_eval
 
-T = TypeVar("T")
 NO_TARGET = "no target class: give class=<name> (a conf/class file) or class=imagenet target.index=<i>"
 
 
@@ -43,26 +41,6 @@ class EvalPlan:
     @property
     def images(self) -> ImageSet:
         return self.sets["images"]
-
-
-class _Problems:
-    """Collects SpurgenErrors instead of stopping at the first."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def attempt(self, fn: Callable[..., T], *args: Any) -> T | None:
-        try:
-            return fn(*args)
-        except SpurgenError as exc:
-            self.messages.append(str(exc))
-            return None
-
-    def raise_any(self) -> None:
-        if len(self.messages) == 1:
-            raise SpurgenError(self.messages[0])
-        if self.messages:
-            raise SpurgenError(f"{len(self.messages)} problems: " + "; ".join(self.messages))
 
 
 def check_target(index: int | None) -> int:
@@ -83,7 +61,7 @@ def plan_evaluation(
     """Check everything cheap and list the sets: images_dir, then eval.reference_dir / eval.baseline_dir
     (or, when those are unset, the `reference` / `baseline` folders in extra_sets), and
     eval.imagenet_val_dir. Raises one SpurgenError naming every problem found."""
-    problems = _Problems()
+    problems = Problems()
     problems.attempt(check_eval, ev)
     index = problems.attempt(check_target, target)
     sets = {"images": problems.attempt(load_folder, "images", images_dir)}

@@ -21,13 +21,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from spurgen.config import METHOD_VERSION, check_generate
+from spurgen.config import METHOD_VERSION
 from spurgen.errors import SpurgenError
 from spurgen.eval.imagesets import GENERATE_JSON, MANIFEST, read_manifest
 from spurgen.io import save_png_atomic, write_atomic, write_json
 from spurgen.pipeline import SampleSettings, make_pipeline, read_spurgen_json, sample
 from spurgen.prompts import apply_template, negative_prompt
 from spurgen.seeds import generation_seed
+from spurgen.validation import check_generate
 
 log = logging.getLogger("spurgen")
 # A manifest record whose values for these keys match the plan's is complete: the rerun skips its image.

@@ -445,7 +445,7 @@ def _table_id(table: tuple) -> str:
 def _grid_rows(table_runs: list[Run], all_runs: list[Run]) -> list[tuple[str, list[Path]]]:
     """Reference, baseline and one generated row per lambda_sfsl (the lowest seed's run) for one table; the
     reference and baseline images may come from another table's runs of the same row identity."""
-    from spurgen.stages.report_figures import _images
+    from spurgen.eval.figures import images_of as _images
 
     first = table_runs[0]
     out = []
@@ -468,7 +468,7 @@ def _grid_rows(table_runs: list[Run], all_runs: list[Run]) -> list[tuple[str, li
 
 def _figures(sweep: Sweep, rows: list[dict], out: Path) -> dict[str, Path]:
     """The rate-vs-lambda figure of each method version and the image grid of each table."""
-    from spurgen.stages.report_figures import class_grid, rate_vs_lambda
+    from spurgen.eval.figures import class_grid, rate_vs_lambda
 
     figures: dict[str, Path] = {}
     tables: dict[tuple, list[Run]] = defaultdict(list)
