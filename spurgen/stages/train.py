@@ -32,7 +32,7 @@ from spurgen.data.dataset import (
 from spurgen.data.prior import PriorSampling, ensure_class_images, training_placement
 from spurgen.data.references import reference_folder, select_references
 from spurgen.distributed import RankBatchSampler, check_launch, module_rank_world
-from spurgen.errors import SpurgenError
+from spurgen.errors import Problems, SpurgenError
 from spurgen.identity import identities
 from spurgen.loggers import RunLabels, scrub_secrets
 from spurgen.models.lora import add_lora, merge_lora
@@ -141,17 +141,20 @@ def build_dataset(
 
 
 def plan_training(cfg: DictConfig, run_dir: Path) -> TrainPlan:
-    """Cheap checks, in the order a user fixes them; nothing heavy is loaded yet."""
+    """Cheap checks before anything heavy is loaded (output folder, launcher, optimiser, reference files,
+    the checkpoint to resume from); every problem found is reported in one message."""
     started = time.time()
     run_dir = Path(run_dir)
-    check_writable(run_dir)
-    check_launch(cfg.trainer)  # DDP inside a basic/joblib sweep cannot work: fail before building
-    check_optimizer(cfg.train.optimizer)  # adamw8bit without CUDA/bitsandbytes fails before any model
-    references = resolve_references(cfg)
+    problems = Problems()
+    problems.attempt(check_writable, run_dir)
+    problems.attempt(check_launch, cfg.trainer)  # DDP inside a basic/joblib sweep cannot work
+    problems.attempt(check_optimizer, cfg.train.optimizer)  # adamw8bit without CUDA/bitsandbytes
+    references = problems.attempt(resolve_references, cfg)
+    problems.raise_any()
     resume_from = newest_loadable_checkpoint(run_dir / "checkpoints") if cfg.resume else None
     if cfg.resume:
         log.info("resuming in %s from %s", run_dir, resume_from or "the start (no loadable checkpoint)")
-    return TrainPlan(run_dir, references, resume_from, started)
+    return TrainPlan(run_dir, references or [], resume_from, started)
 
 
 def build_extractor(cfg: DictConfig):
