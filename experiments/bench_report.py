@@ -59,10 +59,9 @@ def _pass(ok: bool) -> str:
     return "**pass**" if ok else "**FAIL**"
 
 
-def _size_section(name: str, r: dict, repeats: int) -> tuple[list[str], list[str]]:
-    lines, targets = [f"\n## Size: {name}\n"], []
-    c = r["costs"]
-    lines += [
+def _costs_table(c: dict) -> list[str]:
+    """Forward costs of the parts, beside SD 1.5's on this CPU (../shared/ENVIRONMENT.md)."""
+    lines = [
         "### Forward costs, batch 1, no grad (median of 7)\n",
         "| part | ms | ratio to UNet | SD 1.5 on this CPU |",
         "|---|---|---|---|",
@@ -74,18 +73,25 @@ def _size_section(name: str, r: dict, repeats: int) -> tuple[list[str], list[str
         )
     for k in ("unet", "vae_decode", "extractor"):
         lines.append(f"| {k} | {c[k] * 1e3:.1f} | {c[k] / c['unet']:.3f} | {real.get(k, '-')} |")
-    s = r["step"]
+    return lines
+
+
+def _step_table(s: dict, repeats: int) -> list[str]:
+    """Section (a): one training step per setting, t fixed so that the term runs."""
     base = s["lambda_sfsl=0"]["median"]
-    lines += [
+    lines = [
         f"\n### (a) Training step: compute_losses + backward + clip + AdamW (ms, median [p10, p90], n={repeats})\n",
         "t fixed so that the term runs (the worst case).\n",
         "| setting | step ms | x lambda_sfsl=0 |",
         "|---|---|---|",
     ]
-    lines += [f"| {k} | {_ms(v)} | {v['median'] / base:.2f} |" for k, v in s.items()]
-    run = r["run"]
-    run0, runf = run[BASE_CACHED_KEY]["mean"], run[FAST_CACHED_KEY]["mean"]
-    lines += [
+    return lines + [f"| {k} | {_ms(v)} | {v['median'] / base:.2f} |" for k, v in s.items()]
+
+
+def _run_table(run: dict) -> list[str]:
+    """Section (a), training run: t drawn as in training, so the t_max gate skips some steps."""
+    run0 = run[BASE_CACHED_KEY]["mean"]
+    lines = [
         f"\n### (a) Training run: t drawn as in training, {run['steps']} steps per setting (ms)\n",
         "Latents cached (train.cache_latents, the default), as in training.\n",
         "| setting | mean | median [p10, p90] | mean x lambda_sfsl=0 |",
@@ -101,29 +107,47 @@ def _size_section(name: str, r: dict, repeats: int) -> tuple[list[str], list[str
         + (f", where the gate skipped it: {off * 1e3:.1f} ms" if off else "")
         + "."
     )
-    t = r["term"]
+    return lines
+
+
+def _term_table(t: dict) -> list[str]:
+    """L_SFSL alone per variant, relative to the exact term."""
     ex = t["exact (1 sample; loss=fast)"]["median"]
-    lines += [
+    lines = [
         "\n### L_SFSL alone: forward + backward to the model output (ms)\n",
         "| variant | ms | x exact |",
         "|---|---|---|",
     ]
-    lines += [f"| {k} | {_ms(v)} | {v['median'] / ex:.2f} |" for k, v in t.items()]
-    f = r["framework"]
+    return lines + [f"| {k} | {_ms(v)} | {v['median'] / ex:.2f} |" for k, v in t.items()]
+
+
+def _overhead(r: dict) -> tuple[float, float, float, float]:
+    """(Lightning fit median, plain loop median, Lightning's own time, module step over the plain loop - 1)."""
+    f, s = r["framework"], r["step"]
     lit, plain = f["Lightning fit (spurgen module)"]["median"], f["plain PyTorch loop"]["median"]
     own = f["Lightning's own time in a fit step"]["median"]
     mod = s["lambda_sfsl=0"]["median"] / s["plain loop, lambda_sfsl=0"]["median"] - 1
-    lines += ["\n### (b) Framework overhead, lambda_sfsl = 0, per step (ms)\n", "| loop | ms |", "|---|---|"]
-    lines += [f"| {k} | {_ms(v)} |" for k, v in f.items()]
+    return lit, plain, own, mod
+
+
+def _framework_table(r: dict) -> list[str]:
+    """Section (b): Lightning's overhead over a plain PyTorch loop."""
+    lit, plain, own, mod = _overhead(r)
+    lines = ["\n### (b) Framework overhead, lambda_sfsl = 0, per step (ms)\n", "| loop | ms |", "|---|---|"]
+    lines += [f"| {k} | {_ms(v)} |" for k, v in r["framework"].items()]
     lines.append(
         f"\nA/B, Lightning fit vs plain loop (medians): {100 * (lit / plain - 1):+.1f} %. Lightning's own time "
         f"(a fit step's wall time minus the time in training_step, backward, clipping and the optimiser's "
         f"update, measured inside the same steps): {100 * own / plain:+.1f} % of a plain step. "
         f"SpurgenModule.compute_losses step vs the plain loop (section a): {100 * mod:+.1f} %."
     )
-    ev = r["eval"]
+    return lines
+
+
+def _eval_table(ev: dict) -> tuple[list[str], dict[str, tuple[float, float]]]:
+    """Section (c) and, per classifier, (speed-up over the naive loop, naive loop's fraction of the GEMM rate)."""
     gemm = ev["gemm_gflops"]
-    lines += [
+    lines = [
         "\n### (c) Evaluation, images/s (file decode + resize + logits + softmax)\n",
         f"GFLOP/s: the model's forward FLOPs x images/s; this machine's float32 matrix multiply (2048^3) runs at "
         f"{gemm:.0f} GFLOP/s, the ceiling for either loop.\n",
@@ -139,24 +163,36 @@ def _size_section(name: str, r: dict, repeats: int) -> tuple[list[str], list[str
             f"| {clf} | {gf:.3g} | {n} | {n / b['median']:.1f} | {n / nv['median']:.1f} | "
             f"{speedups[clf][0]:.2f}x | {gf * n / b['median']:.0f} | {gf * n / nv['median']:.0f} |"
         )
-    g = r["gen"]
-    lines.append(
+    return lines, speedups
+
+
+def _gen_line(g: dict) -> str:
+    """Section (d): generation throughput."""
+    return (
         f"\n### (d) Generation\n\nspurgen.pipeline.sample, {g['images']} image(s) x {g['steps']} DDIM steps, "
         f"guidance 3 with a negative prompt: {g['images'] / g['median']:.2f} images/s "
         f"(median {g['median']:.2f} s [{g['p10']:.2f}, {g['p90']:.2f}])."
     )
-    lines += [
+
+
+def _fidelity_table(fid: dict) -> list[str]:
+    """Cosine of each cheaper setting's UNet gradient to the exact one."""
+    lines = [
         "\n### Fidelity: cosine of the UNet gradient of L_SFSL to the exact one (fixed inputs, t = 100/250/400)\n",
         "| setting | cosine | norm ratio | keeps fidelity (>= 0.9) |",
         "|---|---|---|---|",
     ]
-    for k, v in r["fidelity"].items():
+    for k, v in fid.items():
         lines.append(
             f"| {k} | {v['cosine']:.4f} | {v['norm_ratio']:.3f} | {'yes' if v['cosine'] >= 0.9 else 'no'} |"
         )
-    m = r["memory"]
+    return lines
+
+
+def _memory_table(m: dict) -> list[str]:
+    """Peak memory per configuration; training steps also relative to lambda_sfsl = 0."""
     m0 = m.get("step/lambda_sfsl=0")
-    lines += [
+    lines = [
         "\n### Peak memory, one configuration per fresh child (MiB)\n",
         "| configuration | peak RSS | added over built parts | peak x lambda_sfsl=0 | added x lambda_sfsl=0 |",
         "|---|---|---|---|---|",
@@ -168,41 +204,70 @@ def _size_section(name: str, r: dict, repeats: int) -> tuple[list[str], list[str
             else "- | -"
         )
         lines.append(f"| {k} | {v['peak_mib']:.0f} | {v['added_mib']:.0f} | {rel} |")
-    if name == "proportional":
-        base_c = s[BASE_CACHED_KEY]["median"]
-        fast_c = s[FAST_CACHED_KEY]["median"] / base_c
-        fast = s[FAST_KEY]["median"] / base
-        run_ratio = runf / run0
+    return lines
+
+
+def _step_targets(r: dict) -> list[str]:
+    """The <= 1.5x step target: as training runs, and on a step where the term runs."""
+    s, run = r["step"], r["run"]
+    base = s["lambda_sfsl=0"]["median"]
+    fast_c = s[FAST_CACHED_KEY]["median"] / s[BASE_CACHED_KEY]["median"]
+    fast = s[FAST_KEY]["median"] / base
+    run_ratio = run[FAST_CACHED_KEY]["mean"] / run[BASE_CACHED_KEY]["mean"]
+    targets = [
+        f"- fast SFSL step <= 1.5x a lambda_sfsl=0 step: as training runs (latents cached, t drawn: the term "
+        f"ran on {run['term_ran']} of {run['steps']} steps), {run_ratio:.2f}x {_pass(run_ratio <= 1.5)}; "
+        f"on a step where the term runs, {fast_c:.2f}x with latents cached {_pass(fast_c <= 1.5)}, "
+        f"{fast:.2f}x without {_pass(fast <= 1.5)}"
+    ]
+    if min(fast, fast_c) > 1.5:
+        ex = r["term"]["exact (1 sample; loss=fast)"]["median"]
         targets.append(
-            f"- fast SFSL step <= 1.5x a lambda_sfsl=0 step: as training runs (latents cached, t drawn: the term "
-            f"ran on {run['term_ran']} of {run['steps']} steps), {run_ratio:.2f}x {_pass(run_ratio <= 1.5)}; "
-            f"on a step where the term runs, {fast_c:.2f}x with latents cached {_pass(fast_c <= 1.5)}, "
-            f"{fast:.2f}x without {_pass(fast <= 1.5)}"
+            f"  - on such a step the exact term alone (decoder forward and backward, f) takes {ex * 1e3:.0f} ms "
+            f"= {ex / base:.2f} of a lambda_sfsl=0 step, so the step costs about {1 + ex / base:.2f}x whatever "
+            "the framework does; every setting that decodes less failed fidelity (below)"
         )
-        if min(fast, fast_c) > 1.5:
-            targets.append(
-                f"  - on such a step the exact term alone (decoder forward and backward, f) takes {ex * 1e3:.0f} ms "
-                f"= {ex / base:.2f} of a lambda_sfsl=0 step, so the step costs about {1 + ex / base:.2f}x whatever "
-                "the framework does; every setting that decodes less failed fidelity (below)"
-            )
-        fm = m.get(f"step/{FAST_KEY}")
-        if fm and m0:
-            pk, ad = fm["peak_mib"] / m0["peak_mib"], fm["added_mib"] / m0["added_mib"]
-            targets.append(
-                f"- fast SFSL peak memory <= 1.3x: peak RSS {pk:.2f}x {_pass(pk <= 1.3)}; memory added by "
-                f"the step {ad:.2f}x {_pass(ad <= 1.3)}"
-            )
+    return targets
+
+
+def _memory_targets(m: dict) -> list[str]:
+    """The <= 1.3x peak-memory target of the fast SFSL step (none without both measurements)."""
+    fm, m0 = m.get(f"step/{FAST_KEY}"), m.get("step/lambda_sfsl=0")
+    if not (fm and m0):
+        return []
+    pk, ad = fm["peak_mib"] / m0["peak_mib"], fm["added_mib"] / m0["added_mib"]
+    return [
+        f"- fast SFSL peak memory <= 1.3x: peak RSS {pk:.2f}x {_pass(pk <= 1.3)}; memory added by "
+        f"the step {ad:.2f}x {_pass(ad <= 1.3)}"
+    ]
+
+
+def _overhead_and_eval_targets(r: dict, speedups: dict[str, tuple[float, float]]) -> list[str]:
+    """The <= 5 % framework-overhead target and the >= 3x evaluation target per classifier."""
+    lit, plain, own, mod = _overhead(r)
+    targets = [
+        f"- framework overhead <= 5 %: Lightning's own time per step {100 * own / plain:+.1f} % "
+        f"{_pass(own / plain <= 0.05)}; A/B medians (noisy: p10-p90 in (b)) {100 * (lit / plain - 1):+.1f} % "
+        f"{_pass(lit / plain <= 1.05)}; module step {100 * mod:+.1f} % {_pass(mod <= 0.05)}"
+    ]
+    for clf, (sp, frac) in speedups.items():
+        bound = f"; no loop can beat it by more than {1 / frac:.1f}x here" if sp < 3 else ""
         targets.append(
-            f"- framework overhead <= 5 %: Lightning's own time per step {100 * own / plain:+.1f} % "
-            f"{_pass(own / plain <= 0.05)}; A/B medians (noisy: p10-p90 in (b)) {100 * (lit / plain - 1):+.1f} % "
-            f"{_pass(lit / plain <= 1.05)}; module step {100 * mod:+.1f} % {_pass(mod <= 0.05)}"
+            f"- evaluation >= 3x the naive loop, {clf}: {sp:.2f}x {_pass(sp >= 3)} (the naive loop "
+            f"already reaches {100 * frac:.0f} % of the matrix-multiply rate{bound})"
         )
-        for clf, (sp, frac) in speedups.items():
-            bound = f"; no loop can beat it by more than {1 / frac:.1f}x here" if sp < 3 else ""
-            targets.append(
-                f"- evaluation >= 3x the naive loop, {clf}: {sp:.2f}x {_pass(sp >= 3)} (the naive loop "
-                f"already reaches {100 * frac:.0f} % of the matrix-multiply rate{bound})"
-            )
+    return targets
+
+
+def _size_section(name: str, r: dict, repeats: int) -> tuple[list[str], list[str]]:
+    """One size's tables, and its lines under the issue's targets (the proportional size only)."""
+    lines = [f"\n## Size: {name}\n", *_costs_table(r["costs"]), *_step_table(r["step"], repeats)]
+    lines += _run_table(r["run"]) + _term_table(r["term"]) + _framework_table(r)
+    eval_lines, speedups = _eval_table(r["eval"])
+    lines += [*eval_lines, _gen_line(r["gen"]), *_fidelity_table(r["fidelity"]), *_memory_table(r["memory"])]
+    if name != "proportional":
+        return lines, []
+    targets = _step_targets(r) + _memory_targets(r["memory"]) + _overhead_and_eval_targets(r, speedups)
     return lines, targets
 
 
