@@ -103,6 +103,10 @@ def test_evaluate_writes_every_output(data, tmp_path):
     score = m["spurious_score"]["tiny_effnet"]
     assert score["num_val"] == 4 and set(score) >= {"images", "reference", "baseline"}
     assert 0 <= score["images"]["roc_auc"] <= 1 and 0 < score["images"]["ap"] <= 1
+    ref = score["reference"]  # the official score pools components 1 and 2 of class 94, not class 565
+    assert ref["num_spurious"] == 3 and ref["num_spurious_all_components"] == 5
+    assert ref["pooled_over_components"] is True and ref["component"] == 1 and ref["components"] == [1, 2]
+    assert 0 < ref["ap_all_components"] <= 1 and 0 <= ref["roc_auc_all_components"] <= 1
     flat = m["metrics"]
     for key in (
         "eval/spurious_rate/tiny_vit",
@@ -114,11 +118,15 @@ def test_evaluate_writes_every_output(data, tmp_path):
         "eval_baseline/spurious_rate/tiny_vit",
         "eval/spurious_score_auc/tiny_vit",
         "eval_reference/spurious_score_ap/tiny_vit",
+        "eval_reference/spurious_score_ap_all_components/tiny_vit",
+        "eval_reference/spurious_score_auc_all_components/tiny_vit",
     ):
         assert key in flat
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert {r["set"] for r in rows} == {"images", "reference", "baseline"}
     assert {"spurious_rate", "consistency_all", "spurious_score_roc_auc"} <= {r["metric"] for r in rows}
+    pooled = [r for r in rows if r["metric"] == "spurious_score_ap_all_components"]
+    assert {r["set"] for r in pooled} == {"reference"} and {r["n"] for r in pooled} == {"5"}
     sheet = (out / "contact_sheet.html").read_text()
     assert all(f"img_{i:03d}.png" in sheet for i in range(6)) and all(n in sheet for n in TINY)
     assert sheet.count("<img ") == 6 and "6 of 6 images" in sheet

@@ -51,6 +51,22 @@ def dataset_version(images_dir: str | Path) -> str | None:
     return stamp.read_text().strip() if stamp.exists() else None
 
 
+def class_pairs(images_dir: str | Path, class_index: int) -> list[Pair]:
+    """Every (class, component) folder of class `class_index`, by component. Spurious ImageNet's official
+    spurious score pools them all (its SpuriousDataset labels each image with token 2 of its folder name)."""
+    return sorted((p for p in scan(images_dir) if p.class_index == class_index), key=lambda p: p.component)
+
+
+def pair_of_folder(folder: str | Path, class_index: int) -> Pair | None:
+    """The pair a folder inside an images/ tree holds, when its name parses and names class `class_index`
+    (a run records its component folder, not the images/ folder); None for a plain folder."""
+    folder = Path(folder).expanduser()
+    parsed = parse_folder_name(folder.name)
+    if parsed is None or parsed[0] != class_index:
+        return None
+    return next((p for p in scan(folder.parent) if p.folder.name == folder.name), None)
+
+
 def select_folder(images_dir: str | Path, class_index: int, component: int | None) -> Path:
     """The folder of (class, component). component=None is fine only when the class has one component."""
     candidates = [p for p in scan(images_dir) if p.class_index == class_index]

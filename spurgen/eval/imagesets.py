@@ -101,6 +101,35 @@ def load_reference(folder: str | Path, class_index: int, component: int | None) 
     return load_folder("reference", folder)
 
 
+@dataclass
+class ReferencePool:
+    """Spurious ImageNet's images of the target class over all its components: the official spurious score
+    pools them (METHOD.md, 'Evaluation'), while the reference set holds one component's images."""
+
+    component: int  # the reference set's own component
+    components: list[int]  # every component of the class, ascending (the reference set's included)
+    others: ImageSet | None  # the images of the other components; None when the class has only one
+
+
+def reference_pool(reference: ImageSet, class_index: int) -> ReferencePool | None:
+    """The pool of the reference set's class, when its folder is a component folder of a Spurious ImageNet
+    images/ tree; None for a plain reference folder (no components: the pooled score is the set's own)."""
+    pair = spurious_imagenet.pair_of_folder(reference.folder, class_index)
+    if pair is None:
+        return None
+    pairs = spurious_imagenet.class_pairs(reference.folder.parent, class_index)
+    other_sets = [
+        load_folder("reference_other_components", p.folder)
+        for p in pairs
+        if p.folder.name != pair.folder.name
+    ]
+    others = None
+    if other_sets:
+        paths = [path for s in other_sets for path in s.paths]
+        others = ImageSet("reference_other_components", reference.folder.parent, paths, [{} for _ in paths])
+    return ReferencePool(pair.component, [p.component for p in pairs], others)
+
+
 def load_imagenet_val(folder: str | Path, class_index: int) -> ImageSet:
     """A folder of validation images of class k; or an ImageNet val/ tree with a <wnid>/ subfolder."""
     folder = Path(folder).expanduser()

@@ -62,20 +62,32 @@ def csv_rows(sets: dict[str, dict], scores: dict[str, dict]) -> list[dict]:
     for c, s in scores.items():
         for set_name, v in s.items():
             if isinstance(v, dict):
-                for metric in ("roc_auc", "ap", "ap_equal_size"):
-                    rows.append(
-                        dict(
-                            set=set_name,
-                            template="all",
-                            classifier=c,
-                            metric=f"spurious_score_{metric}",
-                            value=v[metric],
-                            ci_low=None,
-                            ci_high=None,
-                            n=v["num_spurious"],
-                        )
-                    )
+                rows += score_rows(set_name, c, v)
     return rows
+
+
+def score_rows(set_name: str, classifier: str, v: dict) -> list[dict]:
+    """metrics.csv rows of one spurious-score block: spurious_score_{roc_auc,ap,ap_equal_size} on the set
+    (n = its images), and for the reference set spurious_score_{ap,roc_auc}_all_components, the official
+    score pooled over the class's components (n = the pooled images)."""
+    metrics = [(m, "num_spurious") for m in ("roc_auc", "ap", "ap_equal_size")]
+    if "ap_all_components" in v:
+        metrics += [
+            (m, "num_spurious_all_components") for m in ("ap_all_components", "roc_auc_all_components")
+        ]
+    return [
+        dict(
+            set=set_name,
+            template="all",
+            classifier=classifier,
+            metric=f"spurious_score_{m}",
+            value=v[m],
+            ci_low=None,
+            ci_high=None,
+            n=v[n],
+        )
+        for m, n in metrics
+    ]
 
 
 def bar_chart(path: Path, sets: dict[str, dict], title: str) -> Path:

@@ -17,10 +17,12 @@ from spurgen import imagenet
 from spurgen.errors import Problems, SpurgenError
 from spurgen.eval.imagesets import (
     ImageSet,
+    ReferencePool,
     load_folder,
     load_imagenet_val,
     load_reference,
     read_generate_json,
+    reference_pool,
 )
 from spurgen.validation import check_eval
 
@@ -37,6 +39,8 @@ class EvalPlan:
     classifiers: dict[str, Any]  # name -> `_target_` node (eval.classifiers), not built yet
     val: ImageSet | None = None  # ImageNet validation images of class k (the spurious score)
     generation: dict = field(default_factory=dict)  # images_dir/generate.json ({} when absent)
+    # with val and a Spurious ImageNet reference: all components of the class (the official score's pool)
+    reference_pool: ReferencePool | None = None
 
     @property
     def images(self) -> ImageSet:
@@ -60,7 +64,8 @@ def plan_evaluation(
 ) -> EvalPlan:
     """Check everything cheap and list the sets: images_dir, then eval.reference_dir / eval.baseline_dir
     (or, when those are unset, the `reference` / `baseline` folders in extra_sets), and
-    eval.imagenet_val_dir. Raises one SpurgenError naming every problem found."""
+    eval.imagenet_val_dir (with a Spurious ImageNet reference, also the class's other components, which the
+    official spurious score pools). Raises one SpurgenError naming every problem found."""
     problems = Problems()
     problems.attempt(check_eval, ev)
     index = problems.attempt(check_target, target)
@@ -72,9 +77,11 @@ def plan_evaluation(
     baseline = ev.baseline_dir or extra.get("baseline")
     if baseline:
         sets["baseline"] = problems.attempt(load_folder, "baseline", baseline)
-    val = None
+    val, pool = None, None
     if ev.imagenet_val_dir and index is not None:
         val = problems.attempt(load_imagenet_val, ev.imagenet_val_dir, index)
+        if sets.get("reference") is not None:
+            pool = problems.attempt(reference_pool, sets["reference"], index)
     problems.raise_any()
     return EvalPlan(
         index,
@@ -83,4 +90,5 @@ def plan_evaluation(
         dict(ev.classifiers),
         val,
         read_generate_json(Path(images_dir)),
+        pool,
     )

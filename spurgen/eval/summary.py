@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from spurgen.eval import metrics as M
+from spurgen.eval.imagesets import ReferencePool
 from spurgen.eval.plan import EvalPlan
 from spurgen.eval.predict import Predictions, SetPredictions
 
@@ -63,28 +64,59 @@ def _finite(x: float) -> float | None:
     return None if x is None or math.isnan(x) else round(float(x), 2)
 
 
+def score_block(val: np.ndarray, spurious: np.ndarray, seed: int) -> dict:
+    """p_c(k|x) of class-k validation images (label 1) against spurious images (label 0)."""
+    labels = np.r_[np.ones(len(val)), np.zeros(len(spurious))]
+    scores = np.r_[val, spurious]
+    return {
+        "roc_auc": M.roc_auc(labels, scores),
+        "ap": M.average_precision(labels, scores),
+        "ap_equal_size": M.average_precision_equal_size(labels, scores, seed),
+        "num_spurious": len(spurious),
+    }
+
+
 def spurious_score(val: Predictions, others: dict[str, Predictions], seed: int) -> dict:
     """Spurious ImageNet's spurious score for one classifier: class-k validation images (label 1) against
-    each set of spurious images (label 0), scored by p_c(k|x). ROC-AUC is the side-by-side number; AP
-    (official) and AP on equal-size subsamples are reported too. 1 = no reliance on the feature."""
-    out = {"num_val": len(val.p_target)}
+    each set of spurious images (label 0), scored by p_c(k|x). ROC-AUC is the side-by-side number; AP and
+    AP on equal-size subsamples are reported too. 1 = no reliance on the feature."""
+    out: dict = {"num_val": len(val.p_target)}
     for name, pred in others.items():
-        labels = np.r_[np.ones(len(val.p_target)), np.zeros(len(pred.p_target))]
-        scores = np.r_[val.p_target, pred.p_target]
-        out[name] = {
-            "roc_auc": M.roc_auc(labels, scores),
-            "ap": M.average_precision(labels, scores),
-            "ap_equal_size": M.average_precision_equal_size(labels, scores, seed),
-            "num_spurious": len(pred.p_target),
-        }
+        out[name] = score_block(val.p_target, pred.p_target, seed)
     return out
 
 
+def pooled_reference(
+    val: Predictions, reference: Predictions, other: Predictions | None, pool: ReferencePool | None
+) -> dict:
+    """The official spurious score of the reference class: Spurious ImageNet's code scores a class with the
+    images of ALL its components (every images/ folder of class k), not only the component a run trained on.
+    Keys `*_all_components`, beside the set's own (per-component) `ap` and `roc_auc`. A plain reference
+    folder has no components: the pooled numbers are the set's own and `pooled_over_components` is false."""
+    spurious = reference.p_target if other is None else np.r_[reference.p_target, other.p_target]
+    labels = np.r_[np.ones(len(val.p_target)), np.zeros(len(spurious))]
+    scores = np.r_[val.p_target, spurious]
+    return {
+        "ap_all_components": M.average_precision(labels, scores),  # the official number
+        "roc_auc_all_components": M.roc_auc(labels, scores),
+        "num_spurious_all_components": len(spurious),
+        "pooled_over_components": pool is not None,
+        "component": pool.component if pool else None,
+        "components": pool.components if pool else None,
+    }
+
+
 def measure_sets(
-    plan: EvalPlan, preds: dict[str, SetPredictions], val: SetPredictions | None, seed: int, bootstrap: int
+    plan: EvalPlan,
+    preds: dict[str, SetPredictions],
+    val: SetPredictions | None,
+    seed: int,
+    bootstrap: int,
+    other_components: SetPredictions | None = None,
 ) -> tuple[dict, dict]:
     """(numbers per image set, spurious score per classifier). Similarity is to each classifier's normalised
-    mean reference feature m when a reference set was predicted."""
+    mean reference feature m when a reference set was predicted. other_components: predictions on the
+    images of the reference class's other Spurious ImageNet components (plan.reference_pool.others)."""
     ref_means = None
     if "reference" in preds:
         ref_means = {c: M.normalized_mean(p.features) for c, p in preds["reference"].per_classifier.items()}
@@ -98,6 +130,11 @@ def measure_sets(
     if val is not None:
         for c, vp in val.per_classifier.items():
             scores[c] = spurious_score(vp, {n: p.per_classifier[c] for n, p in preds.items()}, seed)
+            if "reference" in preds:
+                other = other_components.per_classifier[c] if other_components else None
+                scores[c]["reference"].update(
+                    pooled_reference(vp, preds["reference"].per_classifier[c], other, plan.reference_pool)
+                )
     return numbers, scores
 
 
@@ -105,7 +142,9 @@ SET_PREFIX = {"images": "eval", "reference": "eval_reference", "baseline": "eval
 
 
 def flat_metrics(sets: dict[str, dict], scores: dict[str, dict]) -> dict[str, float]:
-    """`split/name/<classifier>` keys for loggers: eval/... for the evaluated images, eval_reference/..., eval_baseline/..."""
+    """`split/name/<classifier>` keys for loggers: eval/... for the evaluated images, eval_reference/...,
+    eval_baseline/...; eval_reference/spurious_score_{ap,auc}_all_components/<c> is the official score (all the
+    class's components) beside eval_reference/spurious_score_{ap,auc}/<c> (the reference set's component)."""
     flat: dict[str, float] = {}
     for set_name, numbers in sets.items():
         pre = SET_PREFIX.get(set_name, f"eval_{set_name}")
@@ -121,4 +160,9 @@ def flat_metrics(sets: dict[str, dict], scores: dict[str, dict]) -> dict[str, fl
                 pre = SET_PREFIX[set_name]
                 flat[f"{pre}/spurious_score_auc/{c}"] = s[set_name]["roc_auc"]
                 flat[f"{pre}/spurious_score_ap/{c}"] = s[set_name]["ap"]
+        if "reference" in s:  # the official number: AP pooled over all the class's components
+            flat[f"eval_reference/spurious_score_ap_all_components/{c}"] = s["reference"]["ap_all_components"]
+            flat[f"eval_reference/spurious_score_auc_all_components/{c}"] = s["reference"][
+                "roc_auc_all_components"
+            ]
     return flat

@@ -54,9 +54,10 @@ def run_plan(
     """Build the classifiers, predict every set, measure, write; run_dir holds the W&B run to resume."""
     t0 = time.time()
     models = build_classifiers(plan.classifiers, pick_device(ev.device), bool(ev.channels_last))
-    preds, val = predict_plan(plan, models, ev)
-    numbers, scores = measure_sets(plan, preds, val, int(ev.seed), int(ev.bootstrap_samples))
+    preds, val, others = predict_plan(plan, models, ev)
+    numbers, scores = measure_sets(plan, preds, val, int(ev.seed), int(ev.bootstrap_samples), others)
     result = describe(plan, ev, models, numbers, scores)
+    log_scores(scores)
     result["seconds"] = round(time.time() - t0, 2)
     rows, chart = write_outputs(out_dir, result, plan, preds)
     if logger_cfg is not None and logger_cfg.kind == "wandb":
@@ -71,9 +72,10 @@ def run_plan(
 
 def predict_plan(
     plan: EvalPlan, models: list[FrozenImageModel], ev: DictConfig
-) -> tuple[dict[str, SetPredictions], SetPredictions | None]:
-    """Every image set (resized without crop, or with the model's crop if eval.crop=model) and the ImageNet
-    validation images (always the model's own resize and centre crop, METHOD.md)."""
+) -> tuple[dict[str, SetPredictions], SetPredictions | None, SetPredictions | None]:
+    """Every image set (resized without crop, or with the model's crop if eval.crop=model), the ImageNet
+    validation images (always the model's own resize and centre crop, METHOD.md) and the reference class's
+    other Spurious ImageNet components (preprocessed as the reference set; for the pooled spurious score)."""
     crop, bs = ev.crop == "model", int(ev.batch_size)
     preds = {
         name: predict_set(
@@ -87,7 +89,25 @@ def predict_plan(
         for name, s in plan.sets.items()
     }
     val = predict_set(models, plan.val.paths, plan.target, True, bs) if plan.val else None
-    return preds, val
+    pool = plan.reference_pool
+    others = predict_set(models, pool.others.paths, plan.target, crop, bs) if pool and pool.others else None
+    return preds, val, others
+
+
+def log_scores(scores: dict) -> None:
+    """One line per classifier: the reference's official spurious score (AP pooled over the class's
+    components) beside the reference component's own AP, and ROC-AUC per set."""
+    for c, s in scores.items():
+        parts = [f"{n} ROC-AUC {v['roc_auc']:.3f}" for n, v in s.items() if isinstance(v, dict)]
+        ref = s.get("reference")
+        if ref and ref["pooled_over_components"]:
+            parts.append(
+                f"reference AP {ref['ap_all_components']:.3f} (official: components {ref['components']} "
+                f"pooled), component {ref['component']} alone {ref['ap']:.3f}"
+            )
+        elif ref:
+            parts.append(f"reference AP {ref['ap']:.3f} (a plain folder: no components to pool)")
+        log.info("spurious score %s: %s", c, "; ".join(parts))
 
 
 def describe(
