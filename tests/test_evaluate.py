@@ -100,13 +100,7 @@ def test_evaluate_writes_every_output(data, tmp_path):
     assert set(res["per_template"]) == set(TEMPLATES) and res["per_template"]["{prompt}"]["num_images"] == 3
     assert set(res["consistency"]) == {"all", "at_least_half", "num_classifiers"}
     assert all(res["images_per_s"][n] > 0 for n in TINY)
-    score = m["spurious_score"]["tiny_effnet"]
-    assert score["num_val"] == 4 and set(score) >= {"images", "reference", "baseline"}
-    assert 0 <= score["images"]["roc_auc"] <= 1 and 0 < score["images"]["ap"] <= 1
-    ref = score["reference"]  # the official score pools components 1 and 2 of class 94, not class 565
-    assert ref["num_spurious"] == 3 and ref["num_spurious_all_components"] == 5
-    assert ref["pooled_over_components"] is True and ref["component"] == 1 and ref["components"] == [1, 2]
-    assert 0 < ref["ap_all_components"] <= 1 and 0 <= ref["roc_auc_all_components"] <= 1
+    check_spurious_score(m["spurious_score"]["tiny_effnet"])
     flat = m["metrics"]
     for key in (
         "eval/spurious_rate/tiny_vit",
@@ -132,6 +126,16 @@ def test_evaluate_writes_every_output(data, tmp_path):
     assert sheet.count("<img ") == 6 and "6 of 6 images" in sheet
     assert (out / "spurious_rate.png").stat().st_size > 1000
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 6
+
+
+def check_spurious_score(score: dict) -> None:
+    """The spurious-score block of the fixture's evaluation (reference: component 1 of class 94)."""
+    assert score["num_val"] == 4 and set(score) >= {"images", "reference", "baseline"}
+    assert 0 <= score["images"]["roc_auc"] <= 1 and 0 < score["images"]["ap"] <= 1
+    ref = score["reference"]  # the official score pools components 1 and 2 of class 94, not class 565
+    assert ref["num_spurious"] == 3 and ref["num_spurious_all_components"] == 5
+    assert ref["pooled_over_components"] is True and ref["component"] == 1 and ref["components"] == [1, 2]
+    assert 0 < ref["ap_all_components"] <= 1 and 0 <= ref["roc_auc_all_components"] <= 1
 
 
 def test_each_image_decoded_once_and_shared(data, monkeypatch):
