@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ from bench_setup import (  # noqa: E402
 )
 
 from spurgen.models.extractors import build_tiny_extractor  # noqa: E402
+from spurgen.models.parts import SDParts  # noqa: E402
 from spurgen.models.proportional import build_proportional_extractor, build_proportional_sd  # noqa: E402
 from spurgen.models.tiny import build_tiny_sd  # noqa: E402
 from spurgen.optim import make_optimizer  # noqa: E402
@@ -47,7 +49,7 @@ STEPS = {
 }
 
 
-def build(size: str):
+def build(size: str) -> tuple[SDParts, torch.nn.Module, int]:
     if size == "sd15":  # SD 1.5's UNet, VAE and CLIP-L text encoder shapes; a full-width ResNet-50 at 224
         parts = build_proportional_sd(1.0, 1.0, resolution=512, norm_num_groups=32, max_length=77)
         return parts, build_proportional_extractor(1.0, 224), 512
@@ -94,7 +96,21 @@ def peak_tflops(device: torch.device, given: float | None) -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class Rig:
+    """What every measurement shares: the built parts on the device and how steps are run."""
+
+    parts: SDParts
+    extractor: torch.nn.Module
+    resolution: int
+    device: torch.device
+    dtype: torch.dtype
+    repeats: int
+    peak: float | None
+    batch: dict = field(default_factory=dict)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=("sd15", "tiny"), default="sd15")
     ap.add_argument("--device", default="cuda")
@@ -104,7 +120,103 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen-steps", type=int, default=25)
     ap.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if unknown")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "benchmarks"))
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def make_rig(args: argparse.Namespace, device: torch.device) -> Rig:
+    """Build the parts of --size and one training batch on the device."""
+    parts, extractor, resolution = build(args.size)
+    rig = Rig(
+        parts,
+        extractor,
+        resolution,
+        device,
+        torch.float32 if args.fp32 else torch.bfloat16,
+        args.repeats,
+        peak_tflops(device, args.peak_tflops),
+    )
+    batch = make_batch(parts, resolution).items()
+    rig.batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch}
+    return rig
+
+
+def header(args: argparse.Namespace, rig: Rig) -> dict:
+    """The run's description, in the order bench_gpu.json lists it; "steps" is filled by measure_steps."""
+    return {
+        "size": args.size,
+        "resolution": rig.resolution,
+        "device": torch.cuda.get_device_name(rig.device) if rig.device.type == "cuda" else "cpu",
+        "dtype": str(rig.dtype),
+        "torch": torch.__version__,
+        "params_unet_M": sum(p.numel() for p in rig.parts.unet.parameters()) / 1e6,
+        "steps": {},
+    }
+
+
+def measure_step(rig: Rig, setting: Setting) -> dict:
+    """Time, peak memory and FLOPs of one training step with a fresh module and optimiser."""
+    parts, device = rig.parts, rig.device
+    module = make_module(parts, rig.extractor, setting, rig.resolution).to(device)
+    params = [p for m in (parts.unet, parts.text_encoder) for p in m.parameters() if p.requires_grad]
+    opt = make_optimizer([{"params": params}], "adamw", lr=1e-6, weight_decay=1e-2)
+    step = spurgen_step(module, opt, rig.batch, bf16=False)
+
+    def run() -> None:
+        with torch.autocast(device.type, dtype=rig.dtype, enabled=rig.dtype != torch.float32):
+            step()
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    r = timed(run, rig.repeats, device)
+    if device.type == "cuda":
+        r["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    r["tflop_per_step"] = count_flops(run) / 1e12
+    r["achieved_tflops"] = r["tflop_per_step"] / r["median_s"]
+    if rig.peak:
+        r["fraction_of_peak"] = r["achieved_tflops"] / rig.peak
+    return r
+
+
+def measure_steps(rig: Rig) -> dict[str, dict]:
+    """Every setting of STEPS, each also relative to the lambda_sfsl = 0 step."""
+    steps = {}
+    for name, setting in STEPS.items():
+        steps[name] = measure_step(rig, setting)
+        print(f"[bench_gpu] {name}: {steps[name]['median_s'] * 1e3:.1f} ms", flush=True)
+    base = steps["lambda_sfsl=0"]["median_s"]
+    for r in steps.values():
+        r["x_lambda0"] = r["median_s"] / base
+    return steps
+
+
+def measure_generation(rig: Rig, n: int, ddim_steps: int) -> dict:
+    """Images/s of DDIM sampling with classifier-free guidance, weights in the rig's dtype."""
+    from spurgen.pipeline import SampleSettings, make_pipeline, sample
+
+    parts = rig.parts
+    parts.unet.eval()
+    parts.text_encoder.eval()
+    pipe = make_pipeline(parts.unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.sample_scheduler)
+    pipe.to(rig.device, rig.dtype)
+    settings = SampleSettings(ddim_steps, 3.0, rig.resolution)
+    g = timed(
+        lambda: sample(pipe, ["a photo of a sks flower"] * n, list(range(n)), settings),
+        max(1, rig.repeats // 5),
+        rig.device,
+    )
+    return {**g, "images": n, "ddim_steps": ddim_steps, "images_per_s": n / g["median_s"]}
+
+
+def write_outputs(result: dict, out: Path, command: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_gpu.json").write_text(json.dumps(result, indent=2))
+    (out / "BENCHMARKS_GPU.md").write_text(report(result, command))
+    print(f"[bench_gpu] done in {result['seconds']} s: {out / 'BENCHMARKS_GPU.md'}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print(
@@ -112,73 +224,16 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    dtype = torch.float32 if args.fp32 else torch.bfloat16
     t_start = time.time()
-    parts, extractor, resolution = build(args.size)
-    result: dict = {
-        "size": args.size,
-        "resolution": resolution,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "dtype": str(dtype),
-        "torch": torch.__version__,
-        "params_unet_M": sum(p.numel() for p in parts.unet.parameters()) / 1e6,
-        "steps": {},
-    }
-    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in make_batch(parts, resolution).items()}
-    peak = peak_tflops(device, args.peak_tflops)
+    rig = make_rig(args, device)
+    result = header(args, rig)
     if device.type == "cuda":
-        result["matmul_tflops"] = matmul_tflops(device, dtype, 8192)
-    for name, setting in STEPS.items():
-        module = make_module(parts, extractor, setting, resolution).to(device)
-        params = [p for m in (parts.unet, parts.text_encoder) for p in m.parameters() if p.requires_grad]
-        opt = make_optimizer([{"params": params}], "adamw", lr=1e-6, weight_decay=1e-2)
-        step = spurgen_step(module, opt, batch, bf16=False)
-
-        def run(step=step) -> None:
-            with torch.autocast(device.type, dtype=dtype, enabled=not args.fp32):
-                step()
-
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        r = timed(run, args.repeats, device)
-        if device.type == "cuda":
-            r["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        r["tflop_per_step"] = count_flops(run) / 1e12
-        r["achieved_tflops"] = r["tflop_per_step"] / r["median_s"]
-        if peak:
-            r["fraction_of_peak"] = r["achieved_tflops"] / peak
-        result["steps"][name] = r
-        del opt, module
-        print(f"[bench_gpu] {name}: {r['median_s'] * 1e3:.1f} ms", flush=True)
-    base = result["steps"]["lambda_sfsl=0"]["median_s"]
-    for r in result["steps"].values():
-        r["x_lambda0"] = r["median_s"] / base
-    from spurgen.pipeline import SampleSettings, make_pipeline, sample
-
-    parts.unet.eval()
-    parts.text_encoder.eval()
-    pipe = make_pipeline(parts.unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.sample_scheduler)
-    pipe.to(device, dtype)
-    n = args.gen_images
-    g = timed(
-        lambda: sample(
-            pipe,
-            ["a photo of a sks flower"] * n,
-            list(range(n)),
-            SampleSettings(args.gen_steps, 3.0, resolution),
-        ),
-        max(1, args.repeats // 5),
-        device,
-    )
-    result["generation"] = {**g, "images": n, "ddim_steps": args.gen_steps, "images_per_s": n / g["median_s"]}
-    result["peak_bf16_tflops"] = peak
+        result["matmul_tflops"] = matmul_tflops(device, rig.dtype, 8192)
+    result["steps"].update(measure_steps(rig))
+    result["generation"] = measure_generation(rig, args.gen_images, args.gen_steps)
+    result["peak_bf16_tflops"] = rig.peak
     result["seconds"] = round(time.time() - t_start, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_gpu.json").write_text(json.dumps(result, indent=2))
-    (out / "BENCHMARKS_GPU.md").write_text(report(result, " ".join(sys.argv if argv is None else argv)))
-    print(f"[bench_gpu] done in {result['seconds']} s: {out / 'BENCHMARKS_GPU.md'}", flush=True)
+    write_outputs(result, Path(args.out), " ".join(sys.argv if argv is None else argv))
     return 0
 
 
