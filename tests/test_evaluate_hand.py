@@ -147,6 +147,7 @@ def dirs(tmp_path_factory) -> dict[str, Path]:
     write_ids(si / "spurious_imagenet_94_hummingbird_1", {20: "r0.png", 21: "r1.png", 22: "r2.png"}, 48)
     write_ids(si / "spurious_imagenet_94_hummingbird_2", {23: "s0.png", 24: "s1.png"}, 48)
     write_ids(si / "spurious_imagenet_565_freight_0", {25: "t0.png"}, 48)
+    (si / "spurious_imagenet_94_hummingbird_3").mkdir()  # an empty component: nothing to pool, no error
     (si / "timestamp.txt").write_text("2\n")
     write_ids(root / "val", {40: "v0.png", 41: "v1.png", 42: "v2.png", 43: "v3.png"}, 64)
     return {"root": root, "generated": gen, "si": si, "val": root / "val"}

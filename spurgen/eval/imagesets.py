@@ -107,7 +107,7 @@ class ReferencePool:
     pools them (METHOD.md, 'Evaluation'), while the reference set holds one component's images."""
 
     component: int  # the reference set's own component
-    components: list[int]  # every component of the class, ascending (the reference set's included)
+    components: list[int]  # the class's components with images, ascending (the reference set's too)
     others: ImageSet | None  # the images of the other components; None when the class has only one
 
 
@@ -117,7 +117,8 @@ def reference_pool(reference: ImageSet, class_index: int) -> ReferencePool | Non
     pair = spurious_imagenet.pair_of_folder(reference.folder, class_index)
     if pair is None:
         return None
-    pairs = spurious_imagenet.class_pairs(reference.folder.parent, class_index)
+    # an empty folder adds nothing to the pool
+    pairs = [p for p in spurious_imagenet.class_pairs(reference.folder.parent, class_index) if p.num_images]
     other_sets = [
         load_folder("reference_other_components", p.folder)
         for p in pairs
