@@ -86,6 +86,9 @@ def _leaf(node: DictConfig, key: str) -> Any:
     the interpolation text; '???' when missing."""
     if OmegaConf.is_missing(node, key):
         return "???"
+    raw = node._get_node(key)._value()
+    if isinstance(raw, str) and "${hydra:" in raw:  # where it ran, not what it ran: the text, in any process
+        return raw
     try:
         return _plain(node[key])
     except OmegaConfBaseException:

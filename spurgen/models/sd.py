@@ -61,6 +61,13 @@ def _missing(path: str, source: str, local: bool, exc: Exception) -> MissingWeig
     )
 
 
+def check_source(path: str | None) -> None:
+    """Cheap, before anything loads: a local model folder must exist and be complete (a hub id is checked
+    when it loads)."""
+    if path and _looks_local(path):
+        check_pipeline_folder(Path(path).expanduser())
+
+
 def load_component(path: str, component: str, revision: str | None = None, variant: str | None = None):
     """One part of a diffusers SD folder or hub id (model/unet=pretrained, model/vae=pretrained, ...).
 

@@ -37,6 +37,7 @@ from spurgen.identity import identities
 from spurgen.loggers import RunLabels, scrub_secrets
 from spurgen.models.lora import add_lora, merge_lora
 from spurgen.models.parts import SDParts
+from spurgen.models.sd import check_source
 from spurgen.module import SpurgenModule
 from spurgen.optim import check_optimizer
 from spurgen.pipeline import save_pipeline
@@ -150,6 +151,7 @@ def plan_training(cfg: DictConfig, run_dir: Path) -> TrainPlan:
     problems.attempt(check_launch, cfg.trainer)  # DDP inside a basic/joblib sweep cannot work
     problems.attempt(check_optimizer, cfg.train.optimizer)  # adamw8bit without CUDA/bitsandbytes
     references = problems.attempt(resolve_references, cfg)
+    problems.attempt(check_source, cfg.model.get("path"))  # a local SD folder exists and is complete
     problems.raise_any()
     resume_from = newest_loadable_checkpoint(run_dir / "checkpoints") if cfg.resume else None
     if cfg.resume:
