@@ -147,6 +147,8 @@ def _mixed_run(root: Path, ext: str, t_max: int, file: str, lam: float, seed: in
     if lam == 0:  # the baseline depends on the class file (its prompt) and the seed only
         results["baseline"] = _block({"hummingbird": 0.05}.get(file, 0.15) + 0.01 * seed)
     metrics = {"method_version": "2", "target": {"index": 94, "name": "hummingbird"}, "results": results}
+    extractor = {"name": f"ext_{ext}", "arch": "ResNet", "layer": "pool", "is_random": ext == "B"}
+    metrics["extractor"] = {**extractor, "used": lam > 0}
     (run / "eval").mkdir()
     (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
     return rate
@@ -187,6 +189,8 @@ def test_report_never_counts_unlike_runs_as_seeds(tmp_path):
         and md.count("### hummingbird (94, hummingbird)") == 4
     )
     assert "`feature_extractor._target_=extractors.A`" in md and "`loss.sfsl.t_max=300`" in md
+    assert md.count("SFSL trained through: `ext_A` (ResNet, layer pool)\n") == 4  # each table names its own
+    assert md.count("SFSL trained through: `ext_B` (ResNet, layer pool, RANDOM weights)\n") == 4
     assert "data.num_workers" not in md and "generate.baseline" not in md  # keys that change nothing
     assert "Repeated runs" not in md
     figures = {p.name for p in (root / "figures").iterdir()}

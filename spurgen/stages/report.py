@@ -41,6 +41,7 @@ class Run:
     config: dict[str, Any]  # the flattened config the identity hashes (for the differences between tables)
     results: dict  # metrics.json "results": set -> numbers
     sets: dict  # metrics.json "sets": set -> {folder, num_images}
+    extractor: dict | None = None  # metrics.json "extractor": what trained the SFSL (run.json's record)
 
     @property
     def table(self) -> tuple:
@@ -97,6 +98,7 @@ def _read_run(folder: Path) -> Run:
             ident.flat_config(cfg),
             metrics["results"],
             metrics.get("sets") or {},
+            metrics.get("extractor"),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"unreadable eval/metrics.json or config ({type(exc).__name__}: {exc})") from None
@@ -256,6 +258,7 @@ def _row(table: tuple, run: Run, set_name: str, lam: float | None, per_seed: dic
         "row_identity": run.row_identity[set_name],
         "lambda_sfsl": lam,
         "seeds": sorted(per_seed),
+        "extractor": run.extractor if set_name == "images" else None,
         "stats": {m: _stats([nums.get(m) for _, nums in per_seed.values()]) for m in metrics},
     }
 
@@ -279,7 +282,8 @@ def aggregate(sweep: Sweep) -> list[dict]:
         for lam in sorted({r.lambda_sfsl for r in tables[table]}):
             per_seed = groups.get((version, class_key, "images", first.identity, lam))
             if per_seed:
-                rows.append(_row(table, first, "images", lam, per_seed))
+                of_lam = next(r for r in tables[table] if r.lambda_sfsl == lam)
+                rows.append(_row(table, of_lam, "images", lam, per_seed))
     return rows
 
 
@@ -361,6 +365,22 @@ def csv_lines(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _extractor_lines(trows: list[dict]) -> list[str]:
+    """Which feature extractor trained the SFSL in this table's runs (lambda_sfsl > 0), from metrics.json."""
+    used = {
+        json.dumps(e, sort_keys=True): e
+        for r in trows
+        if (e := r.get("extractor")) and e.get("used") and (r.get("lambda_sfsl") or 0) > 0
+    }
+    if not used:
+        return []
+    names = [
+        f"`{e['name']}` ({e.get('arch')}, layer {e.get('layer')}{', RANDOM weights' if e.get('is_random') else ''})"
+        for e in used.values()
+    ]
+    return ["SFSL trained through: " + "; ".join(names), ""]
+
+
 def _table_lines(trows: list[dict], differences: list[str]) -> list[str]:
     """One table's heading, the keys in which it differs from the other tables, and its rows."""
     first = trows[0]
@@ -372,6 +392,7 @@ def _table_lines(trows: list[dict], differences: list[str]) -> list[str]:
     lines = [f"### {table_title(first['class_name'], first['table'])}", ""]
     if differences:
         lines += ["Differs from the other tables in: " + ", ".join(f"`{d}`" for d in differences), ""]
+    lines += _extractor_lines(trows)
     ids = {r["row"]: r["row_identity"] for r in trows if r["row"] != "images"}
     if ids:
         lines += ["Row identities: " + ", ".join(f"{k} {v}" for k, v in sorted(ids.items())), ""]
