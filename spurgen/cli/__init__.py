@@ -21,7 +21,9 @@ COMMANDS: dict[str, str] = {
     "evaluate": "spurious rates of a folder of images across classifiers",
     "export": "the images predicted as the target by >= m classifiers",
     "report": "tables and figures of a sweep folder",
+    "review": "a local web page for people to review or rate images (spurgen/review/)",
 }
+MODULES = {"review": "spurgen.review.cli"}  # commands whose code is not spurgen/cli/<command>.py
 
 
 def usage() -> str:
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spurgen: error: {given}; choose one of {choices} (spurgen --help)", file=sys.stderr)
         return 2
     name, rest = args[0], args[1:]
-    module = importlib.import_module(f"spurgen.cli.{name}")
+    module = importlib.import_module(MODULES.get(name, f"spurgen.cli.{name}"))
     with _main_module_as(f"spurgen.{name}"):
         return module.main(rest, prog=f"spurgen {name}")
 

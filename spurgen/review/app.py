@@ -1,0 +1,200 @@
+"""The review web app (Starlette): one page, a small JSON API, and images served by opaque id only.
+
+    GET  /                    the page (spurgen/review/page.py)
+    GET  /api/state?reviewer= the reviewer's next image, the questions and their progress
+    POST /api/answer          {reviewer, image, answers, nonce}: stored and committed, then acknowledged
+    POST /api/undo            {reviewer}: retract the reviewer's last answer
+    GET  /image/<id>          the image (study mode: re-encoded, blinded)
+
+Every error is JSON {"error": message} with a 4xx status (5xx only for a bug, without a traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import sys
+import traceback
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from spurgen.errors import SpurgenError
+from spurgen.review import blind, order
+from spurgen.review.config import ReviewConfig, check_answers
+from spurgen.review.items import Item, inside
+from spurgen.review.page import page_html
+from spurgen.review.store import ReviewStore
+
+REVIEWER = re.compile(r"^[\w.@ -]{1,64}$")
+IMAGE_ID = re.compile(r"^[0-9a-f]{20}$")
+NONCE = re.compile(r"^[\w-]{1,64}$")
+MAX_BODY = 64 * 1024
+MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+
+
+@dataclass
+class Review:
+    """What the app serves: the configuration, the images and the store."""
+
+    cfg: ReviewConfig
+    items: list[Item]
+    store: ReviewStore
+    by_id: dict[str, Item] = field(init=False)
+    by_hash: dict[str, Item] = field(init=False)
+    _orders: dict[str, list[str]] = field(default_factory=dict)
+    _blinded: dict[str, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.by_id = {i.id: i for i in self.items}
+        self.by_hash = {i.hash: i for i in self.items}
+
+    def queue(self, reviewer: str) -> tuple[list[str], int]:
+        """(the reviewer's remaining image hashes, next first; how many they have answered)."""
+        if reviewer not in self._orders:
+            self._orders[reviewer] = order.reviewer_order(list(self.by_hash), reviewer, self.cfg.seed)
+        mine = self.store.answered_by(reviewer) & set(self.by_hash)
+        left = order.queue(
+            self._orders[reviewer], mine, self.store.reviewer_counts(), self.cfg.min_reviewers_per_image
+        )
+        return left, len(mine)
+
+    def state(self, reviewer: str) -> dict:
+        left, done = self.queue(reviewer)
+        item = self.by_hash[left[0]] if left else None
+        shown = None
+        if item is not None:
+            shown = {"id": item.id, "url": f"/image/{item.id}"}
+            if self.cfg.mode == "review":
+                info = dict(item.info)
+                if not self.cfg.show_predictions:
+                    info.pop("predictions", None)
+                shown.update(info)
+        return {
+            "mode": self.cfg.mode,
+            "reviewer": reviewer,
+            "questions": self.cfg.questions,
+            "image": shown,
+            "progress": {"done": done, "total": done + len(left)},
+        }
+
+    def image_bytes(self, item: Item) -> tuple[bytes, str]:
+        if not inside(item.path, item.root):  # the file was swapped for a symlink out after start-up
+            raise HTTPException(404, "image not found")
+        if self.cfg.mode == "study":
+            if item.id not in self._blinded:
+                self._blinded[item.id] = blind.reencode(item.path, self.cfg.image_size)
+            return self._blinded[item.id], blind.MEDIA_TYPE
+        return item.path.read_bytes(), MEDIA.get(item.path.suffix.lower(), "application/octet-stream")
+
+
+def _reviewer(value: object) -> str:
+    if not isinstance(value, str) or not REVIEWER.match(value.strip() or "-!"):
+        raise HTTPException(400, "reviewer: 1-64 letters, digits, spaces or . @ _ - are needed")
+    return value.strip()
+
+
+async def _json_body(request: Request) -> dict:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise HTTPException(413, f"request body over {MAX_BODY} bytes")
+    try:
+        data = json.loads(body or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise HTTPException(400, "the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise HTTPException(400, "the request body must be a JSON object")
+    return data
+
+
+def build_app(review: Review) -> Starlette:
+    """The Starlette app of one review (the token, when set, is checked on every request)."""
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(page_html(review.cfg.mode), headers={"Cache-Control": "no-store"})
+
+    async def state(request: Request) -> Response:
+        reviewer = _reviewer(request.query_params.get("reviewer"))
+        return JSONResponse(await run_in_threadpool(review.state, reviewer))
+
+    async def answer(request: Request) -> Response:
+        data = await _json_body(request)
+        reviewer = _reviewer(data.get("reviewer"))
+        item = review.by_id.get(str(data.get("image")))
+        if item is None:
+            raise HTTPException(404, "unknown image id")
+        nonce = data.get("nonce")
+        if not isinstance(nonce, str) or not NONCE.match(nonce):
+            raise HTTPException(400, "nonce: 1-64 letters, digits, _ or - are needed")
+        try:
+            answers = check_answers(review.cfg.questions, data.get("answers"))
+        except SpurgenError as exc:
+            raise HTTPException(400, str(exc)) from None
+        sid = await run_in_threadpool(review.store.add, reviewer, item.ref, answers, nonce)
+        body = await run_in_threadpool(review.state, reviewer)
+        return JSONResponse({"saved": sid, **body})
+
+    async def undo(request: Request) -> Response:
+        reviewer = _reviewer((await _json_body(request)).get("reviewer"))
+        undone = await run_in_threadpool(review.store.undo, reviewer)
+        body = await run_in_threadpool(review.state, reviewer)
+        return JSONResponse(
+            {"undone": review.by_hash[undone].id if undone in review.by_hash else None, **body}
+        )
+
+    async def image(request: Request) -> Response:
+        ident = request.path_params["ident"]
+        if not IMAGE_ID.match(ident):
+            raise HTTPException(400, "images are served by id only (20 hex characters), never by path")
+        item = review.by_id.get(ident)
+        if item is None:
+            raise HTTPException(404, "image not found")
+        data, media = await run_in_threadpool(review.image_bytes, item)
+        return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+    routes = [
+        Route("/", index),
+        Route("/api/state", state),
+        Route("/api/answer", answer, methods=["POST"]),
+        Route("/api/undo", undo, methods=["POST"]),
+        Route("/image/{ident:path}", image),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(TokenMiddleware, token=review.cfg.token)],
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else "no such page"
+    return JSONResponse({"error": detail}, status_code=exc.status_code)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    traceback.print_exception(exc, file=sys.stderr)  # for the operator's terminal, never the page
+    return JSONResponse({"error": "internal error (the server's log has the details)"}, status_code=500)
+
+
+class TokenMiddleware(BaseHTTPMiddleware):
+    """With a token: every request must carry it (?token=... or the X-Review-Token header), else 403."""
+
+    def __init__(self, app, token: str | None = None):  # type: ignore[no-untyped-def]
+        super().__init__(app)
+        self.token = token
+
+    async def dispatch(self, request: Request, call_next):  # type: ignore[no-untyped-def]
+        if self.token:
+            given = request.headers.get("x-review-token") or request.query_params.get("token") or ""
+            if not secrets.compare_digest(given.encode(), self.token.encode()):
+                return JSONResponse({"error": "access token missing or wrong (?token=...)"}, status_code=403)
+        return await call_next(request)

@@ -1,0 +1,114 @@
+"""`spurgen review <run folder or image folder>` serves the review page; `spurgen review export <db>` writes the
+answers and their summary. Also `python -m spurgen.review ...` (docs/review.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from spurgen.errors import SpurgenError
+
+if TYPE_CHECKING:
+    from spurgen.review.app import Review
+
+
+def serve_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Serve a page for people to review images.")
+    p.add_argument("folder", help="a run folder (its generated/) or a folder of images")
+    p.add_argument("--mode", choices=["review", "study"], default="review")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=DIR", help="add an image set")
+    p.add_argument("--db", help="SQLite file (default <folder>/review/<mode>.sqlite)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--token", help="access token; required unless --host is loopback")
+    p.add_argument("--config", help="YAML file with a `questions:` list (default: the mode's questions)")
+    p.add_argument("--min-reviewers", type=int, default=2, help="min_reviewers_per_image (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the per-reviewer orders")
+    p.add_argument("--show-predictions", action="store_true", help="review mode: classifiers' top-3")
+    p.add_argument("--image-size", type=int, default=256, help="study mode: re-encoded square size")
+    return p
+
+
+def export_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{prog} export", description="Answers as CSV plus a summary.")
+    p.add_argument("db", help="the review's SQLite file")
+    p.add_argument("--out", help="output folder (default: beside the database)")
+    p.add_argument("--min-votes", type=int, default=2, help="accepted.jsonl: votes needed per image")
+    return p
+
+
+def _sets(specs: list[str]) -> dict[str, str]:
+    out = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name.isidentifier() or not folder:
+            raise SpurgenError(f"--set {spec!r}: expected NAME=DIR")
+        out[name] = folder
+    return out
+
+
+def build_review(args: argparse.Namespace) -> Review:
+    """The Review an argument list describes (everything checked before the server starts)."""
+    from spurgen.review.app import Review
+    from spurgen.review.config import ReviewConfig, check_binding, load_questions
+    from spurgen.review.items import load_items, resolve_sets
+    from spurgen.review.store import ReviewStore
+
+    check_binding(args.host, args.token)
+    if args.min_reviewers < 1 or not 16 <= args.image_size <= 4096:
+        raise SpurgenError("--min-reviewers must be >= 1 and --image-size in 16..4096")
+    study = args.mode == "study"
+    if study and args.show_predictions:
+        raise SpurgenError("--show-predictions is not allowed in study mode (it would unblind it)")
+    cfg = ReviewConfig(
+        mode=args.mode,
+        questions=load_questions(args.config, args.mode),
+        min_reviewers_per_image=args.min_reviewers,
+        seed=args.seed,
+        show_predictions=args.show_predictions,
+        image_size=args.image_size,
+        token=args.token,
+    )
+    sets = resolve_sets(args.folder, _sets(args.set), study)
+    db = Path(args.db) if args.db else Path(args.folder) / "review" / f"{args.mode}.sqlite"
+    store = ReviewStore(db, mode=args.mode)
+    return Review(cfg, load_items(sets, store.salt, args.show_predictions), store)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from spurgen.review.app import build_app
+
+    review = build_review(args)
+    url = f"http://{args.host}:{args.port}/" + (f"?token={args.token}" if args.token else "")
+    print(f"spurgen review: {len(review.items)} images, answers in {review.store.path}; open {url}")
+    try:
+        uvicorn.run(build_app(review), host=args.host, port=args.port, log_level="warning")
+    finally:
+        review.store.close()
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from spurgen.review.results import export_db
+
+    out = export_db(args.db, args.out, args.min_votes)
+    print(f"spurgen review export: wrote {', '.join(str(p) for p in out)}")
+    return 0
+
+
+def main(argv: list[str] | None = None, prog: str = "spurgen review") -> int:
+    """Entry point; user mistakes print one line and return 2."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if args and args[0] == "export":
+            return export(export_parser(prog).parse_args(args[1:]))
+        return serve(serve_parser(prog).parse_args(args))
+    except SpurgenError as exc:
+        print(f"spurgen: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0

@@ -1,0 +1,147 @@
+"""What reviewers said, as files: answers.csv (one row per standing answer), review_summary.json (per set and
+question: counts and the fraction of each choice with 95% Wilson intervals; agreement on shared images:
+Cohen's kappa for two reviewers, Fleiss' for three or more) and accepted.jsonl (the images reviewers accepted
+as spurious, with their vote counts). docs/review.md describes each file."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from spurgen.eval.metrics import wilson_interval
+from spurgen.io import write_csv, write_json, write_jsonl
+from spurgen.review.store import ANSWER_FIELDS, open_existing
+
+FEATURE, OBJECT = "spurious_feature", "class_object"
+
+
+def choice_summary(rows: list[dict]) -> dict:
+    """{question: {n, counts, fraction: {answer: {value, ci}}}} over the rows of one set (free-text
+    questions, e.g. the note, give only n)."""
+    by_q: dict[str, Counter] = defaultdict(Counter)
+    for r in rows:
+        by_q[r["question"]][r["answer"]] += 1
+    out = {}
+    for q, counts in by_q.items():
+        n = sum(counts.values())
+        if len(counts) > 20:  # free text: every answer differs
+            out[q] = {"n": n}
+            continue
+        out[q] = {
+            "n": n,
+            "counts": dict(sorted(counts.items())),
+            "fraction": {a: {"value": c / n, "ci": list(wilson_interval(c, n))} for a, c in counts.items()},
+        }
+    return out
+
+
+def cohen_kappa(a: list[str], b: list[str]) -> float:
+    """Cohen's kappa of two raters' labels of the same items: (p_o - p_e) / (1 - p_e)."""
+    n = len(a)
+    p_o = sum(x == y for x, y in zip(a, b, strict=True)) / n
+    ca, cb = Counter(a), Counter(b)
+    p_e = sum(ca[k] * cb[k] for k in set(ca) | set(cb)) / (n * n)
+    return 1.0 if p_e == 1 else (p_o - p_e) / (1 - p_e)
+
+
+def fleiss_kappa(ratings: list[list[str]]) -> float:
+    """Fleiss' kappa of items rated by >= 2 raters each (the number of raters may vary per item):
+    P_i = (sum_j n_ij^2 - n_i) / (n_i (n_i - 1)), P_e = sum_j p_j^2 with p_j over all ratings."""
+    per_item = [Counter(r) for r in ratings]
+    total = Counter()
+    for c in per_item:
+        total.update(c)
+    n_all = sum(total.values())
+    p_bar = sum(
+        (sum(v * v for v in c.values()) - sum(c.values())) / (sum(c.values()) * (sum(c.values()) - 1))
+        for c in per_item
+    ) / len(per_item)
+    p_e = sum((v / n_all) ** 2 for v in total.values())
+    return 1.0 if p_e == 1 else (p_bar - p_e) / (1 - p_e)
+
+
+def agreement(rows: list[dict]) -> dict:
+    """Per choice question, over images answered by >= 2 reviewers: Cohen's kappa when two reviewers answered
+    in all, Fleiss' kappa with three or more; None when no image is shared."""
+    votes: dict[str, dict[str, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        votes[r["question"]][r["image_hash"]][r["reviewer"]] = r["answer"]
+    out = {}
+    for q, images in votes.items():
+        shared = {h: v for h, v in images.items() if len(v) >= 2}
+        reviewers = {name for v in images.values() for name in v}
+        if not shared or len({a for v in images.values() for a in v.values()}) > 20:
+            out[q] = {"method": None, "kappa": None, "num_images": len(shared)}
+        elif len(reviewers) == 2:
+            a, b = sorted(reviewers)
+            both = [v for v in shared.values() if a in v and b in v]
+            k = cohen_kappa([v[a] for v in both], [v[b] for v in both])
+            out[q] = {"method": "cohen", "kappa": k, "num_images": len(both)}
+        else:
+            k = fleiss_kappa([list(v.values()) for v in shared.values()])
+            out[q] = {"method": "fleiss", "kappa": k, "num_images": len(shared)}
+    return out
+
+
+def accepted(rows: list[dict], min_votes: int) -> list[dict]:
+    """Images a strict majority of at least min_votes reviewers says show the feature ("yes") and not the
+    class object ("no"); "unsure" counts against, images with fewer votes are left out."""
+    votes: dict[str, dict] = {}
+    for r in rows:
+        rec = votes.setdefault(
+            r["image_hash"],
+            {
+                "image_hash": r["image_hash"],
+                "set": r["set_name"],
+                "file": r["file"],
+                FEATURE: Counter(),
+                OBJECT: Counter(),
+            },
+        )
+        if r["question"] in (FEATURE, OBJECT):
+            rec[r["question"]][r["answer"]] += 1
+    out = []
+    for rec in votes.values():
+        nf, no = sum(rec[FEATURE].values()), sum(rec[OBJECT].values())
+        if min(nf, no) >= min_votes and 2 * rec[FEATURE]["yes"] > nf and 2 * rec[OBJECT]["no"] > no:
+            out.append({**rec, FEATURE: dict(rec[FEATURE]), OBJECT: dict(rec[OBJECT]), "votes": min(nf, no)})
+    return out
+
+
+def summarize(rows: list[dict], mode: str) -> dict:
+    by_set: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_set[r["set_name"]].append(r)
+    return {
+        "mode": mode,
+        "num_answers": len(rows),
+        "num_images": len({r["image_hash"] for r in rows}),
+        "reviewers": sorted({r["reviewer"] for r in rows}),
+        "sets": {
+            s: {"num_images": len({r["image_hash"] for r in v}), "questions": choice_summary(v)}
+            for s, v in sorted(by_set.items())
+        },
+        "agreement": agreement(rows),
+    }
+
+
+def export_db(db: str | Path, out_dir: str | Path | None, min_votes: int) -> list[Path]:
+    """Write answers.csv, review_summary.json and accepted.jsonl (review mode) into out_dir (default: the
+    database's folder); return their paths."""
+    store = open_existing(db)
+    try:
+        rows, mode = store.answers(), store.mode
+    finally:
+        store.close()
+    out = Path(out_dir) if out_dir else Path(db).parent
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "answers.csv", out / "review_summary.json"]
+    write_csv(paths[0], rows, ANSWER_FIELDS)
+    summary = summarize(rows, mode)
+    if mode == "review":
+        paths.append(out / "accepted.jsonl")
+        kept = accepted(rows, min_votes)
+        write_jsonl(paths[-1], kept)
+        summary["accepted"] = {"min_votes": min_votes, "num_images": len(kept)}
+    write_json(paths[1], summary)
+    return paths

@@ -1,0 +1,311 @@
+"""Human review (spurgen/review/): the SQLite store, per-reviewer orders and overlap, the HTTP API through a
+real client, refusals (paths, tokens, bad requests), study-mode blinding, a real server killed with SIGKILL,
+and the export of answers."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from spurgen.io import save_png_atomic, write_json, write_jsonl
+from spurgen.review import order, results
+from spurgen.review.app import build_app
+from spurgen.review.cli import build_review, main, serve_parser
+from spurgen.review.config import check_binding
+from spurgen.review.store import ImageRef, ReviewStore
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD = {"spurious_feature": "yes", "class_object": "no", "note": "a bird feeder"}
+
+
+def make_run(tmp_path: Path, n: int = 4) -> Path:
+    """A run folder as spurgen leaves it: generated/ PNGs with prompt and seed in text chunks, manifest.jsonl,
+    generate.json, and eval/predictions.jsonl (class 1 is the target)."""
+    run = tmp_path / "run"
+    gen = run / "generated"
+    records, preds = [], []
+    for i in range(n):
+        im = Image.new("RGB", (64, 48), (40 * i, 100, 200 - 30 * i))
+        name = f"{i:05d}.png"
+        save_png_atomic(im, gen / name, {"prompt": f"a photo of a sks flower {i}", "seed": 1000 + i})
+        records.append({"file": name, "prompt": f"a photo of a sks flower {i}", "template": "t{}", "seed": i})
+        top = {"top5": [1, 2, 3, 4, 5] if i % 2 else [7, 1, 3, 4, 5], "top5_p": [0.5, 0.2, 0.1, 0.1, 0.1]}
+        preds.append({"file": name, "classifiers": {"tiny_a": {**top, "p_target": 0.5}}})
+    write_jsonl(gen / "manifest.jsonl", records)
+    write_json(gen / "generate.json", {"class_index": 1})
+    (run / "eval").mkdir()
+    write_jsonl(run / "eval" / "predictions.jsonl", preds)
+    return run
+
+
+def make_review(run: Path, *extra: str):
+    return build_review(serve_parser("spurgen review").parse_args([str(run), *extra]))
+
+
+def client(run: Path, *extra: str) -> TestClient:
+    return TestClient(build_app(make_review(run, *extra)), raise_server_exceptions=False)
+
+
+def answer(c: TestClient, reviewer: str, image: str, answers=None, nonce: str = "n1", headers=None):
+    body = {"reviewer": reviewer, "image": image, "answers": answers or GOOD, "nonce": nonce}
+    return c.post("/api/answer", json=body, headers=headers or {})
+
+
+def test_store_is_wal_and_keeps_answers_undo_and_retries(tmp_path):
+    store = ReviewStore(tmp_path / "r.sqlite", mode="review")
+    assert store.journal_mode() == "wal"
+    ref = ImageRef("h1", "generated", "00000.png")
+    sid = store.add("ann", ref, {"spurious_feature": "yes", "class_object": "no"}, "x1")
+    assert store.add("ann", ref, {"spurious_feature": "no"}, "x1") == sid  # a retried POST writes nothing
+    store.add("ann", ImageRef("h2", "generated", "00001.png"), {"spurious_feature": "no"}, "x2")
+    assert store.answered_by("ann") == {"h1", "h2"} and store.reviewer_counts() == {"h1": 1, "h2": 1}
+    assert store.undo("ann") == "h2" and store.answered_by("ann") == {"h1"}
+    assert store.undo("bob") is None
+    rows = store.answers()
+    assert [(r["question"], r["answer"]) for r in rows] == [
+        ("spurious_feature", "yes"),
+        ("class_object", "no"),
+    ]
+    assert rows[0]["reviewer"] == "ann" and rows[0]["image_hash"] == "h1" and rows[0]["time"]
+    salt = store.salt
+    store.close()
+    again = ReviewStore(tmp_path / "r.sqlite")
+    assert again.salt == salt and again.mode == "review" and len(again.answers()) == 2
+    again.close()
+    with pytest.raises(Exception, match="holds a review study, not study"):
+        ReviewStore(tmp_path / "r.sqlite", mode="study")
+
+
+def test_orders_are_seeded_per_reviewer():
+    hashes = [f"{i:04x}" for i in range(30)]
+    a = order.reviewer_order(hashes, "ann", 0)
+    assert a == order.reviewer_order(list(reversed(hashes)), "ann", 0)  # stable, whatever the input order
+    assert sorted(a) == sorted(hashes)
+    assert a != order.reviewer_order(hashes, "bob", 0) and a != order.reviewer_order(hashes, "ann", 1)
+
+
+def test_overlap_each_image_gets_min_reviewers_then_no_more(tmp_path):
+    review = make_review(make_run(tmp_path, 3), "--min-reviewers", "2")
+    c = TestClient(build_app(review))
+    seen: dict[str, list[str]] = {}
+    for who in ("ann", "bob", "cat"):
+        for k in range(5):
+            st = c.get("/api/state", params={"reviewer": who}).json()
+            if st["image"] is None:
+                break
+            seen.setdefault(who, []).append(st["image"]["id"])
+            assert answer(c, who, st["image"]["id"], nonce=f"{who}{k}").status_code == 200
+    assert len(seen["ann"]) == 3 and len(seen["bob"]) == 3 and "cat" not in seen
+    assert set(review.store.reviewer_counts().values()) == {2}
+    # with one image still short of reviewers, a newcomer gets exactly that one
+    review.store.undo("bob")
+    st = c.get("/api/state", params={"reviewer": "cat"}).json()
+    assert st["image"]["id"] == seen["bob"][-1] and st["progress"] == {"done": 0, "total": 1}
+
+
+def test_review_page_answer_progress_undo_and_resume(tmp_path):
+    run = make_run(tmp_path)
+    c = client(run)
+    page = c.get("/")
+    assert page.status_code == 200 and "<script>" in page.text and "keydown" in page.text
+    st = c.get("/api/state", params={"reviewer": "ann"}).json()
+    first = st["image"]
+    assert st["progress"] == {"done": 0, "total": 4} and first["prompt"].startswith("a photo of a sks flower")
+    assert first["template"] == "t{}" and "predictions" not in first  # off by default
+    assert [q["key"] for q in st["questions"]] == ["spurious_feature", "class_object", "note"]
+    img = c.get(first["url"])
+    assert img.status_code == 200 and img.headers["content-type"] == "image/png"
+    r = answer(c, "ann", first["id"]).json()
+    assert r["progress"] == {"done": 1, "total": 4} and r["image"]["id"] != first["id"]
+    answer(c, "ann", r["image"]["id"], nonce="n2")
+    undone = c.post("/api/undo", json={"reviewer": "ann"}).json()
+    assert undone["undone"] == r["image"]["id"] and undone["image"]["id"] == r["image"]["id"]
+    c.close()
+    resumed = client(run).get("/api/state", params={"reviewer": "ann"}).json()  # a new server, same db
+    assert resumed["progress"]["done"] == 1 and resumed["image"]["id"] == r["image"]["id"]
+    assert (run / "review" / "review.sqlite").is_file()
+
+
+def test_predictions_shown_only_with_the_flag_target_marked(tmp_path):
+    st = client(make_run(tmp_path), "--show-predictions").get("/api/state", params={"reviewer": "a"}).json()
+    (pred,) = st["image"]["predictions"]
+    assert pred["classifier"] == "tiny_a" and len(pred["top"]) == 3
+    assert sum(t["target"] for t in pred["top"]) == 1  # class 1 is in every top-3 here
+
+
+def test_paths_symlinks_and_absolute_paths_are_refused(tmp_path):
+    run = make_run(tmp_path)
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(outside)
+    (run / "generated" / "link.png").symlink_to(outside)
+    review = make_review(run)
+    assert len(review.items) == 4 and all(i.path.name != "link.png" for i in review.items)
+    c = TestClient(build_app(review))
+    for url in ("/image/..%2F..%2Fsecret.png", "/image/%2Fetc%2Fpasswd", "/image/generated/00000.png"):
+        r = c.get(url)
+        assert r.status_code == 400 and "by id only" in r.json()["error"], url
+    for url in ("/image/../../secret.png", "/image/" + "0" * 20, "/etc/passwd"):
+        r = c.get(url)
+        assert r.status_code == 404 and r.json()["error"], url
+    # a listed file swapped for a symlink out of its folder after start-up is not served
+    victim = review.items[0]
+    victim.path.unlink()
+    victim.path.symlink_to(outside)
+    assert c.get(f"/image/{victim.id}").status_code == 404
+
+
+def test_token_required_off_loopback_and_checked(tmp_path, capsys):
+    with pytest.raises(Exception, match="not loopback"):
+        check_binding("0.0.0.0", None)
+    check_binding("127.0.0.1", None)
+    check_binding("::1", None)
+    run = make_run(tmp_path)
+    assert main([str(run), "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--token" in err
+    c = client(run, "--token", "s3cret-token")
+    assert c.get("/").status_code == 403 and "token" in c.get("/api/state?reviewer=a").json()["error"]
+    assert c.get("/?token=wrong-token").status_code == 403
+    assert c.get("/?token=s3cret-token").status_code == 200
+    st = c.get("/api/state?reviewer=a", headers={"X-Review-Token": "s3cret-token"}).json()
+    assert c.get(st["image"]["url"] + "?token=s3cret-token").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "JSON object"),
+        (json.dumps({"reviewer": "", "image": "x", "answers": {}, "nonce": "a"}).encode(), 400, "reviewer"),
+        (
+            json.dumps({"reviewer": "a", "image": "nope", "answers": GOOD, "nonce": "a"}).encode(),
+            404,
+            "unknown",
+        ),
+        (b"x" * 70000, 413, "bytes"),
+    ],
+)
+def test_bad_requests_get_4xx_with_a_message(tmp_path, body, status, words):
+    r = client(make_run(tmp_path)).post("/api/answer", content=body)
+    assert r.status_code == status and words in r.json()["error"] and "Traceback" not in r.text
+
+
+@pytest.mark.parametrize(
+    "answers, words",
+    [
+        ({"spurious_feature": "maybe", "class_object": "no"}, "must be one of yes, no"),
+        ({"spurious_feature": "yes"}, "'class_object' needs an answer"),
+        ({**GOOD, "colour": "red"}, "unknown question 'colour'"),
+        ("yes", "answers must be an object"),
+    ],
+)
+def test_bad_answers_are_refused_and_not_stored(tmp_path, answers, words):
+    review = make_review(make_run(tmp_path))
+    c = TestClient(build_app(review))
+    r = answer(c, "ann", review.items[0].id, answers)
+    assert r.status_code == 400 and words in r.json()["error"]
+    assert review.store.answers() == []
+    assert c.get("/api/undo").status_code == 405 and c.get("/api/state").status_code == 400
+
+
+def test_study_mode_blinds_sets_to_one_size_and_format_without_metadata(tmp_path):
+    run = make_run(tmp_path, 2)
+    ref = tmp_path / "refs"
+    ref.mkdir()
+    Image.new("RGB", (120, 90), (9, 9, 9)).save(ref / "r.jpg", quality=70, comment=b"photographer")
+    review = make_review(run, "--mode", "study", "--set", "reference=" + str(ref), "--image-size", "96")
+    assert {i.set_name for i in review.items} == {"generated", "reference"}
+    c = TestClient(build_app(review))
+    st = c.get("/api/state", params={"reviewer": "ann"}).json()
+    assert set(st["image"]) == {"id", "url"}  # no prompt, template, predictions or set name
+    assert [q["key"] for q in st["questions"]] == ["real_or_generated", "realism"]
+    for item in review.items:
+        data = c.get(f"/image/{item.id}").content
+        im = Image.open(io.BytesIO(data))
+        assert im.format == "JPEG" and im.size == (96, 96) and im.mode == "RGB"
+        assert not ({"prompt", "seed", "comment", "exif", "icc_profile"} & set(im.info)), im.info
+        assert b"sks" not in data and b"photographer" not in data and item.id not in item.path.name
+    assert main([str(run), "--mode", "study", "--show-predictions"]) == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_acknowledged_answer_survives_sigkill_of_the_server(tmp_path):
+    run, port, db = make_run(tmp_path), _free_port(), tmp_path / "kill.sqlite"
+    cmd = [sys.executable, "-m", "spurgen.review", str(run), "--port", str(port), "--db", str(db)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                with urllib.request.urlopen(f"{base}/api/state?reviewer=ann", timeout=2) as r:
+                    st = json.loads(r.read())
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                time.sleep(0.1)
+        ack = _post(
+            f"{base}/api/answer",
+            {"reviewer": "ann", "image": st["image"]["id"], "answers": GOOD, "nonce": "k"},
+        )
+        assert ack["saved"] >= 1
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    rows = sqlite3.connect(db).execute("SELECT reviewer, question, answer FROM answers").fetchall()
+    assert sorted(rows) == sorted(("ann", q, a) for q, a in GOOD.items())
+
+
+def test_kappas_on_known_examples():
+    assert results.cohen_kappa(["y", "y", "n", "n"], ["y", "y", "n", "n"]) == 1.0
+    # p_o = 0.5, p_e = 0.5: no better than chance
+    assert results.cohen_kappa(["y", "y", "n", "n"], ["y", "n", "y", "n"]) == 0.0
+    # 3 items x 3 raters: P_i = 1, 1, 1/3 -> P_bar = 7/9; p = (5/9, 4/9) -> P_e = 41/81; kappa = 22/40
+    assert results.fleiss_kappa([["a", "a", "a"], ["b", "b", "b"], ["a", "a", "b"]]) == pytest.approx(0.55)
+    # agreement no better than the marginals: kappa 0
+    assert results.fleiss_kappa([["a", "a", "a"], ["a", "a", "b"], ["b", "b", "a"]]) == pytest.approx(0.0)
+
+
+def test_export_writes_answers_summary_and_accepted_images(tmp_path):
+    review = make_review(make_run(tmp_path, 3))
+    c = TestClient(build_app(review))
+    a, b, x = review.items
+    for who in ("ann", "bob"):
+        answer(c, who, a.id, nonce="1")  # both accept a
+        answer(c, who, b.id, {"spurious_feature": "yes", "class_object": "unsure"}, nonce="2")
+    answer(c, "ann", x.id, nonce="3")  # one vote only
+    db = review.store.path
+    assert main(["export", str(db), "--out", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "review_summary.json").read_text())
+    feat = summary["sets"]["generated"]["questions"]["spurious_feature"]
+    assert feat["counts"] == {"yes": 5} and feat["fraction"]["yes"]["value"] == 1.0
+    assert feat["fraction"]["yes"]["ci"][0] < 1.0
+    assert summary["agreement"]["class_object"] == {"method": "cohen", "kappa": 1.0, "num_images": 2}
+    kept = [json.loads(line) for line in (tmp_path / "out" / "accepted.jsonl").read_text().splitlines()]
+    assert [(k["image_hash"], k["file"], k["votes"]) for k in kept] == [(a.hash, a.path.name, 2)]
+    csv_lines = (tmp_path / "out" / "answers.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("reviewer,time,image_hash") and len(csv_lines) == 1 + 13
+    assert main(["export", str(tmp_path / "missing.sqlite")]) == 2
