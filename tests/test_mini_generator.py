@@ -1,0 +1,149 @@
+"""The mini text-to-image model's groundwork (issue 12 item 3): the ~600-token CLIP BPE tokenizer, the UNet
+and text encoder builders, and the pre-training command (a few steps on a random autoencoder)."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("skimage.data")
+
+from spurgen.errors import ConfigError  # noqa: E402
+from spurgen.mini import corpus  # noqa: E402
+from spurgen.mini import pretrain_generator as pg  # noqa: E402
+from spurgen.mini.generator import build_mini_text_encoder, build_mini_unet  # noqa: E402
+from spurgen.mini.tokenizer import END, WORDS, bpe, build_merges, build_mini_tokenizer  # noqa: E402
+from spurgen.models.parts import SDParts  # noqa: E402
+from spurgen.models.schedulers import ddim_sampler, sd_noise_scheduler  # noqa: E402
+from spurgen.models.tiny import build_tiny_vae  # noqa: E402
+from spurgen.prompts import apply_template  # noqa: E402
+
+TEMPLATES = ("{prompt}", "{prompt} on the beach", "{prompt} on Mount Fuji", "{prompt} in a garden",
+             "{prompt} in a market")  # fmt: skip
+
+
+@contextmanager
+def one_thread():
+    """Training runs (and the manifest's losses replay) with one CPU thread; the suite's setting returns."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return build_mini_tokenizer(tmp_path_factory.mktemp("mini-tok"))
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory) -> Path:
+    """A random autoencoder with the mini one's shape (factor 4, 4 latent channels, 64 px)."""
+    folder = tmp_path_factory.mktemp("mini-vae")
+    build_tiny_vae(block_out_channels=(16, 32, 64), sample_size=64).save_pretrained(folder)
+    return folder
+
+
+def prompts() -> list[str]:
+    """Every corpus caption, plain and with the identifier, in every recontextualisation template."""
+    captions = {corpus.caption(p.subject) for p in corpus.PHOTOS}
+    with_id = {c.replace("a photo of a ", "a photo of a sks ") for c in captions}
+    return sorted(apply_template(t, c) for t in TEMPLATES for c in captions | with_id)
+
+
+def test_tokenizer_has_about_600_tokens_and_each_word_is_one_token(tokenizer):
+    assert 580 <= len(tokenizer) <= 650
+    vocab = tokenizer.get_vocab()
+    for text in prompts():
+        ids = tokenizer(text).input_ids
+        words = text.lower().split()
+        assert ids == [tokenizer.bos_token_id, *(vocab[w + END] for w in words), tokenizer.eos_token_id], text
+        assert tokenizer.decode(ids, skip_special_tokens=True).strip() == text.lower()
+
+
+def test_tokenizer_handles_any_text_and_the_bpe_replay_matches_clip(tokenizer):
+    ranks = {m: i for i, m in enumerate(build_merges())}
+    for word in ("photograph", "gardener", "hummingbirds", "zebra", "cats"):
+        ids = tokenizer(word).input_ids[1:-1]
+        assert len(ids) > 1  # not a vocabulary word: pieces, never one unknown token
+        assert tokenizer.convert_ids_to_tokens(ids) == bpe(word, ranks)
+    assert len(tokenizer("a photo of a café!").input_ids) > 6  # a non-ASCII ending still tokenizes
+    assert {len(tokenizer(w).input_ids) for w in WORDS} == {3}
+    padded = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length).input_ids
+    assert padded[:2] == [tokenizer.bos_token_id, tokenizer.eos_token_id] and len(padded) == 32
+
+
+def parts_with(text_encoder, unet, tokenizer) -> SDParts:
+    return SDParts(
+        unet=unet,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        vae=build_tiny_vae(block_out_channels=(16, 32, 64), sample_size=64),
+        noise_scheduler=sd_noise_scheduler(),
+        sample_scheduler=ddim_sampler(),
+    )
+
+
+def test_builders_fit_together_and_a_mismatch_is_caught(tokenizer):
+    parts = parts_with(build_mini_text_encoder(tokenizer), build_mini_unet(), tokenizer)
+    assert parts.resolution == corpus.SIZE
+    assert tuple(parts.unet.config.block_out_channels) == (32, 64, 128)
+    assert parts.text_encoder.config.vocab_size == len(tokenizer)
+    z = torch.randn(2, 4, 16, 16)
+    cond = parts.text_encoder(tokenizer(["a photo of a cat"] * 2, return_tensors="pt").input_ids)[0]
+    assert parts.unet(z, torch.tensor([10, 900]), encoder_hidden_states=cond).sample.shape == z.shape
+    with pytest.raises(ConfigError, match="cross_attention_dim"):
+        parts_with(build_mini_text_encoder(tokenizer, hidden=64), build_mini_unet(), tokenizer)
+
+
+def test_three_training_steps_are_finite_change_the_weights_and_replay(vae_dir, tmp_path):
+    cfg = pg.GenTrainConfig(steps=3, batch=2, log_every=1)
+    runs = []
+    with one_thread():
+        for i in range(2):
+            parts = pg.build_parts(pg.load_frozen_vae(vae_dir), tmp_path / f"tok{i}", cfg.seed)
+            before = parts.unet.conv_out.weight.detach().clone()
+            res = pg.train_generator(cfg, parts, log=lambda _: None)
+            runs.append(res.first_losses)
+    assert len(res.first_losses) == 3 and all(0 < x < 10 for x in res.first_losses)
+    assert runs[0] == runs[1]  # fixed seed, one thread: the manifest's first losses replay exactly
+    assert not torch.equal(before, parts.unet.conv_out.weight)
+    weights = [*parts.unet.parameters(), *parts.text_encoder.parameters()]
+    assert all(torch.isfinite(p).all() for p in weights)
+    assert all(p.requires_grad is False for p in parts.vae.parameters())
+
+
+def test_the_command_writes_loadable_folders_and_a_manifest(vae_dir, tmp_path, capsys):
+    from diffusers import UNet2DConditionModel
+    from safetensors import safe_open
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    out = tmp_path / "mini"
+    with one_thread():
+        assert pg.main(["--vae", str(vae_dir), "--out", str(out), "--steps", "2", "--batch", "2"]) == 0
+    record = json.loads((out / pg.MANIFEST).read_text())["parts"]["generator"]
+    assert {f.split("/")[0] for f in record["files"]} == {"unet", "text_encoder", "tokenizer", "scheduler"}
+    for name, digest in record["files"].items():
+        assert pg.sha256(out / name) == digest
+    assert record["config"]["steps"] == 2 and record["config"]["seed"] == 0
+    assert len(record["first_losses"]) == 2 and record["command"].endswith("--batch 2")
+    assert record["wall_s"] >= record["train_wall_s"] > 0 and record["final_losses"]["loss"] > 0
+    unet = UNet2DConditionModel.from_pretrained(out / "unet")
+    text = CLIPTextModel.from_pretrained(out / "text_encoder")
+    tok = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    with safe_open(out / "unet" / "diffusion_pytorch_model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}  # fp16 storage
+    assert (
+        tok("a photo of a sks texture").input_ids
+        == build_mini_tokenizer(tmp_path / "t")("a photo of a sks texture").input_ids
+    )
+    assert text.config.vocab_size == len(tok) and unet.config.cross_attention_dim == text.config.hidden_size
+    capsys.readouterr()
+    assert pg.main(["--vae", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
