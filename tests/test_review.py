@@ -309,3 +309,47 @@ def test_export_writes_answers_summary_and_accepted_images(tmp_path):
     csv_lines = (tmp_path / "out" / "answers.csv").read_text().splitlines()
     assert csv_lines[0].startswith("reviewer,time,image_hash") and len(csv_lines) == 1 + 13
     assert main(["export", str(tmp_path / "missing.sqlite")]) == 2
+
+
+def test_filter_keeps_accepted_images_of_an_export_dataset_with_votes(tmp_path):
+    run = make_run(tmp_path, 3)
+    review = make_review(run)
+    c = TestClient(build_app(review))
+    a, b, x = review.items
+    for who in ("ann", "bob", "cat"):
+        answer(c, who, a.id, nonce="1")
+    answer(c, "ann", b.id, {"spurious_feature": "yes", "class_object": "unsure"}, nonce="2")
+    answer(c, "bob", b.id, nonce="2")  # 1 of 2 says no class object: no majority
+    # a dataset folder as `spurgen export` writes it: images/ + manifest.jsonl naming images/<file>
+    dataset = tmp_path / "dataset"
+    (dataset / "images").mkdir(parents=True)
+    for item in (a, b):
+        (dataset / "images" / item.path.name).write_bytes(item.path.read_bytes())
+    write_jsonl(dataset / "manifest.jsonl", [{"file": f"images/{a.path.name}", "prompt": "p", "votes": 2}])
+    out = tmp_path / "kept"
+    assert main(["filter", str(review.store.path), str(dataset), "--out", str(out), "--min-votes", "3"]) == 0
+    (rec,) = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert rec["file"] == f"images/{a.path.name}" and rec["prompt"] == "p"
+    assert rec["review"]["votes"] == 3 and rec["review"]["class_object"] == {"no": 3}
+    assert sorted(p.name for p in (out / "images").iterdir()) == [a.path.name]
+    assert json.loads((out / "dataset.json").read_text())["num_accepted"] == 1
+    assert main(["filter", str(review.store.path), str(dataset), "--out", str(out), "--min-votes", "4"]) == 0
+    assert (out / "manifest.jsonl").read_text() == ""
+
+
+def test_study_export_fraction_real_and_figure(tmp_path):
+    run = make_run(tmp_path, 2)
+    review = make_review(run, "--mode", "study", "--min-reviewers", "3")
+    c = TestClient(build_app(review))
+    for k, who in enumerate(("ann", "bob", "cat")):
+        for item in review.items:
+            guess = "real" if (k == 0 or item is review.items[0]) else "generated"
+            answer(c, who, item.id, {"real_or_generated": guess, "realism": str(k + 3)}, nonce=item.id)
+    assert main(["export", str(review.store.path), "--out", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "review_summary.json").read_text())
+    real = summary["sets"]["generated"]["questions"]["real_or_generated"]["fraction"]["real"]
+    assert real["value"] == pytest.approx(4 / 6) and real["ci"][0] < 4 / 6 < real["ci"][1]
+    assert summary["sets"]["generated"]["questions"]["realism"]["counts"] == {"3": 2, "4": 2, "5": 2}
+    assert summary["agreement"]["real_or_generated"]["method"] == "fleiss"
+    assert (tmp_path / "out" / "study.png").stat().st_size > 1000
+    assert not (tmp_path / "out" / "accepted.jsonl").exists()

@@ -1,5 +1,6 @@
 """`spurgen review <run folder or image folder>` serves the review page; `spurgen review export <db>` writes the
-answers and their summary. Also `python -m spurgen.review ...` (docs/review.md)."""
+answers and their summary; `spurgen review filter <db> <folder> --out DIR` keeps the accepted images. Also
+`python -m spurgen.review ...` (docs/review.md)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,17 @@ def export_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("db", help="the review's SQLite file")
     p.add_argument("--out", help="output folder (default: beside the database)")
     p.add_argument("--min-votes", type=int, default=2, help="accepted.jsonl: votes needed per image")
+    return p
+
+
+def filter_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{prog} filter", description="Copy the images reviewers accepted.")
+    p.add_argument("db", help="the review's SQLite file")
+    p.add_argument(
+        "folder", help="the reviewed images: a run's generated/ or a `spurgen export` dataset folder"
+    )
+    p.add_argument("--out", required=True, help="the new dataset folder")
+    p.add_argument("--min-votes", type=int, default=2, help="votes an image needs (default 2)")
     return p
 
 
@@ -100,12 +112,22 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+def filter_(args: argparse.Namespace) -> int:
+    from spurgen.review.accept import filter_folder
+
+    summary = filter_folder(args.db, args.folder, args.out, args.min_votes)
+    print(f"spurgen review filter: {summary['num_accepted']} of {summary['num_images']} images -> {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None, prog: str = "spurgen review") -> int:
     """Entry point; user mistakes print one line and return 2."""
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         if args and args[0] == "export":
             return export(export_parser(prog).parse_args(args[1:]))
+        if args and args[0] == "filter":
+            return filter_(filter_parser(prog).parse_args(args[1:]))
         return serve(serve_parser(prog).parse_args(args))
     except SpurgenError as exc:
         print(f"spurgen: error: {exc}", file=sys.stderr)

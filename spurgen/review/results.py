@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from spurgen.eval.metrics import wilson_interval
-from spurgen.io import write_csv, write_json, write_jsonl
+from spurgen.io import save_figure_atomic, write_csv, write_json, write_jsonl
 from spurgen.review.store import ANSWER_FIELDS, open_existing
 
 FEATURE, OBJECT = "spurious_feature", "class_object"
@@ -143,5 +143,51 @@ def export_db(db: str | Path, out_dir: str | Path | None, min_votes: int) -> lis
         kept = accepted(rows, min_votes)
         write_jsonl(paths[-1], kept)
         summary["accepted"] = {"min_votes": min_votes, "num_images": len(kept)}
+    else:
+        figure = study_figure(out / "study.png", summary, ("real_or_generated", "real"), "realism")
+        paths += [figure] if figure else []
     write_json(paths[1], summary)
     return paths
+
+
+def study_figure(path: Path, summary: dict, real: tuple[str, str], rating: str) -> Path | None:
+    """Left: the fraction of answers `real[1]` to question `real[0]` per set, with 95% Wilson intervals;
+    right: the distribution of answers to question `rating` per set. None when neither question was asked."""
+    sets = summary["sets"]
+    asked = [s for s in sets if real[0] in sets[s]["questions"] or rating in sets[s]["questions"]]
+    if not asked:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for s in asked for k in sets[s]["questions"].get(rating, {}).get("counts", {})})
+    width = 0.8 / len(asked)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for x, s in enumerate(asked):
+        frac = sets[s]["questions"].get(real[0], {}).get("fraction", {})
+        n = sets[s]["questions"].get(real[0], {}).get("n", 0)
+        v = frac.get(real[1], {"value": 0.0, "ci": list(wilson_interval(0, n))} if n else None)
+        if v is not None:
+            err = [[v["value"] - v["ci"][0]], [v["ci"][1] - v["value"]]]
+            left.bar(x, v["value"], yerr=err, capsize=4, label=f"{s} (n={n})")
+        counts = sets[s]["questions"].get(rating, {}).get("counts", {})
+        total = sum(counts.values()) or 1
+        right.bar(
+            [k - 0.4 + (x + 0.5) * width for k in range(len(keys))],
+            [counts.get(key, 0) / total for key in keys],
+            width,
+            label=s,
+        )
+    right.set_xticks(range(len(keys)), keys)
+    left.set_xticks(range(len(asked)), asked)
+    left.set_ylim(0, 1)
+    left.set_ylabel(f"fraction '{real[1]}' (95% Wilson)")
+    right.set_xlabel(rating)
+    right.set_ylabel("fraction of answers")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure_atomic(fig, path)
+    plt.close(fig)
+    return path
