@@ -22,8 +22,12 @@ COMMANDS: dict[str, str] = {
     "export": "the images predicted as the target by >= m classifiers",
     "report": "tables and figures of a sweep folder",
     "review": "a local web page for people to review or rate images (spurgen/review/)",
+    "dashboard": "the W&B workspace and report of a sweep; dashboard.json offline (spurgen/dashboards/)",
 }
-MODULES = {"review": "spurgen.review.cli"}  # commands whose code is not spurgen/cli/<command>.py
+MODULES = {
+    "review": "spurgen.review.cli",
+    "dashboard": "spurgen.dashboards.command",
+}  # commands whose code is not spurgen/cli/<command>.py
 
 
 def usage() -> str:
