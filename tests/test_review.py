@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -253,30 +254,102 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
-def test_acknowledged_answer_survives_sigkill_of_the_server(tmp_path):
-    run, port, db = make_run(tmp_path), _free_port(), tmp_path / "kill.sqlite"
-    cmd = [sys.executable, "-m", "spurgen.review", str(run), "--port", str(port), "--db", str(db)]
+def _start_server(run: Path, db: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`python -m spurgen.review` on a free loopback port; returns once it answers."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "spurgen.review", str(run), "--port", str(port), "--db", str(db), *extra]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"{base}/", timeout=2).close()
+            return proc, base
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError(proc.stderr.read().decode()) from None
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("the review server did not start within 30 s")
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_acknowledged_answer_survives_sigkill_of_the_server(tmp_path):
+    db = tmp_path / "kill.sqlite"
+    proc, base = _start_server(make_run(tmp_path), db)
     try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                with urllib.request.urlopen(f"{base}/api/state?reviewer=ann", timeout=2) as r:
-                    st = json.loads(r.read())
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                time.sleep(0.1)
-        ack = _post(
-            f"{base}/api/answer",
-            {"reviewer": "ann", "image": st["image"]["id"], "answers": GOOD, "nonce": "k"},
-        )
-        assert ack["saved"] >= 1
+        st = _get(f"{base}/api/state?reviewer=ann")
+        body = {"reviewer": "ann", "image": st["image"]["id"], "answers": GOOD, "nonce": "k"}
+        assert _post(f"{base}/api/answer", body)["saved"] >= 1
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     rows = sqlite3.connect(db).execute("SELECT reviewer, question, answer FROM answers").fetchall()
     assert sorted(rows) == sorted(("ann", q, a) for q, a in GOOD.items())
+
+
+def _reviewer_loop(base: str, who: str, acked: list, stop: threading.Event) -> None:
+    """Answer images until the server dies or `stop` is set; record (reviewer, nonce) of each acknowledged
+    answer."""
+    k = 0
+    while not stop.is_set():
+        try:
+            st = _get(f"{base}/api/state?reviewer={who}")
+            if st["image"] is None:
+                return
+            body = {"reviewer": who, "image": st["image"]["id"], "answers": GOOD, "nonce": f"{who}-{k}"}
+            _post(f"{base}/api/answer", body)
+        except OSError:  # the server was killed: this answer was never acknowledged
+            return
+        acked.append((who, f"{who}-{k}"))
+        k += 1
+
+
+@pytest.mark.slow
+def test_load_with_sigkill_keeps_every_acknowledged_answer_exactly_once(tmp_path):
+    """Bounded load on loopback: 4 reviewers answer concurrently, the server is SIGKILLed mid-way; after a
+    restart every acknowledged answer is in the database exactly once, and a retried POST adds nothing."""
+    run, db = make_run(tmp_path, 40), tmp_path / "load.sqlite"
+    proc, base = _start_server(run, db, "--min-reviewers", "4")
+    acked: list = []
+    stop = threading.Event()
+    threads = [threading.Thread(target=_reviewer_loop, args=(base, f"r{i}", acked, stop)) for i in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(acked) < 40 and time.monotonic() < deadline:  # kill mid-way (160 answers in all)
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    stop.set()
+    for t in threads:
+        t.join(timeout=20)
+    assert 8 <= len(acked) < 160, f"{len(acked)} answers: the kill must come mid-way"
+    proc, base = _start_server(run, db, "--min-reviewers", "4")
+    try:
+        con = sqlite3.connect(db)
+        stored = con.execute(
+            "SELECT reviewer, nonce, COUNT(*) FROM submissions GROUP BY reviewer, nonce"
+        ).fetchall()
+        per = dict(con.execute("SELECT submission, COUNT(*) FROM answers GROUP BY submission").fetchall())
+        assert all(n == 1 for _, _, n in stored) and set(per.values()) == {len(GOOD)}
+        assert set(acked) <= {(r, nonce) for r, nonce, _ in stored}
+        who, nonce = acked[0]
+        image = con.execute("SELECT image_hash FROM submissions WHERE nonce = ?", (nonce,)).fetchone()[0]
+        ident = next(i.id for i in make_review(run, "--db", str(db)).items if i.hash == image)
+        before = con.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+        _post(f"{base}/api/answer", {"reviewer": who, "image": ident, "answers": GOOD, "nonce": nonce})
+        assert con.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == before
+        done = {
+            r: _get(f"{base}/api/state?reviewer={r}")["progress"]["done"] for r in ("r0", "r1", "r2", "r3")
+        }
+        assert all(done[r] >= sum(a == r for a, _ in acked) for r in done)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
 
 
 def test_kappas_on_known_examples():
