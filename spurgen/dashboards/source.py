@@ -86,8 +86,8 @@ def _report_table(run: Any) -> list[dict]:
         raise SpurgenError(
             f"W&B run {run.name} holds no {REPORT_TABLE_KEY}: log it with `spurgen report <sweep folder> --wandb`"
         )
-    with tempfile.TemporaryDirectory() as tmp:
-        data = json.loads(Path(run.file(ref["path"]).download(root=tmp, replace=True).name).read_text())
+    with tempfile.TemporaryDirectory() as tmp, run.file(ref["path"]).download(root=tmp, replace=True) as fh:
+        data = json.load(fh)
     return [dict(zip(data["columns"], row, strict=False)) for row in data["data"]]
 
 
