@@ -426,3 +426,79 @@ def test_study_export_fraction_real_and_figure(tmp_path):
     assert summary["agreement"]["real_or_generated"]["method"] == "fleiss"
     assert (tmp_path / "out" / "study.png").stat().st_size > 1000
     assert not (tmp_path / "out" / "accepted.jsonl").exists()
+
+
+def _browser():
+    """Headless Chromium (Debian's chromium + chromium-driver) through selenium, or a skip with the reason;
+    under CI a missing browser fails instead, so the test runs where it counts."""
+    import shutil
+
+    missing = [n for n in ("chromium", "chromedriver") if shutil.which(n) is None]
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing.append("selenium (pip)")
+    if missing:
+        reason = "needs " + ", ".join(missing) + " (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
+
+
+def _wait(driver, condition, seconds: float = 10.0):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, seconds).until(lambda d: condition(d))
+
+
+@pytest.mark.slow
+def test_browser_answers_with_the_keyboard_reloads_and_resumes(tmp_path):
+    """A person's path: open the page, answer two images with the keys only (1/2 pick choices, Enter
+    submits), undo one with u, answer it again, reload: the page resumes at 2 of 4 and the database holds it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    db = tmp_path / "browser.sqlite"
+    proc, base = _start_server(make_run(tmp_path), db, "--show-predictions")
+    driver = _browser()
+    try:
+        driver.get(f"{base}/?reviewer=ann")
+        count = lambda: driver.find_element(By.ID, "count").text  # noqa: E731
+        _wait(driver, lambda d: count() == "0 / 4")
+        body = driver.find_element(By.TAG_NAME, "body")
+        for k, note in enumerate(("feeder", "flowers", "again")):
+            first = driver.find_element(By.ID, "img").get_attribute("src")
+            assert "/image/" in first and "sks flower" in driver.find_element(By.ID, "info").text
+            body.send_keys("1")  # spurious feature: yes
+            driver.find_element(By.TAG_NAME, "body").send_keys("2")  # class object: no -> the note has focus
+            driver.switch_to.active_element.send_keys(note, Keys.ENTER)
+            _wait(
+                driver,
+                lambda d, k=k: count() == f"{min(k + 1, 2)} / 4" and d.find_element(By.ID, "msg").text == "",
+            )
+            body = driver.find_element(By.TAG_NAME, "body")
+            if k == 1:
+                body.send_keys("u")
+                _wait(driver, lambda d: count() == "1 / 4")
+        driver.refresh()
+        _wait(driver, lambda d: count() == "2 / 4")
+        assert driver.find_element(By.ID, "img").is_displayed()
+        assert driver.find_element(By.CSS_SELECTOR, ".pred b")  # the target class in bold
+        driver.save_screenshot(str(tmp_path / "page.png"))
+    finally:
+        driver.quit()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    rows = ReviewStore(db).answers()
+    notes = [r["answer"] for r in rows if r["question"] == "note"]
+    assert notes == ["feeder", "again"]
+    assert {(r["question"], r["answer"]) for r in rows if r["question"] != "note"} == {
+        ("spurious_feature", "yes"),
+        ("class_object", "no"),
+    }

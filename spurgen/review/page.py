@@ -13,14 +13,14 @@ body{font-family:system-ui,sans-serif;margin:0;background:#f4f4f4;color:#222}
 header{display:flex;gap:1em;align-items:center;padding:.5em 1em;background:#fff;border-bottom:1px solid #ddd}
 #bar{flex:1;height:10px;background:#e3e3e3;border-radius:5px;overflow:hidden}
 #fill{height:100%;background:#2a7;width:0}
-main{display:flex;gap:1.5em;padding:1em;flex-wrap:wrap}
-#img{max-width:min(70vw,640px);max-height:80vh;border:1px solid #ccc;background:#fff}
+main{display:flex;gap:1.5em;padding:1em;flex-wrap:wrap;align-items:flex-start}
+#img{width:min(55vw,512px);height:auto;max-height:85vh;object-fit:contain;border:1px solid #ccc;background:#fff}
 #side{flex:1;min-width:280px}
 .q{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.5em .8em;margin-bottom:.6em}
 .q.cur{border-color:#2a7;box-shadow:0 0 0 2px #2a74}
 .q button{margin:.2em;padding:.3em .8em;border:1px solid #999;border-radius:4px;background:#fafafa}
 .q button.on{background:#2a7;color:#fff;border-color:#2a7}
-.k{font-size:.75em;color:#777;margin-left:.2em}
+.k{font-size:.75em;color:#777;margin-left:.2em}.on .k{color:#dfd}#keys{font-size:.8em;color:#666}
 #info{font-size:.9em;color:#444;margin-bottom:.8em}.pred b{color:#b00}
 #msg{min-height:1.4em;color:#b00}textarea{width:100%;height:4em}
 """
@@ -51,7 +51,8 @@ function render(){
     (q.choices? q.choices.map((c,j)=>'<button data-q="'+i+'" data-c="'+j+'" class="'+(ans[q.key]===c?'on':'')+'">'+
       esc(c)+'<span class="k">'+(j+1)+'</span></button>').join('')
      : '<textarea id="note_'+i+'">'+esc(ans[q.key]||'')+'</textarea>')+'</div>').join('')+
-    '<button id="submit">Submit (Enter)</button> <button id="undo">Undo (u)</button>';
+    '<button id="submit">Submit (Enter)</button> <button id="undo">Undo (u)</button>'+
+    '<p id="keys">Keys: 1-9 choose an answer of the highlighted question, Enter submits, u undoes the last.</p>';
   document.querySelectorAll('.q button').forEach(b=>b.onclick=()=>pick(+b.dataset.q,+b.dataset.c));
   st.questions.forEach((q,i)=>{if(!q.choices){const t=$('note_'+i); t.oninput=()=>{ans[q.key]=t.value;};}});
   $('submit').onclick=submit; $('undo').onclick=undo;}
@@ -73,7 +74,7 @@ document.addEventListener('keydown',e=>{
   if(inNote) return;
   if(e.key==='u'||e.key==='Backspace'){e.preventDefault(); undo(); return;}
   const q=st.questions[cur], n=parseInt(e.key);
-  if(q&&q.choices&&n>=1&&n<=q.choices.length){pick(cur,n-1);}});
+  if(q&&q.choices&&n>=1&&n<=q.choices.length){e.preventDefault(); pick(cur,n-1);}});
 window.onload=()=>{$('who').value=reviewer; $('go').onclick=start; if(reviewer) start(); else $('who').focus();};
 """
 
