@@ -502,3 +502,20 @@ def test_browser_answers_with_the_keyboard_reloads_and_resumes(tmp_path):
         ("spurious_feature", "yes"),
         ("class_object", "no"),
     }
+
+
+def test_questions_come_from_a_config_file_and_bad_ones_name_the_key(tmp_path, capsys):
+    run = make_run(tmp_path, 1)
+    cfg = tmp_path / "q.yaml"
+    cfg.write_text("questions:\n  - {key: sharp, text: 'Sharp?', choices: ['yes', 'no']}\n  - {key: why}\n")
+    st = client(run, "--config", str(cfg)).get("/api/state", params={"reviewer": "a"}).json()
+    assert st["questions"] == [
+        {"key": "sharp", "text": "Sharp?", "choices": ["yes", "no"], "required": True},
+        {"key": "why", "text": "why", "choices": None, "required": False},
+    ]
+    cfg.write_text("questions:\n  - {key: 'not an id', choices: [a]}\n")
+    assert main([str(run), "--config", str(cfg)]) == 2
+    assert "questions[0].key" in capsys.readouterr().err
+    cfg.write_text("questions:\n  - {key: ok, choices: [yes, no]}\n")  # unquoted: YAML booleans
+    assert main([str(run), "--config", str(cfg)]) == 2
+    assert "questions[0].choices" in capsys.readouterr().err

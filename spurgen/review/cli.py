@@ -16,7 +16,11 @@ if TYPE_CHECKING:
 
 
 def serve_parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Serve a page for people to review images.")
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve a page for people to review images (docs/review.md).",
+        epilog=f"also: {prog} export <db> [--out DIR]; {prog} filter <db> <folder> --out DIR",
+    )
     p.add_argument("folder", help="a run folder (its generated/) or a folder of images")
     p.add_argument("--mode", choices=["review", "study"], default="review")
     p.add_argument("--set", action="append", default=[], metavar="NAME=DIR", help="add an image set")

@@ -50,6 +50,10 @@ def check_questions(questions: list[dict]) -> list[dict]:
         choices = q.get("choices")
         if choices is not None and (not choices or not all(isinstance(c, str | int) for c in choices)):
             raise ConfigError(f"questions[{i}].choices", "a non-empty list of strings, or null for free text")
+        if choices is not None and any(isinstance(c, bool) for c in choices):
+            raise ConfigError(
+                f"questions[{i}].choices", "YAML reads yes/no/on/off as booleans: quote them ('yes')"
+            )
         seen.add(key)
         out.append(
             {
