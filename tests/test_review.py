@@ -519,3 +519,22 @@ def test_questions_come_from_a_config_file_and_bad_ones_name_the_key(tmp_path, c
     cfg.write_text("questions:\n  - {key: ok, choices: [yes, no]}\n")  # unquoted: YAML booleans
     assert main([str(run), "--config", str(cfg)]) == 2
     assert "questions[0].choices" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_uploads_the_summary_to_wandb_offline(tmp_path):
+    review = make_review(make_run(tmp_path, 2))
+    c = TestClient(build_app(review))
+    for who in ("ann", "bob"):
+        for item in review.items:
+            answer(c, who, item.id, nonce=item.id)
+    out = tmp_path / "out"
+    assert main(["export", str(review.store.path), "--out", str(out), "--logger", "wandb"]) == 0
+    (record,) = out.glob("wandb/offline-run-*/*.wandb")
+    data = record.read_bytes()
+    for key in (
+        b"review/generated/spurious_feature/yes",
+        b"review/agreement/class_object",
+        b"review/answers",
+    ):
+        assert key in data, key

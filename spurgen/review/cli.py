@@ -41,6 +41,9 @@ def export_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("db", help="the review's SQLite file")
     p.add_argument("--out", help="output folder (default: beside the database)")
     p.add_argument("--min-votes", type=int, default=2, help="accepted.jsonl: votes needed per image")
+    p.add_argument("--logger", choices=["none", "wandb"], default="none", help="wandb: upload the summary")
+    p.add_argument("--wandb-project", default="spurgen")
+    p.add_argument("--wandb-mode", default="auto", choices=["auto", "online", "offline", "disabled"])
     return p
 
 
@@ -111,7 +114,8 @@ def serve(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     from spurgen.review.results import export_db
 
-    out = export_db(args.db, args.out, args.min_votes)
+    wandb = (args.wandb_project, args.wandb_mode) if args.logger == "wandb" else None
+    out = export_db(args.db, args.out, args.min_votes, wandb)
     print(f"spurgen review export: wrote {', '.join(str(p) for p in out)}")
     return 0
 

@@ -125,9 +125,11 @@ def summarize(rows: list[dict], mode: str) -> dict:
     }
 
 
-def export_db(db: str | Path, out_dir: str | Path | None, min_votes: int) -> list[Path]:
-    """Write answers.csv, review_summary.json and accepted.jsonl (review mode) into out_dir (default: the
-    database's folder); return their paths."""
+def export_db(
+    db: str | Path, out_dir: str | Path | None, min_votes: int, wandb: tuple[str, str] | None = None
+) -> list[Path]:
+    """Write answers.csv, review_summary.json and accepted.jsonl (review mode) or study.png (study mode) into
+    out_dir (default: the database's folder); return their paths. wandb=(project, mode) also uploads them."""
     store = open_existing(db)
     try:
         rows, mode = store.answers(), store.mode
@@ -147,6 +149,8 @@ def export_db(db: str | Path, out_dir: str | Path | None, min_votes: int) -> lis
         figure = study_figure(out / "study.png", summary, ("real_or_generated", "real"), "realism")
         paths += [figure] if figure else []
     write_json(paths[1], summary)
+    if wandb is not None:
+        log_wandb(summary, rows, out, *wandb)
     return paths
 
 
@@ -191,3 +195,42 @@ def study_figure(path: Path, summary: dict, real: tuple[str, str], rating: str) 
     save_figure_atomic(fig, path)
     plt.close(fig)
     return path
+
+
+def scalars(summary: dict) -> dict[str, float]:
+    """The summary as flat W&B keys: review/<set>/<question>/<answer> (fraction of answers),
+    review/agreement/<question> (kappa), review/num_answers."""
+    out: dict[str, float] = {"review/num_answers": float(summary["num_answers"])}
+    for s, numbers in summary["sets"].items():
+        for q, v in numbers["questions"].items():
+            for answer, f in v.get("fraction", {}).items():
+                out[f"review/{s}/{q}/{answer}"] = f["value"]
+    for q, v in summary["agreement"].items():
+        if v["kappa"] is not None:
+            out[f"review/agreement/{q}"] = v["kappa"]
+    return out
+
+
+def log_wandb(summary: dict, rows: list[dict], out_dir: Path, project: str, mode: str) -> None:
+    """Upload the summary (scalars, the answers as a table, the study figure when drawn) as one W&B run in
+    out_dir/wandb (mode auto: offline without credentials or network, spurgen/loggers.py)."""
+    import wandb
+
+    from spurgen.loggers import wandb_mode
+
+    run = wandb.init(
+        project=project,
+        dir=str(out_dir),
+        mode=wandb_mode(mode),
+        job_type="review",
+        name=f"review-{out_dir.name}",
+    )
+    payload: dict = dict(scalars(summary))
+    payload["review/answers"] = wandb.Table(
+        columns=ANSWER_FIELDS, data=[[r[k] for k in ANSWER_FIELDS] for r in rows]
+    )
+    if (out_dir / "study.png").is_file():
+        payload["review/study"] = wandb.Image(str(out_dir / "study.png"))
+    run.log(payload)
+    run.summary.update({"review/summary": summary})
+    run.finish()
