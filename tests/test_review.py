@@ -538,3 +538,38 @@ def test_export_uploads_the_summary_to_wandb_offline(tmp_path):
         b"review/answers",
     ):
         assert key in data, key
+
+
+@pytest.mark.slow
+def test_spurgen_export_review_keeps_only_accepted_images_with_votes(tmp_path, capsys):
+    """`spurgen export review=<db>`: of the images the classifiers vote for, only those reviewers accepted are
+    kept; images with no votes are left out; the manifest carries the votes."""
+    from spurgen.export import main as export_main
+    from tests.test_evaluate import make_generated
+
+    images = make_generated(tmp_path / "generated", n=4)
+    review = make_review(images, "--db", str(tmp_path / "r.sqlite"))
+    c = TestClient(build_app(review))
+    by_name = {i.path.name: i for i in review.items}
+    good, bad = by_name["img_000.png"], by_name["img_001.png"]
+    for who in ("ann", "bob"):
+        answer(c, who, good.id, nonce="1")
+        answer(c, who, bad.id, {"spurious_feature": "yes", "class_object": "yes"}, nonce="2")
+    from spurgen.eval.predict import predict_set
+    from tests.test_evaluate import TINY, tiny_classifiers
+
+    first = predict_set(tiny_classifiers(), [good.path], target=0).per_classifier[TINY[0]]
+    target = int(first.argmax[0])  # a class one tiny classifier predicts for the accepted image
+    out = tmp_path / "dataset"
+    argv = [f"images_dir={images}", "eval=tiny", "class=imagenet", f"target.index={target}", f"out_dir={out}"]
+    argv.append(f"hydra.run.dir={tmp_path}/h")
+    assert export_main([*argv, "min_classifiers=1", "review=" + str(tmp_path / "missing.sqlite")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not out.exists()  # before any classifier ran
+    assert export_main([*argv, "min_classifiers=1", f"review={review.store.path}"]) == 0
+    meta = json.loads((out / "dataset.json").read_text())
+    recs = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in recs] == ["images/img_000.png"] and meta["num_exported"] == 1
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["img_000.png"]
+    assert recs[0]["review"]["votes"] == 2 and recs[0]["review"]["class_object"] == {"no": 2}
+    assert recs[0]["votes"] >= 1 and set(recs[0]["classifiers"]) == set(TINY)
+    assert meta["review_min_votes"] == 2 and "unsure" in meta["review_rule"]

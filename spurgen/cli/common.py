@@ -58,6 +58,8 @@ class ExportApp:
     images_dir: str = MISSING
     out_dir: str = "${hydra:runtime.output_dir}/dataset"
     min_classifiers: int = 1  # copy images predicted as the target by at least this many classifiers
+    review: str | None = None  # a `spurgen review` database: keep only the images reviewers accepted
+    min_votes: int = 2  # ... each with at least this many reviewers' votes (docs/review.md)
     seed: int = 0
     eval: EvalConfig = field(default_factory=EvalConfig)
     target: TargetConfig | None = None

@@ -15,10 +15,15 @@ register_app_configs()
 
 
 def _task(cfg: DictConfig) -> dict:
+    from spurgen.review.accept import accepted_votes, restrict_dataset
     from spurgen.stages.export import export
 
     index, _ = resolve_target(cfg, cfg.images_dir)
+    if cfg.review:  # checked before any classifier is built
+        accepted_votes(cfg.review, int(cfg.min_votes))
     summary = export(cfg.eval, cfg.images_dir, cfg.out_dir, index, int(cfg.min_classifiers))
+    if cfg.review:
+        summary = restrict_dataset(cfg.review, cfg.out_dir, int(cfg.min_votes))
     print(f"spurgen: exported {summary['num_exported']} of {summary['num_images']} images to {cfg.out_dir}")
     return summary
 
