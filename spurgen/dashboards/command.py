@@ -1,5 +1,7 @@
-"""W&B dashboard of a sweep: `spurgen dashboard <sweep folder | W&B group | dashboard.json> [--entity E]
-[--project P] [--out DIR] [--dry-run]` (or `python -m spurgen.dashboard`; `spurgen report <sweep> --dashboard`).
+"""W&B dashboard of a sweep: a saved workspace view and a report, or dashboard.json offline.
+
+`spurgen dashboard <sweep folder | W&B group | dashboard.json> [--entity E] [--project P] [--out DIR]
+[--dry-run]` (or `python -m spurgen.dashboard`; `spurgen report <sweep> --dashboard`).
 
 Writes the dashboard's specification (dashboard.json, spurgen/dashboards/spec.py) next to the sweep report;
 online (W&B credentials and network, no --dry-run) it also saves the W&B workspace view and report and prints
