@@ -573,3 +573,13 @@ def test_spurgen_export_review_keeps_only_accepted_images_with_votes(tmp_path, c
     assert recs[0]["review"]["votes"] == 2 and recs[0]["review"]["class_object"] == {"no": 2}
     assert recs[0]["votes"] >= 1 and set(recs[0]["classifiers"]) == set(TINY)
     assert meta["review_min_votes"] == 2 and "unsure" in meta["review_rule"]
+
+
+def test_a_server_fault_is_a_500_with_a_message_and_no_traceback(tmp_path, capsys):
+    review = make_review(make_run(tmp_path, 1))
+    c = TestClient(build_app(review), raise_server_exceptions=False)
+    review.store.close()  # every query now raises inside the app
+    r = c.get("/api/state", params={"reviewer": "ann"})
+    assert r.status_code == 500 and "internal error" in r.json()["error"]
+    assert "Traceback" not in r.text and "sqlite" not in r.text.lower()
+    assert "Traceback" in capsys.readouterr().err  # the operator's terminal has it
