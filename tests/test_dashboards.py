@@ -25,7 +25,7 @@ from spurgen.dashboards.wandb_objects import filter_text, report, workspace
 from spurgen.errors import SpurgenError
 from spurgen.stages.report import collect, write_report
 from tests.conftest import FAST, run_cli
-from tests.test_sweeps import _fake_run, _mixed_run, fake_sweep  # noqa: F401 - the report tests' fixture
+from tests.test_sweeps import _mixed_run, fake_sweep  # noqa: F401 - the report tests' fixture
 
 ws = pytest.importorskip("wandb_workspaces.workspaces")
 wr = pytest.importorskip("wandb_workspaces.reports.v2")
