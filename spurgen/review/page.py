@@ -27,7 +27,7 @@ main{display:flex;gap:1.5em;padding:1em;flex-wrap:wrap;align-items:flex-start}
 
 _JS = r"""
 const P=new URLSearchParams(location.search), TOKEN=P.get('token')||'';
-let reviewer=P.get('reviewer')||localStorage.getItem('spurgen_reviewer')||'', st=null, ans={}, cur=0, busy=false;
+let reviewer=P.get('reviewer')||localStorage.getItem('spurgen_reviewer')||'', st=null, ans={}, cur=0, busy=false, nonce='';
 const $=id=>document.getElementById(id);
 function hdr(){const h={'Content-Type':'application/json'}; if(TOKEN) h['X-Review-Token']=TOKEN; return h;}
 async function call(url,body){
@@ -36,7 +36,7 @@ async function call(url,body){
   if(!r.ok) throw new Error(d.error||('HTTP '+r.status)); return d;}
 function esc(s){const d=document.createElement('div'); d.textContent=s==null?'':String(s); return d.innerHTML;}
 function show(d){
-  st=d; ans={}; cur=0; const p=d.progress; $('fill').style.width=(p.total?100*p.done/p.total:100)+'%';
+  st=d; ans={}; cur=0; nonce=Date.now().toString(36)+Math.random().toString(36).slice(2); const p=d.progress; $('fill').style.width=(p.total?100*p.done/p.total:100)+'%';
   $('count').textContent=p.done+' / '+p.total;
   if(!d.image){$('img').style.display='none'; $('qs').innerHTML='<p>All done, thank you.</p>'; $('info').innerHTML=''; return;}
   const q=TOKEN?'?token='+encodeURIComponent(TOKEN):'';
@@ -60,8 +60,7 @@ function pick(i,j){const q=st.questions[i]; ans[q.key]=q.choices[j]; cur=Math.mi
   const nq=st.questions[cur]; if(!nq.choices) $('note_'+cur).focus();}
 async function act(f){if(busy) return; busy=true; $('msg').textContent='';
   try{show(await f());}catch(e){$('msg').textContent=e.message;} finally{busy=false;}}
-function submit(){if(!st||!st.image) return;
-  const nonce=Date.now().toString(36)+Math.random().toString(36).slice(2);
+function submit(){if(!st||!st.image) return;  // one nonce per image shown: a retry after a lost reply is a no-op
   act(()=>call('/api/answer',{reviewer,image:st.image.id,answers:ans,nonce}));}
 function undo(){act(()=>call('/api/undo',{reviewer}));}
 function start(){reviewer=$('who').value.trim(); if(!reviewer){$('msg').textContent='enter your name first'; return;}
