@@ -121,6 +121,7 @@ def test_three_training_steps_are_finite_change_the_weights_and_replay(vae_dir, 
 
 def test_the_command_writes_loadable_folders_and_a_manifest(vae_dir, tmp_path, capsys):
     from diffusers import UNet2DConditionModel
+    from PIL import Image
     from safetensors import safe_open
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -144,6 +145,10 @@ def test_the_command_writes_loadable_folders_and_a_manifest(vae_dir, tmp_path, c
         == build_mini_tokenizer(tmp_path / "t")("a photo of a sks texture").input_ids
     )
     assert text.config.vocab_size == len(tok) and unet.config.cross_attention_dim == text.config.hidden_size
+    with one_thread():
+        grid = pg.sample_grid(pg.load_trained(out, pg.load_frozen_vae(vae_dir)), ["a photo of a cat", ""],
+                              tmp_path / "grid.png", per_prompt=1)  # fmt: skip
+    assert Image.open(grid).size == (corpus.SIZE, 2 * corpus.SIZE)
     capsys.readouterr()
     assert pg.main(["--vae", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0

@@ -233,8 +233,9 @@ def write_manifest(out: Path, record: dict) -> Path:
 
 
 @torch.no_grad()
-def sample_grid(parts: SDParts, prompts: list[str], path: Path, per_prompt: int = 4, seed: int = 0) -> Path:
-    """One row of `per_prompt` 64-px images per prompt (DDIM, 25 steps, guidance 4), saved as a PNG."""
+def sample_grid(parts: SDParts, prompts: list[str], path: Path, per_prompt: int = 6, seed: int = 0) -> Path:
+    """One row of `per_prompt` 64-px images per prompt (DDIM, 25 steps, guidance 4; the same noise seeds in
+    every row), saved as a PNG."""
     from diffusers import StableDiffusionPipeline
     from PIL import Image
 
@@ -289,17 +290,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 GRID_PROMPTS = ["a photo of a cat", "a photo of a texture", "a photo of a person", "a photo of a galaxy", ""]
 
 
-def run(args: argparse.Namespace, command: str) -> dict:
-    """Build, train, save, reload the written fp16 files; the manifest record of the part."""
+def run(args: argparse.Namespace, command: str) -> tuple[dict, SDParts]:
+    """Build, train, save, reload the written fp16 files: the manifest record and the reloaded parts."""
     cfg = GenTrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr)
     vae = load_frozen_vae(args.vae)
     parts = build_parts(vae, args.out / "tokenizer", cfg.seed)
     res = train_generator(cfg, parts)
     files = save_parts(parts, args.out)
     shipped = load_trained(args.out, vae)
-    if args.grid:
-        sample_grid(shipped, GRID_PROMPTS, args.grid, seed=cfg.seed)
-    return {
+    record = {
         "command": command,
         "config": asdict(cfg),
         "vae": str(args.vae),
@@ -319,6 +318,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         "vocab_size": len(shipped.tokenizer),
         "files": files,
     }
+    return record, shipped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,12 +329,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        record = run(args, command)
+        record, shipped = run(args, command)
     except SpurgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     record["wall_s"] = round(time.perf_counter() - start, 1)
     path = write_manifest(args.out, record)
+    if args.grid:  # after the manifest: the samples are a look, not part of the recorded run
+        print("samples ->", sample_grid(shipped, GRID_PROMPTS, args.grid, seed=args.seed))
     print(
         json.dumps({k: record[k] for k in ("wall_s", "step_s", "first_losses", "final_losses")}), f"-> {path}"
     )
