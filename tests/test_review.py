@@ -29,6 +29,7 @@ from spurgen.review.config import check_binding
 from spurgen.review.store import ImageRef, ReviewStore
 
 REPO = Path(__file__).resolve().parents[1]
+BASE = "http://127.0.0.1"  # the Host a loopback server accepts
 GOOD = {"spurious_feature": "yes", "class_object": "no", "note": "a bird feeder"}
 
 
@@ -57,7 +58,7 @@ def make_review(run: Path, *extra: str):
 
 
 def client(run: Path, *extra: str) -> TestClient:
-    return TestClient(build_app(make_review(run, *extra)), raise_server_exceptions=False)
+    return TestClient(build_app(make_review(run, *extra)), base_url=BASE, raise_server_exceptions=False)
 
 
 def answer(c: TestClient, reviewer: str, image: str, answers=None, nonce: str = "n1", headers=None):
@@ -100,7 +101,7 @@ def test_orders_are_seeded_per_reviewer():
 
 def test_overlap_each_image_gets_min_reviewers_then_no_more(tmp_path):
     review = make_review(make_run(tmp_path, 3), "--min-reviewers", "2")
-    c = TestClient(build_app(review))
+    c = TestClient(build_app(review), base_url=BASE)
     seen: dict[str, list[str]] = {}
     for who in ("ann", "bob", "cat"):
         for k in range(5):
@@ -154,7 +155,7 @@ def test_paths_symlinks_and_absolute_paths_are_refused(tmp_path):
     (run / "generated" / "link.png").symlink_to(outside)
     review = make_review(run)
     assert len(review.items) == 4 and all(i.path.name != "link.png" for i in review.items)
-    c = TestClient(build_app(review))
+    c = TestClient(build_app(review), base_url=BASE)
     for url in ("/image/..%2F..%2Fsecret.png", "/image/%2Fetc%2Fpasswd", "/image/generated/00000.png"):
         r = c.get(url)
         assert r.status_code == 400 and "by id only" in r.json()["error"], url
@@ -200,7 +201,9 @@ def test_token_required_off_loopback_and_checked(tmp_path, capsys):
     ],
 )
 def test_bad_requests_get_4xx_with_a_message(tmp_path, body, status, words):
-    r = client(make_run(tmp_path)).post("/api/answer", content=body)
+    r = client(make_run(tmp_path)).post(
+        "/api/answer", content=body, headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == status and words in r.json()["error"] and "Traceback" not in r.text
 
 
@@ -215,7 +218,7 @@ def test_bad_requests_get_4xx_with_a_message(tmp_path, body, status, words):
 )
 def test_bad_answers_are_refused_and_not_stored(tmp_path, answers, words):
     review = make_review(make_run(tmp_path))
-    c = TestClient(build_app(review))
+    c = TestClient(build_app(review), base_url=BASE)
     r = answer(c, "ann", review.items[0].id, answers)
     assert r.status_code == 400 and words in r.json()["error"]
     assert review.store.answers() == []
@@ -229,7 +232,7 @@ def test_study_mode_blinds_sets_to_one_size_and_format_without_metadata(tmp_path
     Image.new("RGB", (120, 90), (9, 9, 9)).save(ref / "r.jpg", quality=70, comment=b"photographer")
     review = make_review(run, "--mode", "study", "--set", "reference=" + str(ref), "--image-size", "96")
     assert {i.set_name for i in review.items} == {"generated", "reference"}
-    c = TestClient(build_app(review))
+    c = TestClient(build_app(review), base_url=BASE)
     st = c.get("/api/state", params={"reviewer": "ann"}).json()
     assert set(st["image"]) == {"id", "url"}  # no prompt, template, predictions or set name
     assert [q["key"] for q in st["questions"]] == ["real_or_generated", "realism"]
@@ -364,7 +367,7 @@ def test_kappas_on_known_examples():
 
 def test_export_writes_answers_summary_and_accepted_images(tmp_path):
     review = make_review(make_run(tmp_path, 3))
-    c = TestClient(build_app(review))
+    c = TestClient(build_app(review), base_url=BASE)
     a, b, x = review.items
     for who in ("ann", "bob"):
         answer(c, who, a.id, nonce="1")  # both accept a
@@ -387,7 +390,7 @@ def test_export_writes_answers_summary_and_accepted_images(tmp_path):
 def test_filter_keeps_accepted_images_of_an_export_dataset_with_votes(tmp_path):
     run = make_run(tmp_path, 3)
     review = make_review(run)
-    c = TestClient(build_app(review))
+    c = TestClient(build_app(review), base_url=BASE)
     a, b, x = review.items
     for who in ("ann", "bob", "cat"):
         answer(c, who, a.id, nonce="1")
@@ -413,7 +416,7 @@ def test_filter_keeps_accepted_images_of_an_export_dataset_with_votes(tmp_path):
 def test_study_export_fraction_real_and_figure(tmp_path):
     run = make_run(tmp_path, 2)
     review = make_review(run, "--mode", "study", "--min-reviewers", "3")
-    c = TestClient(build_app(review))
+    c = TestClient(build_app(review), base_url=BASE)
     for k, who in enumerate(("ann", "bob", "cat")):
         for item in review.items:
             guess = "real" if (k == 0 or item is review.items[0]) else "generated"
@@ -524,7 +527,7 @@ def test_questions_come_from_a_config_file_and_bad_ones_name_the_key(tmp_path, c
 @pytest.mark.slow
 def test_export_uploads_the_summary_to_wandb_offline(tmp_path):
     review = make_review(make_run(tmp_path, 2))
-    c = TestClient(build_app(review))
+    c = TestClient(build_app(review), base_url=BASE)
     for who in ("ann", "bob"):
         for item in review.items:
             answer(c, who, item.id, nonce=item.id)
@@ -549,7 +552,7 @@ def test_spurgen_export_review_keeps_only_accepted_images_with_votes(tmp_path, c
 
     images = make_generated(tmp_path / "generated", n=4)
     review = make_review(images, "--db", str(tmp_path / "r.sqlite"))
-    c = TestClient(build_app(review))
+    c = TestClient(build_app(review), base_url=BASE)
     by_name = {i.path.name: i for i in review.items}
     good, bad = by_name["img_000.png"], by_name["img_001.png"]
     for who in ("ann", "bob"):
@@ -577,9 +580,21 @@ def test_spurgen_export_review_keeps_only_accepted_images_with_votes(tmp_path, c
 
 def test_a_server_fault_is_a_500_with_a_message_and_no_traceback(tmp_path, capsys):
     review = make_review(make_run(tmp_path, 1))
-    c = TestClient(build_app(review), raise_server_exceptions=False)
+    c = TestClient(build_app(review), base_url=BASE, raise_server_exceptions=False)
     review.store.close()  # every query now raises inside the app
     r = c.get("/api/state", params={"reviewer": "ann"})
     assert r.status_code == 500 and "internal error" in r.json()["error"]
     assert "Traceback" not in r.text and "sqlite" not in r.text.lower()
     assert "Traceback" in capsys.readouterr().err  # the operator's terminal has it
+
+
+def test_cross_site_posts_and_foreign_host_names_are_refused(tmp_path):
+    """A page elsewhere can post text/plain without a preflight, or rebind its name to 127.0.0.1: both 4xx."""
+    review = make_review(make_run(tmp_path, 1))
+    c = TestClient(build_app(review), base_url=BASE)
+    body = json.dumps({"reviewer": "a", "image": review.items[0].id, "answers": GOOD, "nonce": "x"})
+    r = c.post("/api/answer", content=body, headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and "application/json" in r.json()["error"]
+    assert c.get("/", headers={"Host": "evil.example:8765"}).status_code == 400
+    assert c.get("/", headers={"Host": "localhost:8765"}).status_code == 200
+    assert review.store.answers() == []

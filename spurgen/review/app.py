@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -103,6 +104,9 @@ def _reviewer(value: object) -> str:
 
 
 async def _json_body(request: Request) -> dict:
+    # a cross-site form can post text/plain without a CORS preflight; application/json cannot
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise HTTPException(415, "send the body as Content-Type: application/json")
     body = await request.body()
     if len(body) > MAX_BODY:
         raise HTTPException(413, f"request body over {MAX_BODY} bytes")
@@ -169,7 +173,10 @@ def build_app(review: Review) -> Starlette:
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(TokenMiddleware, token=review.cfg.token)],
+        middleware=[
+            Middleware(TrustedHostMiddleware, allowed_hosts=review.cfg.allowed_hosts or ["*"]),
+            Middleware(TokenMiddleware, token=review.cfg.token),
+        ],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
 

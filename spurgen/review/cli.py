@@ -71,7 +71,7 @@ def _sets(specs: list[str]) -> dict[str, str]:
 def build_review(args: argparse.Namespace) -> Review:
     """The Review an argument list describes (everything checked before the server starts)."""
     from spurgen.review.app import Review
-    from spurgen.review.config import ReviewConfig, check_binding, load_questions
+    from spurgen.review.config import ReviewConfig, allowed_hosts, check_binding, load_questions
     from spurgen.review.items import load_items, resolve_sets
     from spurgen.review.store import ReviewStore
 
@@ -89,6 +89,7 @@ def build_review(args: argparse.Namespace) -> Review:
         show_predictions=args.show_predictions,
         image_size=args.image_size,
         token=args.token,
+        allowed_hosts=allowed_hosts(args.host),
     )
     sets = resolve_sets(args.folder, _sets(args.set), study)
     db = Path(args.db) if args.db else Path(args.folder) / "review" / f"{args.mode}.sqlite"

@@ -36,6 +36,13 @@ class ReviewConfig:
     show_predictions: bool = False  # review mode only: predictions could anchor the class-object answer
     image_size: int = 256  # study mode: every image re-encoded to this square size
     token: str | None = None
+    allowed_hosts: list[str] | None = None  # Host headers accepted (None: any); loopback binds refuse others
+
+
+def allowed_hosts(host: str) -> list[str] | None:
+    """For a server on 127.0.0.1 or localhost, the Host names a browser uses for it: a web page elsewhere that
+    rebinds its own name to 127.0.0.1 (DNS rebinding) is refused. None (any) for other binds."""
+    return ["127.0.0.1", "localhost"] if host in ("127.0.0.1", "localhost") else None
 
 
 def check_questions(questions: list[dict]) -> list[dict]:
