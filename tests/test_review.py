@@ -112,6 +112,14 @@ def test_overlap_each_image_gets_min_reviewers_then_no_more(tmp_path):
             assert answer(c, who, st["image"]["id"], nonce=f"{who}{k}").status_code == 200
     assert len(seen["ann"]) == 3 and len(seen["bob"]) == 3 and "cat" not in seen
     assert set(review.store.reviewer_counts().values()) == {2}
+    # an image just undone comes back first, although others now have fewer reviewers
+    fresh = make_review(make_run(tmp_path / "b", 3), "--min-reviewers", "2")
+    c2 = TestClient(build_app(fresh), base_url=BASE)
+    taken = c2.get("/api/state", params={"reviewer": "ann"}).json()["image"]["id"]
+    answer(c2, "ann", taken, nonce="a")
+    answer(c2, "bob", taken, nonce="b")  # 2 reviewers on it, 0 on the others
+    back = c2.post("/api/undo", json={"reviewer": "ann"}).json()
+    assert back["undone"] == back["image"]["id"] == taken and back["progress"] == {"done": 0, "total": 3}
     # with one image still short of reviewers, a newcomer gets exactly that one
     review.store.undo("bob")
     st = c.get("/api/state", params={"reviewer": "cat"}).json()

@@ -68,8 +68,12 @@ class Review:
         )
         return left, len(mine)
 
-    def state(self, reviewer: str) -> dict:
+    def state(self, reviewer: str, first: str | None = None) -> dict:
+        """What the page shows the reviewer next; `first` (the image hash just undone) comes first, even if
+        others have since given it enough reviewers, so the reviewer can answer it again."""
         left, done = self.queue(reviewer)
+        if first in self.by_hash:
+            left = [first, *(h for h in left if h != first)]
         item = self.by_hash[left[0]] if left else None
         shown = None
         if item is not None:
@@ -149,7 +153,7 @@ def build_app(review: Review) -> Starlette:
     async def undo(request: Request) -> Response:
         reviewer = _reviewer((await _json_body(request)).get("reviewer"))
         undone = await run_in_threadpool(review.store.undo, reviewer)
-        body = await run_in_threadpool(review.state, reviewer)
+        body = await run_in_threadpool(review.state, reviewer, undone)
         return JSONResponse(
             {"undone": review.by_hash[undone].id if undone in review.by_hash else None, **body}
         )
