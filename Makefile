@@ -3,15 +3,22 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install test test-fast lint format run bench bench-gpu clean
+.PHONY: help install browser test test-fast lint format run bench bench-gpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-install:  ## create .venv and install spurgen (editable) with its dev extras
+install: browser  ## create .venv and install spurgen (editable) with its dev extras
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade "pip>=24" --quiet
 	$(PY) -m pip install -e ".[dev]"
+
+# The review page's browser test (tests/test_review.py) drives Debian's chromium + chromium-driver. As root with
+# apt (CI, these machines) they are installed here; elsewhere the test skips and says what to install.
+browser:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v chromedriver >/dev/null; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; \
+	fi
 
 test:  ## run every test, slow ones included (offline, CPU)
 	$(PY) -m pytest -q
