@@ -167,3 +167,17 @@ def test_shipped_vae_gate_numbers_replay_and_the_moon_keeps_its_label(manifest):
     assert result["passed"] == recorded["passed"] == recorded["passed/lite0"]
     moon = result["per_photo"][corpus.REFERENCE_PHOTO]
     assert moon["label_rate_recon/lite0"] >= gate.GATE * moon["label_rate_original/lite0"] > 0
+
+
+def test_figure_shows_three_views_of_each_held_out_photo(tmp_path):
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    from spurgen.mini import gate
+
+    vae = AutoencoderKL.from_pretrained(ASSET_DIR / "vae", torch_dtype=torch.float32).eval()
+    gate.save_figure(vae, tmp_path / "fig.png", per_photo=3)
+    with Image.open(tmp_path / "fig.png") as im:
+        width, height = im.size
+    views = 3 * len(corpus.photos("heldout") + corpus.photos("reference"))
+    assert width > 2.5 * height and width >= views * 60

@@ -106,7 +106,7 @@ def degradation_baselines(x: torch.Tensor, names: list[str], models: dict, seed:
     return out
 
 
-def save_figure(vae, path: str | Path, per_photo: int = 2) -> None:
+def save_figure(vae, path: str | Path, per_photo: int = 3) -> None:
     """Originals (top row) above their reconstructions (bottom row), `per_photo` views per held-out photo."""
     import matplotlib
 
@@ -114,7 +114,10 @@ def save_figure(vae, path: str | Path, per_photo: int = 2) -> None:
     import matplotlib.pyplot as plt
 
     x, names = heldout_views()
-    keep = [i for i in range(len(names)) if i % VIEWS < per_photo]
+    keep = []
+    for start in range(0, len(names), VIEWS):  # the centre square, then the views least like it
+        diff = (x[start : start + VIEWS] - x[start]).abs().flatten(1).mean(1)
+        keep += [start + int(i) for i in [0, *diff.argsort(descending=True)[: per_photo - 1].tolist()]]
     x = x[keep]
     recon = reconstruct(vae, x)
     fig, axes = plt.subplots(2, len(keep), figsize=(1.3 * len(keep), 3.2))
@@ -129,5 +132,5 @@ def save_figure(vae, path: str | Path, per_photo: int = 2) -> None:
         )
     fig.suptitle("mini autoencoder on held-out photos: originals (top), reconstructions (bottom)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
