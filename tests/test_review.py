@@ -540,7 +540,9 @@ def test_export_uploads_the_summary_to_wandb_offline(tmp_path):
         for item in review.items:
             answer(c, who, item.id, nonce=item.id)
     out = tmp_path / "out"
-    assert main(["export", str(review.store.path), "--out", str(out), "--logger", "wandb"]) == 0
+    assert (
+        main(["export", str(review.store.path), "--out", str(out), "logger=wandb"]) == 0
+    )  # or --logger wandb
     (record,) = out.glob("wandb/offline-run-*/*.wandb")
     data = record.read_bytes()
     for key in (

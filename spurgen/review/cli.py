@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None, prog: str = "spurgen review") -> int:
     """Entry point; user mistakes print one line and return 2."""
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        if args and args[0] == "export":
-            return export(export_parser(prog).parse_args(args[1:]))
+        if args and args[0] == "export":  # `logger=wandb`, as on spurgen's other commands, = --logger wandb
+            rest = [f"--logger={a.split('=', 1)[1]}" if a.startswith("logger=") else a for a in args[1:]]
+            return export(export_parser(prog).parse_args(rest))
         if args and args[0] == "filter":
             return filter_(filter_parser(prog).parse_args(args[1:]))
         return serve(serve_parser(prog).parse_args(args))
