@@ -551,14 +551,27 @@ def _training_group(root: Path) -> str:
     return root.name
 
 
+def _wandb_project(sweep: Sweep) -> tuple[str, str | None]:
+    """The W&B project and entity the sweep's runs logged to (their saved logger config), so that the
+    report run sits beside them; spurgen's default project when no run says."""
+    for run in sorted(sweep.runs, key=lambda r: str(r.folder)):
+        saved = _load_yaml(run.folder / ".hydra" / "config.yaml") or {}
+        logger = saved.get("logger") or {}
+        if logger.get("project"):
+            return str(logger["project"]), logger.get("entity")
+    return "spurgen", None
+
+
 def push_wandb(sweep: Sweep, lines: list[dict], figures: dict[str, Path]) -> None:
     """The table and figures as one W&B run (job_type report) in the sweep's group."""
     import wandb
 
     from spurgen.loggers import wandb_mode
 
+    project, entity = _wandb_project(sweep)
     run = wandb.init(
-        project="spurgen",
+        project=project,
+        entity=entity,
         group=_training_group(sweep.root),
         job_type="report",
         name=f"report-{sweep.root.name}",
