@@ -102,7 +102,13 @@ def test_real_model_missing_offline_says_what_and_where(tmp_path, capsys, image_
     code = run_cli([*fast, "model=sd15", f"model.path={tmp_path}/sd15", f"hydra.run.dir={tmp_path}/run"])
     err = capsys.readouterr().err
     assert code == 2 and "missing unet, vae, text_encoder, tokenizer, scheduler" in err
-    code = run_cli([*fast, "model=sd15", f"hydra.run.dir={tmp_path}/run"])  # hub id, offline, no cache
+    # the missing SD folder and the missing extractor file come in one message, before anything loads
+    code = run_cli([*fast, "model=sd15", f"model.path={tmp_path}/nothing", f"hydra.run.dir={tmp_path}/run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 problems" in err and "nothing does not exist" in err
+    assert "feature_extractor.weights: models/imagenet_l2_3_0.pt not found" in err
+    # hub id, offline, no cache (lambda_sfsl=0: no extractor file needed)
+    code = run_cli([*fast, "model=sd15", "lambda_sfsl=0", f"hydra.run.dir={tmp_path}/run"])
     err = capsys.readouterr().err
     assert code == 2 and "stable-diffusion-v1-5/stable-diffusion-v1-5" in err and "model.path" in err
     assert "Traceback" not in err

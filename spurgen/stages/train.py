@@ -152,11 +152,28 @@ def plan_training(cfg: DictConfig, run_dir: Path) -> TrainPlan:
     problems.attempt(check_optimizer, cfg.train.optimizer)  # adamw8bit without CUDA/bitsandbytes
     references = problems.attempt(resolve_references, cfg)
     problems.attempt(check_source, cfg.model.get("path"))  # a local SD folder exists and is complete
+    problems.attempt(check_extractor_file, cfg)
     problems.raise_any()
     resume_from = newest_loadable_checkpoint(run_dir / "checkpoints") if cfg.resume else None
     if cfg.resume:
         log.info("resuming in %s from %s", run_dir, resume_from or "the start (no loadable checkpoint)")
     return TrainPlan(run_dir, references or [], resume_from, started)
+
+
+def check_extractor_file(cfg: DictConfig) -> None:
+    """Cheap: with lambda_sfsl > 0, a weights file the extractor names must exist (no hub fallback)."""
+    weights = OmegaConf.select(cfg, "feature_extractor.weights", throw_on_missing=False)
+    if (
+        float(cfg.loss.lambda_sfsl) <= 0
+        or not isinstance(weights, str)
+        or Path(weights).expanduser().is_file()
+    ):
+        return
+    name = cfg.feature_extractor.get("name") or cfg.feature_extractor.get("_target_")
+    raise SpurgenError(
+        f"feature_extractor.weights: {weights} not found for the SFSL extractor {name!r}; put the file there or "
+        "set feature_extractor.weights=/path/to/file (lambda_sfsl=0 trains without an extractor)"
+    )
 
 
 def build_extractor(cfg: DictConfig):
