@@ -98,3 +98,14 @@ FAST = [
     "data.num_references=2",
     "logger=none",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _threads_unchanged():
+    """A test must leave torch's thread count as it found it: in-process runs are compared bit for bit with
+    subprocess runs (tests/test_reliability.py), and a different count changes float sums."""
+    before = torch.get_num_threads()
+    yield
+    after = torch.get_num_threads()
+    torch.set_num_threads(before)
+    assert after == before, f"the test left torch.get_num_threads() at {after} (was {before})"

@@ -121,8 +121,17 @@ def run_vae(args: argparse.Namespace, command: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; user mistakes print one line and exit 2."""
+    """Entry point; user mistakes print one line and exit 2. Trains on one thread (the manifest's losses
+    replay exactly only with the thread count they were recorded with); the caller's count is restored."""
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return _main(argv)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     command = "python -m spurgen.mini.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()

@@ -322,7 +322,16 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict, SDParts]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; user mistakes print one line and exit 2."""
+    """Entry point; user mistakes print one line and exit 2. Trains on --threads threads; the caller's
+    count is restored."""
+    before = torch.get_num_threads()
+    try:
+        return _main(argv)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python -m spurgen.mini.pretrain_generator " + " ".join(sys.argv[1:] if argv is None else argv)
