@@ -4,12 +4,13 @@ autoencoder against its manifest, and the pre-training command."""
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from spurgen.mini.threads import torch_threads
 
 pytest.importorskip("skimage.data")
 
@@ -21,15 +22,9 @@ PSNR_FLOOR_DB = 18.0  # one held-out centre square (coffee measured 20.2 dB, moo
 PSNR_MEAN_FLOOR_DB = 24.0  # mean over the 48 held-out views (measured 25.5 dB)
 
 
-@contextmanager
 def one_thread():
     """The manifest's losses were recorded with one CPU thread; replay them the same way."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_threads(1)
 
 
 @pytest.fixture(scope="module")

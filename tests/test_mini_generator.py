@@ -4,11 +4,12 @@ and text encoder builders, and the pre-training command (a few steps on a random
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
+
+from spurgen.mini.threads import torch_threads
 
 pytest.importorskip("skimage.data")
 
@@ -26,15 +27,9 @@ TEMPLATES = ("{prompt}", "{prompt} on the beach", "{prompt} on Mount Fuji", "{pr
              "{prompt} in a market")  # fmt: skip
 
 
-@contextmanager
 def one_thread():
-    """Training runs (and the manifest's losses replay) with one CPU thread; the suite's setting returns."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    """The manifest's losses were recorded with one CPU thread; replay them the same way."""
+    return torch_threads(1)
 
 
 @pytest.fixture(scope="module")

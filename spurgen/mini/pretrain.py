@@ -22,6 +22,7 @@ import torch
 
 from spurgen.errors import SpurgenError
 from spurgen.mini import corpus, gate
+from spurgen.mini.threads import torch_threads
 from spurgen.mini.vae import VaeTrainConfig, set_scaling_factor, train_vae
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "mini"
@@ -123,12 +124,8 @@ def run_vae(args: argparse.Namespace, command: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user mistakes print one line and exit 2. Trains on one thread (the manifest's losses
     replay exactly only with the thread count they were recorded with); the caller's count is restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _main(argv)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from spurgen.errors import SpurgenError
 from spurgen.mini import corpus
 from spurgen.mini.generator import LATENT_CHANNELS, build_mini_text_encoder, build_mini_unet
+from spurgen.mini.threads import torch_threads
 from spurgen.mini.tokenizer import build_mini_tokenizer
 from spurgen.models.parts import SDParts
 from spurgen.models.schedulers import ddim_sampler, sd_noise_scheduler
@@ -324,11 +325,8 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict, SDParts]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user mistakes print one line and exit 2. Trains on --threads threads; the caller's
     count is restored."""
-    before = torch.get_num_threads()
-    try:
+    with torch_threads(None):  # _main sets --threads; the caller's count comes back
         return _main(argv)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _main(argv: list[str] | None) -> int:
