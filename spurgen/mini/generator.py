@@ -8,7 +8,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from spurgen.models.tiny import random_text_encoder
+from spurgen.models.tiny import build_tiny_unet, random_text_encoder
 
 UNET_CHANNELS = (32, 64, 128)
 TEXT_HIDDEN = 128  # = the UNet's cross_attention_dim
@@ -25,21 +25,14 @@ def build_mini_unet(
 ) -> UNet2DConditionModel:
     """SD's layout at a small width: cross-attention in every block but the lowest, one layer per block,
     8 heads, GroupNorm of 8 groups; random initial weights from `init_seed`."""
-    n = len(block_out_channels)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(init_seed)
-        return UNet2DConditionModel(
-            sample_size=sample_size,
-            in_channels=LATENT_CHANNELS,
-            out_channels=LATENT_CHANNELS,
-            layers_per_block=1,
-            block_out_channels=tuple(block_out_channels),
-            down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-            cross_attention_dim=cross_attention_dim,
-            attention_head_dim=8,  # diffusers reads this as the number of heads
-            norm_num_groups=8,
-        )
+    return build_tiny_unet(
+        sample_size,
+        tuple(block_out_channels),
+        cross_attention_dim,
+        LATENT_CHANNELS,
+        init_seed,
+        attention_head_dim=8,
+    )
 
 
 def build_mini_text_encoder(

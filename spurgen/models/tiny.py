@@ -114,6 +114,7 @@ def build_tiny_unet(
     cross_attention_dim: int = 32,
     in_channels: int = 4,
     init_seed: int = 0,
+    attention_head_dim: int = 4,  # diffusers reads this as the number of heads
 ) -> UNet2DConditionModel:
     """A random UNet2DConditionModel with SD's block layout at a tiny width (model/unet=tiny)."""
     n = len(block_out_channels)
@@ -128,7 +129,7 @@ def build_tiny_unet(
             down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
             cross_attention_dim=cross_attention_dim,
-            attention_head_dim=4,
+            attention_head_dim=attention_head_dim,
             norm_num_groups=8,
         )
 
