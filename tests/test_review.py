@@ -5,6 +5,7 @@ and the export of answers."""
 from __future__ import annotations
 
 import io
+import http.client
 import json
 import os
 import signal
@@ -313,7 +314,7 @@ def _reviewer_loop(base: str, who: str, acked: list, stop: threading.Event) -> N
                 return
             body = {"reviewer": who, "image": st["image"]["id"], "answers": GOOD, "nonce": f"{who}-{k}"}
             _post(f"{base}/api/answer", body)
-        except OSError:  # the server was killed: this answer was never acknowledged
+        except (OSError, http.client.HTTPException):  # the server was killed: never acknowledged
             return
         acked.append((who, f"{who}-{k}"))
         k += 1
