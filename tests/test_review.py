@@ -4,8 +4,8 @@ and the export of answers."""
 
 from __future__ import annotations
 
-import io
 import http.client
+import io
 import json
 import os
 import signal
