@@ -4,6 +4,7 @@ renamed, so a crash never leaves a half-written file that a rerun would take for
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -95,3 +96,12 @@ def copy_atomic(src: Path, dest: Path) -> None:
     tmp = _tmp(dest)
     shutil.copyfile(src, tmp)
     os.replace(tmp, dest)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (weights files run to gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

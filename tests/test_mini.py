@@ -15,8 +15,9 @@ from spurgen.mini.threads import torch_threads
 pytest.importorskip("skimage.data")
 
 from spurgen.errors import SpurgenError  # noqa: E402
+from spurgen.io import sha256_file as sha256  # noqa: E402
 from spurgen.mini import corpus  # noqa: E402
-from spurgen.mini.pretrain import ASSET_DIR, MANIFEST, main, sha256  # noqa: E402
+from spurgen.mini.pretrain import ASSET_DIR, MANIFEST, main  # noqa: E402
 
 PSNR_FLOOR_DB = 18.0  # one held-out centre square (coffee measured 20.2 dB, moon 30.3 dB)
 PSNR_MEAN_FLOOR_DB = 24.0  # mean over the 48 held-out views (measured 25.5 dB)

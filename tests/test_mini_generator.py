@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from spurgen.io import sha256_file
 from spurgen.mini.threads import torch_threads
 
 pytest.importorskip("skimage.data")
@@ -126,7 +127,7 @@ def test_the_command_writes_loadable_folders_and_a_manifest(vae_dir, tmp_path, c
     record = json.loads((out / pg.MANIFEST).read_text())["parts"]["generator"]
     assert {f.split("/")[0] for f in record["files"]} == {"unet", "text_encoder", "tokenizer", "scheduler"}
     for name, digest in record["files"].items():
-        assert pg.sha256(out / name) == digest
+        assert sha256_file(out / name) == digest
     assert record["config"]["steps"] == 2 and record["config"]["seed"] == 0
     assert len(record["first_losses"]) == 2 and record["command"].endswith("--batch 2")
     assert record["wall_s"] >= record["train_wall_s"] > 0 and record["final_losses"]["loss"] > 0

@@ -10,7 +10,6 @@ and the gate. Training uses one CPU thread so that the manifest's first losses r
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import sys
@@ -21,17 +20,13 @@ from pathlib import Path
 import torch
 
 from spurgen.errors import SpurgenError
+from spurgen.io import sha256_file
 from spurgen.mini import corpus, gate
 from spurgen.mini.threads import torch_threads
 from spurgen.mini.vae import VaeTrainConfig, set_scaling_factor, train_vae
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "mini"
 MANIFEST = "manifest.json"
-
-
-def sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -73,7 +68,7 @@ def save_vae(vae, folder: Path) -> dict[str, str]:
     weights = folder / "diffusion_pytorch_model.safetensors"
     state = {k: v.half().contiguous() for k, v in load_file(weights).items()}
     save_file(state, weights, metadata={"format": "pt"})
-    return {f"{folder.name}/{f.name}": sha256(f) for f in sorted(folder.iterdir()) if f.is_file()}
+    return {f"{folder.name}/{f.name}": sha256_file(f) for f in sorted(folder.iterdir()) if f.is_file()}
 
 
 def write_manifest(out: Path, part: str, record: dict) -> Path:

@@ -15,13 +15,12 @@ One CPU thread by default, so the manifest's first losses replay exactly.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from spurgen.errors import SpurgenError
+from spurgen.io import sha256_file
 from spurgen.mini import corpus
 from spurgen.mini.generator import LATENT_CHANNELS, build_mini_text_encoder, build_mini_unet
 from spurgen.mini.threads import torch_threads
 from spurgen.mini.tokenizer import build_mini_tokenizer
+from spurgen.mini.training import TrainResult
 from spurgen.models.parts import SDParts
 from spurgen.models.schedulers import ddim_sampler, sd_noise_scheduler
 
@@ -58,13 +59,9 @@ class GenTrainConfig:
 
 
 @dataclass
-class GenTrainResult:
-    """Losses and timing of one training run."""
+class GenTrainResult(TrainResult):
+    """TrainResult with the speed of a step."""
 
-    first_losses: list[float] = field(default_factory=list)
-    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss over the last log_every)
-    final_loss: float = float("nan")
-    wall_s: float = 0.0
     step_s: float = float("nan")  # mean seconds per step after the first log window
 
 
@@ -179,11 +176,6 @@ def train_generator(cfg: GenTrainConfig, parts: SDParts, log=print) -> GenTrainR
     return res
 
 
-def sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _to_fp16(folder: Path) -> None:
     """Rewrite every safetensors file in `folder` with fp16 storage (loaders upcast with torch_dtype)."""
     from safetensors.torch import load_file, save_file
@@ -204,7 +196,9 @@ def save_parts(parts: SDParts, out: Path) -> dict[str, str]:
         _to_fp16(out / name)
     parts.sample_scheduler.save_pretrained(out / "scheduler")
     for name in [*folders, "scheduler"]:
-        files.update({f"{name}/{f.name}": sha256(f) for f in sorted((out / name).iterdir()) if f.is_file()})
+        files.update(
+            {f"{name}/{f.name}": sha256_file(f) for f in sorted((out / name).iterdir()) if f.is_file()}
+        )
     return files
 
 
@@ -303,7 +297,7 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict, SDParts]:
         "command": command,
         "config": asdict(cfg),
         "vae": str(args.vae),
-        "vae_sha256": {f.name: sha256(f) for f in sorted(Path(args.vae).glob("*")) if f.is_file()},
+        "vae_sha256": {f.name: sha256_file(f) for f in sorted(Path(args.vae).glob("*")) if f.is_file()},
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),

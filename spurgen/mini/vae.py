@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from diffusers import AutoencoderKL
 from torch import nn
 
 from spurgen.mini import corpus, lite
+from spurgen.mini.training import TrainResult
 
 
 @dataclass(frozen=True)
@@ -35,15 +36,11 @@ class VaeTrainConfig:
 
 
 @dataclass
-class VaeTrainResult:
-    """Losses and timing of one training run."""
+class VaeTrainResult(TrainResult):
+    """TrainResult with the final loss's parts."""
 
-    first_losses: list[float] = field(default_factory=list)
-    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss over the last log_every)
-    final_loss: float = float("nan")
     final_l1: float = float("nan")
     final_kl: float = float("nan")
-    wall_s: float = 0.0
 
 
 def build_mini_vae(channels: tuple[int, ...] = (16, 32, 64)) -> AutoencoderKL:

@@ -7,12 +7,13 @@ ImageNet mean/std once. Nothing is normalised twice.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from spurgen.io import sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -123,14 +124,6 @@ class FrozenImageModel(nn.Module):
         return self.forward_prepared(self.prepare(x))[1]
 
     forward = features
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class TinyCNN(nn.Module):

@@ -15,6 +15,7 @@ from pathlib import Path
 from spurgen.data.images import IMAGE_EXTS
 from spurgen.errors import SpurgenError
 from spurgen.eval.imagesets import read_generate_json, read_manifest
+from spurgen.io import sha256_file
 from spurgen.review.store import ImageRef
 
 
@@ -35,7 +36,7 @@ class Item:
 
 
 def file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_file(path)
 
 
 def opaque_id(salt: str, content_hash: str) -> str:
