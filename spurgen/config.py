@@ -51,6 +51,7 @@ class TargetConfig:
     component: int | None = None  # Spurious ImageNet neural-PCA component; null = the only one
     synonyms: list[str] = field(default_factory=list)  # class names for the negative prompt
     reference_files: list[str] | None = None  # explicit reference file names inside the folder, if any
+    reference_dir: str | None = None  # the class's own reference folder, used when data.reference_dir is null
 
 
 @dataclass

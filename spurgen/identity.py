@@ -63,7 +63,13 @@ IGNORED_KEYS = SEED_KEYS + LAUNCH_KEYS + NO_EFFECT_KEYS
 # What the baseline (base model, class prompt) and the reference images' numbers depend on.
 EVAL_KEYS = ("method_version", "eval")
 BASELINE_KEYS = (*EVAL_KEYS, "model", "generate", "data.class_prompt", "data.resolution")
-REFERENCE_KEYS = (*EVAL_KEYS, "data.reference_dir", "data.spurious_imagenet_dir", "data.demo_references")
+REFERENCE_KEYS = (
+    *EVAL_KEYS,
+    "data.reference_dir",
+    "target.reference_dir",
+    "data.spurious_imagenet_dir",
+    "data.demo_references",
+)
 ROW_IGNORED_KEYS = (*IGNORED_KEYS, "generate.instance_prompt", "eval.baseline_dir")
 
 HASH_CHARS = 12

@@ -125,7 +125,9 @@ def test_the_command_writes_loadable_folders_and_a_manifest(vae_dir, tmp_path, c
     with one_thread():
         assert pg.main(["--vae", str(vae_dir), "--out", str(out), "--steps", "2", "--batch", "2"]) == 0
     record = json.loads((out / pg.MANIFEST).read_text())["parts"]["generator"]
-    assert {f.split("/")[0] for f in record["files"]} == {"unet", "text_encoder", "tokenizer", "scheduler"}
+    assert {f.split("/")[0] for f in record["files"]} == {
+        "unet", "text_encoder", "tokenizer", "scheduler", "model_index.json"
+    }
     for name, digest in record["files"].items():
         assert sha256_file(out / name) == digest
     assert record["config"]["steps"] == 2 and record["config"]["seed"] == 0

@@ -277,7 +277,7 @@ def to_tensor(images: np.ndarray):
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1], the autoencoder's range."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def split_table() -> dict[str, list[str]]:

@@ -1,5 +1,5 @@
 """The mini text-to-image model's parts before training: a UNet2DConditionModel on the mini autoencoder's
-4 x 16x16 latents and a CLIPTextModel over the mini tokenizer (issue 12 item 3). They keep Stable Diffusion's
+16x16 latents and a CLIPTextModel over the mini tokenizer (issue 12 item 3). They keep Stable Diffusion's
 classes and block layout, so a trained pair loads with diffusers and transformers alone."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def build_mini_unet(
     block_out_channels: tuple[int, ...] = UNET_CHANNELS,
     cross_attention_dim: int = TEXT_HIDDEN,
     init_seed: int = 0,
+    latent_channels: int = LATENT_CHANNELS,
 ) -> UNet2DConditionModel:
     """SD's layout at a small width: cross-attention in every block but the lowest, one layer per block,
     8 heads, GroupNorm of 8 groups; random initial weights from `init_seed`."""
@@ -29,7 +30,7 @@ def build_mini_unet(
         sample_size,
         tuple(block_out_channels),
         cross_attention_dim,
-        LATENT_CHANNELS,
+        latent_channels,
         init_seed,
         attention_head_dim=8,
     )

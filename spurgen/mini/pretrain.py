@@ -1,10 +1,13 @@
 """Recreate the mini world's weights with one command (issue 12, docs/mini_world.md):
 
-    python -m spurgen.mini.pretrain --part vae --out spurgen/assets/mini
+    python -m spurgen.mini.pretrain --part all --out spurgen/assets/mini
 
-writes <out>/vae/ (a diffusers AutoencoderKL folder, fp16 safetensors) and merges the part's record into
-<out>/manifest.json: sha256 of each file, the command, seed, steps, wall time, first and final losses, PSNR
-and the gate. Training uses one CPU thread so that the manifest's first losses replay exactly.
+--part vae writes <out>/vae/ (a diffusers AutoencoderKL folder, fp16 safetensors); --part generator trains the
+UNet and text encoder on that autoencoder (spurgen.mini.pretrain_generator, its default settings) and writes
+<out>/unet, text_encoder, tokenizer, scheduler and model_index.json, so <out> is a StableDiffusionPipeline
+folder; --part all does both in turn. Each part's record is merged into <out>/manifest.json: sha256 of each
+file, the command, seed, steps, wall time, first and final losses, and for the autoencoder PSNR and the gate.
+Training uses one CPU thread so that the manifest's first losses replay exactly.
 """
 
 from __future__ import annotations
@@ -33,18 +36,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m spurgen.mini.pretrain", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--part", choices=["vae"], required=True, help="which mini part to train")
+    parser.add_argument(
+        "--part", choices=["vae", "generator", "all"], required=True, help="which mini part to train"
+    )
     parser.add_argument("--out", type=Path, default=ASSET_DIR, help="folder of the part folders and manifest")
-    parser.add_argument("--steps", type=int, default=VaeTrainConfig.steps)
+    parser.add_argument("--steps", type=int, default=VaeTrainConfig.steps, help="the autoencoder's steps")
     parser.add_argument("--seed", type=int, default=VaeTrainConfig.seed)
     parser.add_argument("--batch", type=int, default=VaeTrainConfig.batch)
+    parser.add_argument("--latent-channels", type=int, default=VaeTrainConfig.latent_channels)
     parser.add_argument(
         "--figure", type=Path, default=None, help="also save originals beside reconstructions"
     )
     parser.add_argument("--no-gate", action="store_true", help="skip the classifier gate (quick runs)")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.batch < 1:
-        parser.error("--steps and --batch must be at least 1")
+    if min(args.steps, args.batch, args.latent_channels) < 1:
+        parser.error("--steps, --batch and --latent-channels must be at least 1")
     return args
 
 
@@ -86,7 +92,9 @@ def run_vae(args: argparse.Namespace, command: str) -> dict:
     """Train, save, reload the shipped fp16 files and measure them; the manifest record of the part."""
     from diffusers import AutoencoderKL
 
-    cfg = VaeTrainConfig(seed=args.seed, steps=args.steps, batch=args.batch)
+    cfg = VaeTrainConfig(
+        seed=args.seed, steps=args.steps, batch=args.batch, latent_channels=args.latent_channels
+    )
     vae, res = train_vae(cfg)
     factor = set_scaling_factor(vae, cfg.seed)
     files = save_vae(vae, args.out / "vae")
@@ -127,6 +135,16 @@ def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     command = "python -m spurgen.mini.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
+    if args.part in ("vae", "all"):
+        rc = _vae_part(args, command, start)
+        if rc or args.part == "vae":
+            return rc
+    from spurgen.mini import pretrain_generator
+
+    return pretrain_generator.main(["--vae", str(args.out / "vae"), "--out", str(args.out), "--threads", "1"])
+
+
+def _vae_part(args: argparse.Namespace, command: str, start: float) -> int:
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         record = run_vae(args, command)
@@ -134,7 +152,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     record["wall_s"] = round(time.perf_counter() - start, 1)
-    path = write_manifest(args.out, args.part, record)
+    path = write_manifest(args.out, "vae", record)
     print(json.dumps({k: record[k] for k in ("wall_s", "final_losses", "scaling_factor")}), f"-> {path}")
     if "heldout" in record:
         h = record["heldout"]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from spurgen.errors import SpurgenError
 from spurgen.io import sha256_file
 from spurgen.mini import corpus
-from spurgen.mini.generator import LATENT_CHANNELS, build_mini_text_encoder, build_mini_unet
+from spurgen.mini.generator import build_mini_text_encoder, build_mini_unet
 from spurgen.mini.threads import torch_threads
 from spurgen.mini.tokenizer import build_mini_tokenizer
 from spurgen.mini.training import TrainResult
@@ -66,16 +66,12 @@ class GenTrainResult(TrainResult):
 
 
 def load_frozen_vae(folder: Path):
-    """The autoencoder as a frozen float32 module; it must give 4 latent channels."""
+    """The autoencoder as a frozen float32 module (the UNet takes its latent channels)."""
     from diffusers import AutoencoderKL
 
     if not (Path(folder) / "config.json").is_file():
         raise SpurgenError(f"--vae {folder}: no diffusers AutoencoderKL folder (config.json is missing)")
     vae = AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32).eval().requires_grad_(False)
-    if vae.config.latent_channels != LATENT_CHANNELS:
-        raise SpurgenError(
-            f"--vae {folder}: latent_channels={vae.config.latent_channels}; the mini UNet needs {LATENT_CHANNELS}"
-        )
     return vae
 
 
@@ -86,7 +82,9 @@ def build_parts(vae, tokenizer_dir: Path, seed: int) -> SDParts:
     tokenizer = build_mini_tokenizer(tokenizer_dir)
     text_encoder = build_mini_text_encoder(tokenizer, init_seed=seed)
     return SDParts(
-        unet=build_mini_unet(corpus.SIZE // factor, init_seed=seed),
+        unet=build_mini_unet(
+            corpus.SIZE // factor, init_seed=seed, latent_channels=vae.config.latent_channels
+        ),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         vae=vae,
@@ -195,11 +193,33 @@ def save_parts(parts: SDParts, out: Path) -> dict[str, str]:
         part.save_pretrained(out / name, **({} if name == "tokenizer" else {"safe_serialization": True}))
         _to_fp16(out / name)
     parts.sample_scheduler.save_pretrained(out / "scheduler")
+    (out / "model_index.json").write_text(json.dumps(model_index(), indent=2, sort_keys=True) + "\n")
+    files["model_index.json"] = sha256_file(out / "model_index.json")
     for name in [*folders, "scheduler"]:
         files.update(
             {f"{name}/{f.name}": sha256_file(f) for f in sorted((out / name).iterdir()) if f.is_file()}
         )
     return files
+
+
+def model_index() -> dict:
+    """model_index.json of a StableDiffusionPipeline folder without safety checker: with the autoencoder's
+    vae/ beside them, the folder loads with StableDiffusionPipeline.from_pretrained and no spurgen."""
+    import diffusers
+
+    return {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
 
 
 def load_trained(out: Path, vae) -> SDParts:

@@ -31,6 +31,7 @@ class VaeTrainConfig:
     perceptual_lite: int = 1  # EfficientNet-Lite1: not Lite0, the classifier the gate requires
     perceptual_size: int = 96  # 0.4 x Lite1's 240: a sixth of the cost, most of the texture
     channels: tuple[int, ...] = (16, 32, 64)
+    latent_channels: int = 4
     log_every: int = 50
     first_losses: int = 3  # how many exact step losses the manifest records (tests replay them)
 
@@ -43,8 +44,9 @@ class VaeTrainResult(TrainResult):
     final_kl: float = float("nan")
 
 
-def build_mini_vae(channels: tuple[int, ...] = (16, 32, 64)) -> AutoencoderKL:
-    """AutoencoderKL with len(channels) blocks (factor 2^(n-1)), 4 latent channels, GroupNorm of 8 groups."""
+def build_mini_vae(channels: tuple[int, ...] = (16, 32, 64), latent_channels: int = 4) -> AutoencoderKL:
+    """AutoencoderKL with len(channels) blocks (factor 2^(n-1)), `latent_channels` latent channels,
+    GroupNorm of 8 groups."""
     n = len(channels)
     return AutoencoderKL(
         in_channels=3,
@@ -53,7 +55,7 @@ def build_mini_vae(channels: tuple[int, ...] = (16, 32, 64)) -> AutoencoderKL:
         up_block_types=("UpDecoderBlock2D",) * n,
         block_out_channels=channels,
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=8,
         sample_size=corpus.SIZE,
     )
@@ -123,7 +125,7 @@ def _lr(cfg: VaeTrainConfig, step: int) -> float:
 def train_vae(cfg: VaeTrainConfig, log=print) -> tuple[AutoencoderKL, VaeTrainResult]:
     """Train a mini VAE from scratch; deterministic for a seed with one CPU thread."""
     torch.manual_seed(cfg.seed)
-    vae = build_mini_vae(cfg.channels).train()
+    vae = build_mini_vae(cfg.channels, cfg.latent_channels).train()
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     perceptual = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from omegaconf import OmegaConf
 from torch import nn
 
 from spurgen.errors import ConfigError
@@ -30,9 +31,15 @@ class SDParts:
     revision: str | None = None
     variant: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # What a preset declares about its model family, copied into every metadata file (run.json, spurgen.json,
+    # generate.json, metrics.json, the W&B config), e.g. the mini world's {model_is_mini: true, corpus size}
+    marks: dict[str, Any] = field(default_factory=dict)
+    banner: str | None = None  # printed at the start and end of training (the mini world's caveat)
 
     def __post_init__(self) -> None:
         check_compatible(self)
+        marks = self.marks or {}  # plain containers even when the config passes a DictConfig
+        self.marks = OmegaConf.to_container(marks, resolve=True) if OmegaConf.is_config(marks) else dict(marks)
         if self.model_id is None:
             self.model_id = (self.path or "unknown") + (f"@{self.revision}" if self.revision else "")
 

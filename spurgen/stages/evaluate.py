@@ -120,6 +120,7 @@ def describe(
         "method_version": METHOD_VERSION,
         "model_is_tiny_random": bool(gen.get("model_is_tiny_random")) or bool(random),
         "generator_is_tiny_random": gen.get("model_is_tiny_random"),
+        "model_marks": gen.get("model_marks") or {},  # what the generator's preset declares (model_is_mini)
         "random_classifiers": random,
         "target": {
             "index": plan.target,

@@ -84,6 +84,7 @@ class Generator:
     tiny: bool | None
     sampler: str
     resolution: int
+    marks: dict = field(default_factory=dict)  # SDParts.marks of the model that made the images
 
     def record(self, image: PlannedImage, plan: GenerationPlan, gen: DictConfig) -> dict:
         """The manifest record of one planned image (without its `black` flag)."""
@@ -189,8 +190,9 @@ def _target_index(target: DictConfig | None) -> int | None:
 
 def load_generator(plan: GenerationPlan, gen: DictConfig, model_cfg: DictConfig | None) -> Generator:
     """The pipeline (fine-tuned, or the base model for the baseline) with generate.sampler / device / dtype."""
-    pipe, model_id, tiny = load_generation_pipeline(plan.baseline, plan.pipeline_dir, model_cfg)
+    pipe, model_id, tiny, marks = load_generation_pipeline(plan.baseline, plan.pipeline_dir, model_cfg)
     tiny = plan.meta.get("model_is_tiny_random") if tiny is None else tiny
+    marks = plan.meta.get("model_marks") or {} if marks is None else marks
     if gen.sampler:
         import diffusers
 
@@ -204,7 +206,7 @@ def load_generator(plan: GenerationPlan, gen: DictConfig, model_cfg: DictConfig 
     pipe.to(device)
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
-    return Generator(pipe, model_id, tiny, type(pipe.scheduler).__name__, resolution)
+    return Generator(pipe, model_id, tiny, type(pipe.scheduler).__name__, resolution, dict(marks))
 
 
 def _pick_device(gen: DictConfig) -> tuple[torch.device, torch.dtype]:
@@ -216,7 +218,8 @@ def _pick_device(gen: DictConfig) -> tuple[torch.device, torch.dtype]:
 
 
 def load_generation_pipeline(baseline: bool, pipeline_dir: Path | None, model_cfg) -> tuple:
-    """(pipeline, model id, tiny?) from pipeline_dir, or the base model (`model` config) for the baseline."""
+    """(pipeline, model id, tiny?, marks) from pipeline_dir, or the base model (`model` config) for the
+    baseline; tiny and marks are None for a pipeline folder (its spurgen.json says)."""
     if baseline:
         if model_cfg is None:
             raise SpurgenError(
@@ -228,7 +231,7 @@ def load_generation_pipeline(baseline: bool, pipeline_dir: Path | None, model_cf
         pipe = make_pipeline(
             parts.unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.sample_scheduler
         )
-        return pipe, parts.model_id, parts.is_tiny_random
+        return pipe, parts.model_id, parts.is_tiny_random, parts.marks
     from diffusers import StableDiffusionPipeline
 
     from spurgen.models.sd import check_pipeline_folder
@@ -243,7 +246,7 @@ def load_generation_pipeline(baseline: bool, pipeline_dir: Path | None, model_cf
             f"cannot load the pipeline in {pipeline_dir}: {str(exc).splitlines()[0]}"
         ) from None
     pipe.set_progress_bar_config(disable=True)
-    return pipe, _fingerprint(pipeline_dir), None
+    return pipe, _fingerprint(pipeline_dir), None, None
 
 
 def _fingerprint(pipeline_dir: Path) -> str:
@@ -303,6 +306,7 @@ def describe(plan: GenerationPlan, generator: Generator, gen: DictConfig, black:
     return {
         "method_version": plan.meta.get("method_version", METHOD_VERSION),
         "model_is_tiny_random": generator.tiny,
+        "model_marks": generator.marks,
         "class_index": plan.class_index,
         "model": generator.model_id,
         "pipeline_dir": str(plan.pipeline_dir) if plan.pipeline_dir else None,

@@ -62,6 +62,22 @@ class TrainPlan:
     started: float
 
 
+def announce(parts: SDParts) -> None:
+    """The banner of a model whose numbers are not Stable Diffusion results (tiny random, or the preset's own)."""
+    if parts.is_tiny_random:
+        print(TINY_BANNER, flush=True)
+    if parts.banner:
+        print(banner(parts.banner), flush=True)
+
+
+def banner(text: str) -> str:
+    """`text` framed like the tiny banner, wrapped at 86 characters."""
+    import textwrap
+
+    lines = textwrap.wrap(" ".join(text.split()), 86)
+    return "\n".join(["", "!" * 92, *(f"!!  {line:<86}!!" for line in lines), "!" * 92, ""])
+
+
 def run_metadata(cfg: DictConfig, parts: SDParts | None, **extra) -> dict:
     return {
         "method_version": METHOD_VERSION,
@@ -69,6 +85,7 @@ def run_metadata(cfg: DictConfig, parts: SDParts | None, **extra) -> dict:
         "class_file": cfg.target.get("file"),
         "model": parts.model_id if parts else None,
         "model_is_tiny_random": bool(parts.is_tiny_random) if parts else None,
+        "model_marks": dict(parts.marks) if parts else {},
         "class_index": int(cfg.target.index),
         "class_name": cfg.target.name,
         "lambda_sfsl": float(cfg.loss.lambda_sfsl),
@@ -85,7 +102,8 @@ def resolve_references(cfg: DictConfig) -> list[Path]:
         cfg.data.spurious_imagenet_dir,
         int(cfg.target.index),
         cfg.target.component,
-        asset_path("demo_references") if cfg.data.demo_references else None,
+        # the class file's own references, then the packaged demo images (tiny models only)
+        cfg.target.get("reference_dir") or (asset_path("demo_references") if cfg.data.demo_references else None),
     )
     names = list(cfg.target.reference_files) if cfg.target.reference_files else None
     return select_references(folder, int(cfg.data.num_references), int(cfg.data.reference_seed), names)
@@ -281,6 +299,7 @@ def resolved_config(cfg: DictConfig, parts: SDParts, extractor: dict) -> dict:
     """The resolved config, secrets masked, as stored in checkpoints and the W&B config, with what was built."""
     resolved = scrub_secrets(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     resolved["model_is_tiny_random"] = parts.is_tiny_random
+    resolved["model_marks"] = dict(parts.marks)
     resolved["extractor"] = extractor
     return resolved
 
@@ -323,8 +342,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     plan = plan_training(cfg, run_dir)
     extractor = build_extractor(cfg)
     parts: SDParts = build(cfg.model)
-    if parts.is_tiny_random:
-        print(TINY_BANNER, flush=True)
+    announce(parts)
     resolution = int(cfg.data.resolution or parts.resolution)
     log.info("references (%d): %s", len(plan.references), ", ".join(p.name for p in plan.references))
     ref_images = load_training_images(
@@ -340,6 +358,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         cfg, parts, resolution=resolution, prediction_type=parts.prediction_type, extractor=identity
     )
     meta = save_outputs(cfg, plan, trainer, module, meta)
-    if parts.is_tiny_random and trainer.is_global_zero:
-        print(TINY_BANNER, flush=True)
+    if trainer.is_global_zero:
+        announce(parts)
     return meta
