@@ -141,10 +141,29 @@ def measure_sets(
 SET_PREFIX = {"images": "eval", "reference": "eval_reference", "baseline": "eval_baseline"}
 
 
-def flat_metrics(sets: dict[str, dict], scores: dict[str, dict]) -> dict[str, float]:
+def memorisation_metrics(memo: dict[str, dict]) -> dict[str, float]:
+    """Flat keys of the memorisation check (spurgen.eval.memorisation): <split>/memorisation_psnr_{median,max}
+    and <split>/memorisation_cosine_{median,max}/<classifier>; a set without numbers (a single reference)
+    has none."""
+    flat: dict[str, float] = {}
+    for set_name, m in memo.items():
+        pre = SET_PREFIX.get(set_name, f"eval_{set_name}")
+        for stat in ("median", "max"):
+            if m["psnr_db"] is not None:
+                flat[f"{pre}/memorisation_psnr_{stat}"] = m["psnr_db"][stat]
+            for c, d in m["feature_cosine"].items():
+                if d is not None:
+                    flat[f"{pre}/memorisation_cosine_{stat}/{c}"] = d[stat]
+    return flat
+
+
+def flat_metrics(
+    sets: dict[str, dict], scores: dict[str, dict], memorisation: dict[str, dict] | None = None
+) -> dict[str, float]:
     """`split/name/<classifier>` keys for loggers: eval/... for the evaluated images, eval_reference/...,
     eval_baseline/...; eval_reference/spurious_score_{ap,auc}_all_components/<c> is the official score (all the
-    class's components) beside eval_reference/spurious_score_{ap,auc}/<c> (the reference set's component)."""
+    class's components) beside eval_reference/spurious_score_{ap,auc}/<c> (the reference set's component);
+    with a memorisation check, its keys (memorisation_metrics)."""
     flat: dict[str, float] = {}
     for set_name, numbers in sets.items():
         pre = SET_PREFIX.get(set_name, f"eval_{set_name}")
@@ -165,4 +184,5 @@ def flat_metrics(sets: dict[str, dict], scores: dict[str, dict]) -> dict[str, fl
             flat[f"eval_reference/spurious_score_auc_all_components/{c}"] = s["reference"][
                 "roc_auc_all_components"
             ]
+    flat.update(memorisation_metrics(memorisation or {}))
     return flat

@@ -17,6 +17,7 @@ from spurgen import imagenet
 from spurgen.config import METHOD_VERSION
 from spurgen.eval import outputs
 from spurgen.eval.classifiers import build_classifiers, random_classifiers
+from spurgen.eval.memorisation import log_memorisation, measure_memorisation
 from spurgen.eval.plan import EvalPlan, plan_evaluation
 from spurgen.eval.predict import SetPredictions, pick_device, predict_set
 from spurgen.eval.summary import flat_metrics, measure_sets
@@ -56,8 +57,10 @@ def run_plan(
     models = build_classifiers(plan.classifiers, pick_device(ev.device), bool(ev.channels_last))
     preds, val, others = predict_plan(plan, models, ev)
     numbers, scores = measure_sets(plan, preds, val, int(ev.seed), int(ev.bootstrap_samples), others)
-    result = describe(plan, ev, models, numbers, scores)
+    memo = measure_memorisation(plan.sets, preds)
+    result = describe(plan, ev, models, numbers, scores, memo)
     log_scores(scores)
+    log_memorisation(memo)
     result["seconds"] = round(time.time() - t0, 2)
     rows, chart = write_outputs(out_dir, result, plan, preds)
     if logger_cfg is not None and logger_cfg.kind == "wandb":
@@ -111,9 +114,15 @@ def log_scores(scores: dict) -> None:
 
 
 def describe(
-    plan: EvalPlan, ev: DictConfig, models: list[FrozenImageModel], numbers: dict, scores: dict
+    plan: EvalPlan,
+    ev: DictConfig,
+    models: list[FrozenImageModel],
+    numbers: dict,
+    scores: dict,
+    memorisation: dict | None = None,
 ) -> dict:
-    """metrics.json: what was measured, with what, and the numbers."""
+    """metrics.json: what was measured, with what, and the numbers; memorisation: the nearest-reference
+    distributions per set (spurgen.eval.memorisation; {} without a reference set)."""
     gen = plan.generation
     random = random_classifiers(models)
     return {
@@ -141,7 +150,8 @@ def describe(
         ],
         "results": numbers,
         "spurious_score": scores,
-        "metrics": flat_metrics(numbers, scores),
+        "memorisation": memorisation or {},
+        "metrics": flat_metrics(numbers, scores, memorisation),
         "generation": {k: gen.get(k) for k in ("num_images", "black_images", "baseline", "model")}
         if gen
         else None,
