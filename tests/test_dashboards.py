@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from spurgen.dashboards import command
+from spurgen.dashboards.charts import VS_LAMBDA, VS_LAMBDA_SPEC
 from spurgen.dashboards.plan import LAMBDA
 from spurgen.dashboards.source import folder_spec
 from spurgen.dashboards.spec import (
@@ -19,9 +20,10 @@ from spurgen.dashboards.spec import (
     TRAIN_LOSSES,
     DashboardSpec,
     Filter,
+    Panel,
     metric,
 )
-from spurgen.dashboards.wandb_objects import filter_text, report, workspace
+from spurgen.dashboards.wandb_objects import create_charts, filter_text, report, workspace
 from spurgen.errors import SpurgenError
 from spurgen.stages.report import collect, write_report
 from tests.conftest import FAST, run_cli
@@ -94,6 +96,8 @@ def test_spec_json_round_trips(mixed_sweep):
     again = DashboardSpec.from_json(spec.to_json())
     assert again == spec and isinstance(again.tables[0].filters[0], Filter)
     assert isinstance(again.report.sections[1].runsets[0].filters[0], Filter)
+    assert again.charts == {VS_LAMBDA: VS_LAMBDA_SPEC}  # the custom chart preset travels with the spec
+    assert again.report.sections[1].panels[0].chart == VS_LAMBDA
 
 
 def test_bad_spec_values_are_refused():
@@ -101,6 +105,8 @@ def test_bad_spec_values_are_refused():
         Filter("lambda_sfsl", "==", 0)  # a config key must say so: config.lambda_sfsl
     with pytest.raises(ValueError, match="filter op"):
         Filter("group", "~", "g")
+    with pytest.raises(ValueError, match="vs_lambda panel"):
+        Panel("vs_lambda", "t", ["eval/spurious_rate/a"], LAMBDA, VS_LAMBDA)  # no baseline and reference
 
 
 # -- the workspace ---------------------------------------------------------------------------------------------
@@ -131,6 +137,8 @@ def test_workspace_groups_by_class_and_identity_then_lambda(mixed_sweep):
     assert all(p.groupby_aggfunc == "mean" and p.groupby_rangefunc == "stddev" for p in rates)
     rows = panels["baseline and reference (lambda_sfsl = 0 runs)"]
     assert rows[0].metrics == ["eval_baseline/spurious_rate/a", "eval_reference/spurious_rate/a"]
+    # a custom chart ignores the workspace's grouping and would pool unlike runs: the lines are the report's
+    assert not any(isinstance(p, wr.CustomChart) for s in view.sections for p in s.panels)
     both = panels["consistency and similarity"]
     assert both[0].metrics == ["eval/consistency_all", "eval/consistency_at_least_half"]
     assert both[1].metrics == ["eval/similarity/a", "eval/similarity/b"]
@@ -160,30 +168,163 @@ def test_report_holds_the_sweep_report_and_one_grid_per_table(mixed_sweep):
     spec = spec_of(mixed_sweep)
     rep = report(spec, "")
     grids = _grids(rep)
-    assert len(grids) == 1 + 2 * 4 + 1  # sweep report, per table its runs and its reference rows, all runs
+    assert len(grids) == 1 + 4 + 1  # sweep report, per table its runs, all runs
     head = grids[0][1]
     assert head.runsets[0].filters == "Group == 'mixed' and JobType == 'report'"
     assert head.panels[0].table_name == REPORT_TABLE_KEY
     assert head.panels[1].media_keys == spec.figures == ["report/rate_2"]
     for t in spec.tables:
         (runs_grid,) = [g for h, g in grids if h == t.title]
-        (rows_grid,) = [g for h, g in grids if h == f"{t.title}: baseline and reference"]
         where = runs_grid.runsets[0].filters
         assert f"Config('target.value.file') == '{t.class_file}'" in where
         assert f"Config('feature_extractor.value._target_') == '{t.differs[1].split('=')[1]}'" in where
         assert "Group == 'mixed' and JobType != 'report'" in where
         plotted = [p for p in runs_grid.panels if isinstance(p, wr.LinePlot | wr.BarPlot)]
         assert plotted and all(p.groupby == LAMBDA and p.groupby_rangefunc == "stddev" for p in plotted)
-        assert rows_grid.runsets[0].filters == where + " and Config('lambda_sfsl.value') == 0.0"
-        assert rows_grid.panels[0].metrics == [
-            "eval_baseline/spurious_rate/a",
-            "eval_reference/spurious_rate/a",
-        ]
     last = grids[-1][1]
     assert last.runsets[0].groupby[-1] == LAMBDA
     assert isinstance(last.panels[0], wr.ParallelCoordinatesPlot)
     wired = [b["type"] for b in wire(rep)["spec"]["blocks"]]  # serialises (no entity: no project lookup)
     assert wired.count("panel-grid") == len(grids) and wired.count("heading") == len(grids)
+
+
+def logged_eval_keys(classifiers: list[str]) -> set[str]:
+    """The keys spurgen/eval/summary.py flat_metrics (what the eval stage logs) writes for these classifiers."""
+    from spurgen.eval.summary import flat_metrics
+
+    nums = {k: {"value": 0.5} for k in ("spurious_rate", "top5_rate", "mean_p_target", "similarity")}
+    block = {
+        "per_classifier": {c: nums for c in classifiers},
+        "consistency": {"all": {"value": 1}, "at_least_half": {"value": 1}},
+    }
+    return set(flat_metrics({s: block for s in ("images", "baseline", "reference")}, {}))
+
+
+def run_transforms(transforms: list[dict], rows: list[dict], fields: dict[str, str]) -> list[dict]:
+    """The Vega-Lite transforms a preset layer uses (field filters, fold, mean aggregate), on rows as W&B's
+    custom chart query gives them (one per run, columns named by their keys), with `${field:...}` bound."""
+
+    def bind(name: str) -> str:
+        return fields[name[len("${field:") : -1]] if name.startswith("${field:") else name
+
+    for t in transforms:
+        if "filter" in t:
+            f = t["filter"]
+            key = bind(f["field"])
+            if "equal" in f:
+                rows = [r for r in rows if r.get(key) == f["equal"]]
+            else:  # valid
+                rows = [r for r in rows if r.get(key) is not None]
+        elif "fold" in t:
+            name, value = t["as"]
+            rows = [{**r, name: bind(k), value: r.get(bind(k))} for r in rows for k in t["fold"]]
+        elif "aggregate" in t:
+            (agg,) = t["aggregate"]
+            assert agg["op"] == "mean"
+            groups: dict[tuple, list] = {}
+            for r in rows:
+                groups.setdefault(tuple(r[g] for g in t["groupby"]), []).append(r[agg["field"]])
+            rows = [
+                {**dict(zip(t["groupby"], g, strict=True)), agg["as"]: sum(v) / len(v)}
+                for g, v in groups.items()
+            ]
+        else:
+            raise AssertionError(f"a transform this test does not know: {t}")
+    return rows
+
+
+def test_report_draws_baseline_and_reference_as_lines_from_the_lambda_0_runs(mixed_sweep):
+    """Each table's spurious rate vs lambda_sfsl, per classifier, is a W&B custom chart over exactly that
+    table's runs (its identity and class, every lambda_sfsl): the rate per run with its mean ± std over seeds,
+    and the baseline and reference rows as horizontal lines, the means of the lambda_sfsl = 0 runs'
+    eval_baseline/spurious_rate/<c> and eval_reference/spurious_rate/<c> (keys as the logging code writes
+    them). Not bars, not from the other runs."""
+    from spurgen.eval.summary import SET_PREFIX
+
+    spec = spec_of(mixed_sweep)
+    logged = logged_eval_keys(spec.classifiers)
+    rep = report(spec, "team")
+    grids = dict(_grids(rep))
+    for t in spec.tables:
+        grid = grids[t.title]
+        where = grid.runsets[0].filters
+        assert where == filter_text(
+            [Filter("group", "==", "mixed"), Filter("job_type", "!=", "report"), *t.filters]
+        )
+        assert "lambda_sfsl" not in where  # every lambda_sfsl: the lines run across them
+        charts = {p.chart_fields["value"]: p for p in grid.panels if isinstance(p, wr.CustomChart)}
+        bars = {k for p in grid.panels if isinstance(p, wr.BarPlot) for k in p.metrics}
+        for c in spec.classifiers:
+            images, baseline, reference = (
+                f"{SET_PREFIX[s]}/spurious_rate/{c}" for s in ("images", "baseline", "reference")
+            )
+            assert {images, baseline, reference} <= logged
+            chart = charts[images]
+            assert chart.chart_name == f"team/{VS_LAMBDA}"
+            assert chart.chart_fields == {
+                "lambda": "lambda_sfsl",
+                "value": images,
+                "baseline": baseline,
+                "reference": reference,
+            }
+            assert chart.query == {
+                "config": {"keys": ["lambda_sfsl"]},
+                "summary": {"keys": [images, baseline, reference]},
+            }
+            assert baseline not in bars and reference not in bars  # lines, not bars
+        for k in ("consistency_all", "consistency_at_least_half"):
+            chart = charts[f"{SET_PREFIX['images']}/{k}"]
+            assert chart.chart_fields["baseline"] == f"{SET_PREFIX['baseline']}/{k}" in logged
+            assert chart.chart_fields["reference"] == f"{SET_PREFIX['reference']}/{k}" in logged
+    vega = wire(charts[f"{SET_PREFIX['images']}/spurious_rate/a"])  # the panel alone: no project lookup
+    assert vega["viewType"] == "Vega2" and vega["config"]["panelDefId"] == f"team/{VS_LAMBDA}"
+
+    # the preset: a horizontal rule (a y and no x: it spans every lambda_sfsl) per row, at the mean over the
+    # lambda_sfsl = 0 runs; a lambda_sfsl = 1 run that carried a baseline would not move it
+    assert spec.charts == {VS_LAMBDA: VS_LAMBDA_SPEC}
+    (rule,) = [layer for layer in VS_LAMBDA_SPEC["layer"] if layer["mark"]["type"] == "rule"]
+    assert "x" not in rule["encoding"] and rule["encoding"]["y"]["field"] == "level"
+    fields = dict(charts[f"{SET_PREFIX['images']}/spurious_rate/a"].chart_fields)
+    b, r = fields["baseline"], fields["reference"]
+    runs = [
+        {"lambda_sfsl": 0.0, fields["value"]: 0.2, b: 0.1, r: 0.7},
+        {"lambda_sfsl": 0.0, fields["value"]: 0.4, b: 0.3, r: 0.9},
+        {"lambda_sfsl": 1.0, fields["value"]: 0.6, b: 0.95, r: 0.05},
+        {"lambda_sfsl": 1.0, fields["value"]: 0.8},
+    ]
+    levels = {x["row"]: x["level"] for x in run_transforms(rule["transform"], runs, fields)}
+    assert levels == pytest.approx({b: 0.2, r: 0.8})
+    points = [layer for layer in VS_LAMBDA_SPEC["layer"] if layer["mark"]["type"] != "rule"]
+    assert {layer["encoding"]["x"]["field"] for layer in points} == {"${field:lambda}"}
+    assert {layer["encoding"]["y"]["field"] for layer in points} == {"${field:value}"}
+    assert {layer["mark"]["type"] for layer in points} == {"errorband", "line", "point"}
+    line = next(layer for layer in points if layer["mark"]["type"] == "line")
+    assert line["encoding"]["y"]["aggregate"] == "mean"
+    assert (
+        next(layer for layer in points if layer["mark"]["type"] == "errorband")["mark"]["extent"] == "stdev"
+    )
+
+
+def test_chart_presets_are_created_before_the_dashboard(mixed_sweep):
+    spec = spec_of(mixed_sweep)
+    calls = []
+
+    class Api:
+        def __init__(self, error=None):
+            self.error = error
+
+        def create_custom_chart(self, **kwargs):
+            calls.append(kwargs)
+            if self.error:
+                raise self.error
+
+    assert create_charts(spec, Api(), "team") == []
+    assert (
+        calls[0]["name"] == VS_LAMBDA and calls[0]["spec"] == VS_LAMBDA_SPEC and calls[0]["entity"] == "team"
+    )
+    assert create_charts(spec, Api(RuntimeError("chart already exists (409)")), "team") == []  # kept
+    (line,) = create_charts(spec, Api(RuntimeError("permission denied")), "team")
+    assert f"team/{VS_LAMBDA} not created (permission denied)" in line and "stay empty" in line
 
 
 def test_report_with_entity_needs_the_server_to_serialise(mixed_sweep, monkeypatch):
@@ -403,7 +544,7 @@ def _panel_keys(spec: DashboardSpec) -> set[str]:
     keys = set()
     for section in spec.workspace.sections + spec.report.sections:
         for p in section.panels:
-            if p.kind in ("line", "bar", "media", "parallel"):
+            if p.kind in ("line", "bar", "vs_lambda", "media", "parallel"):
                 keys |= {k for k in p.keys if not k.startswith("config.") and not k.startswith("report/")}
     return keys
 

@@ -95,8 +95,9 @@ def _has_report_run(api: Any, spec: DashboardSpec, entity: str) -> bool:
 
 def save(loaded: Loaded) -> list[str]:
     """Create the workspace view and the report in W&B; their URLs. The sweep report is logged first (its
-    run holds the table and figures the report shows) when the group has none."""
-    from spurgen.dashboards.wandb_objects import modules, report, workspace
+    run holds the table and figures the report shows) when the group has none, and the custom chart presets
+    the report's line panels use are created before the report."""
+    from spurgen.dashboards.wandb_objects import create_charts, modules, report, workspace
 
     modules()  # a one-line error naming the extra, before anything is created
     api = wandb_api()
@@ -105,11 +106,12 @@ def save(loaded: Loaded) -> list[str]:
         from spurgen.stages.report import write_report
 
         write_report(loaded.folder, loaded.out, True)
+    notes = create_charts(loaded.spec, api, entity)  # the presets the report's line panels draw with
     view = workspace(loaded.spec, entity)
     view.save()
     rep = report(loaded.spec, entity)
     rep.save()
-    return [f"W&B workspace: {view.url}", f"W&B report: {rep.url}"]
+    return [*notes, f"W&B workspace: {view.url}", f"W&B report: {rep.url}"]
 
 
 def create(req: Request, paths: dict[str, Path] | None = None) -> list[str]:

@@ -14,6 +14,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
+from spurgen.dashboards.charts import VS_LAMBDA, VS_LAMBDA_SPEC
 from spurgen.dashboards.spec import (
     CONSISTENCY,
     IMAGE_KEYS,
@@ -142,9 +143,29 @@ def rate_panels(classifiers: list[str], groupby: str | None) -> list[Panel]:
     ]
 
 
+def lines_panels(classifiers: list[str]) -> list[Panel]:
+    """Spurious rate (per classifier) and consistency vs lambda_sfsl with the baseline and reference rows as
+    horizontal lines: a W&B custom chart (charts.py) over one table's runs. Each run is a point, the mean over
+    seeds per lambda_sfsl a line with its standard deviation; the baseline and reference lines are the means of
+    `eval_baseline/...` and `eval_reference/...` over the runs with lambda_sfsl = 0 (the runs that log them),
+    drawn across every lambda_sfsl. Only for a run set that is one table (a custom chart ignores W&B's run
+    grouping, so over a whole sweep it would pool unlike runs)."""
+
+    def panel(title: str, name: str, classifier: str | None = None) -> Panel:
+        keys = [metric(s, name, classifier) for s in ("images", "baseline", "reference")]
+        return Panel("vs_lambda", title, keys, LAMBDA, VS_LAMBDA)
+
+    rates = [
+        panel(f"spurious rate vs lambda_sfsl, baseline and reference as lines: {c}", "spurious_rate", c)
+        for c in classifiers
+    ]
+    return rates + [panel(f"{k} vs lambda_sfsl, baseline and reference as lines", k) for k in CONSISTENCY]
+
+
 def reference_panels(classifiers: list[str], groupby: str | None) -> list[Panel]:
-    """The baseline and reference rows (logged by the lambda_sfsl = 0 runs), the level the rates are read
-    against."""
+    """The baseline and reference rows (logged by the lambda_sfsl = 0 runs) as bars of their own: the
+    workspace's view of them, where each identity x class group of lambda_sfsl = 0 runs is a bar (a line across
+    lambda_sfsl needs a custom chart, which would pool the workspace's groups: see lines_panels)."""
     panels = [
         Panel(
             "bar",
@@ -226,15 +247,21 @@ def workspace_spec(group: str, runset: RunSet, classifiers: list[str], text: str
 
 
 def table_sections(t: TableSpec, group: str, classifiers: list[str]) -> list[Section]:
-    """A table's panels (runs of one identity and class, lines and bars per lambda_sfsl) and its baseline
-    and reference rows (from its lambda_sfsl = 0 runs)."""
+    """A table's panels over its runs (one identity and class): spurious rate and consistency vs lambda_sfsl
+    with the baseline and reference rows as lines (from its lambda_sfsl = 0 runs), then the losses as a line
+    per lambda_sfsl and the images, rates, consistency and similarity as a bar per lambda_sfsl."""
     mark = f" [{t.scale}]" if t.scale else ""
     where = [*group_filters(group), *t.filters]
     text = f"Run identity `{t.identity}`" + (f"; differs in {', '.join(t.differs)}" if t.differs else "")
     text += f". **{SCALE_NOTE[t.scale]}.**" if t.scale else "."
+    text += (
+        " The baseline (base model, class prompt) and reference lines are the means of `eval_baseline/...` "
+        "and `eval_reference/...` over this table's lambda_sfsl = 0 runs, which log them."
+    )
     tuned = Section(
         t.title + mark,
-        loss_panels(LAMBDA)
+        lines_panels(classifiers)
+        + loss_panels(LAMBDA)
         + [Panel("media", "generated images per run", list(IMAGE_KEYS))]
         + rate_panels(classifiers, LAMBDA)
         + consistency_panels(classifiers, LAMBDA)
@@ -242,13 +269,7 @@ def table_sections(t: TableSpec, group: str, classifiers: list[str]) -> list[Sec
         [RunSet(t.title, where)],
         text,
     )
-    rows = Section(
-        f"{t.title}{mark}: baseline and reference",
-        reference_panels(classifiers, LAMBDA),
-        [RunSet(f"{t.title}, lambda_sfsl = 0", [*where, Filter(LAMBDA, "==", 0.0)])],
-        "The baseline (base model, class prompt) and reference rows, logged by the lambda_sfsl = 0 runs.",
-    )
-    return [tuned, rows]
+    return [tuned]
 
 
 def report_spec(
@@ -297,4 +318,5 @@ def build_spec(
         report=report_spec(group, specs, runset, classifiers, figures, text),
         report_table=report_table,
         figures=figures,
+        charts={VS_LAMBDA: VS_LAMBDA_SPEC},
     )

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 2: `vs_lambda` panels (a W&B custom chart) and the chart presets they use
 SPEC_FILE = "dashboard.json"  # written next to report.md
 
 # The metric keys the dashboard plots, as the logging code names them.
@@ -28,7 +28,7 @@ PREFIX = {"images": "eval", "reference": "eval_reference", "baseline": "eval_bas
 # W&B run attributes a filter may name (besides `config.<key>`)
 RUN_ATTRIBUTES = ("group", "job_type")
 OPS = ("==", "!=")
-PANEL_KINDS = ("line", "bar", "media", "parallel", "table", "markdown")
+PANEL_KINDS = ("line", "bar", "vs_lambda", "media", "parallel", "table", "markdown")
 
 
 def metric(set_name: str, name: str, classifier: str | None = None) -> str:
@@ -64,18 +64,25 @@ class RunSet:
 
 @dataclass
 class Panel:
-    """One panel. `keys`: line y keys | bar metrics | media keys | parallel columns (config.<key> or a
-    metric) | [table name] | [markdown text]. `groupby`: a config key whose values make the lines or bars of a
-    line/bar panel, aggregated as the mean over the runs of each value with the standard deviation."""
+    """One panel. `keys`: line y keys | bar metrics | [images metric, baseline metric, reference metric] of a
+    vs_lambda panel | media keys | parallel columns (config.<key> or a metric) | [table name] | [markdown text].
+    `groupby`: a config key whose values make the lines or bars of a line/bar panel, aggregated as the mean over
+    the runs of each value with the standard deviation; of a vs_lambda panel, its x axis (lambda_sfsl).
+    `chart`: the custom chart preset (a key of `DashboardSpec.charts`) a vs_lambda panel draws with: the
+    images metric per run and its mean ± std over seeds per lambda_sfsl, and the baseline and reference metrics'
+    means over the lambda_sfsl = 0 runs as horizontal lines (spurgen/dashboards/charts.py)."""
 
     kind: str
     title: str
     keys: list[str]
     groupby: str | None = None
+    chart: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in PANEL_KINDS:
             raise ValueError(f"panel kind {self.kind!r}: one of {PANEL_KINDS}")
+        if self.kind == "vs_lambda" and (len(self.keys) != 3 or not self.groupby or not self.chart):
+            raise ValueError("a vs_lambda panel: keys [images, baseline, reference], groupby (x) and chart")
 
 
 @dataclass
@@ -134,6 +141,9 @@ class DashboardSpec:
     report: ReportSpec
     report_table: list[dict]  # the sweep report's report.csv lines (spurgen/stages/report.py csv_lines)
     figures: list[str]  # the sweep report's figures as the report run logged them (`report/...` keys)
+    # W&B custom chart presets the vs_lambda panels draw with: name -> Vega-Lite spec (charts.py); saving the
+    # dashboard creates them in the entity first
+    charts: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)

@@ -49,8 +49,31 @@ def _column(key: str) -> str:
     return f"config:{_backend(key)}" if key.startswith("config.") else f"summary:{key}"
 
 
-def panel(p: Panel, wr: ModuleType) -> Any:
-    """One wandb-workspaces panel (the same classes serve workspaces and reports)."""
+def chart_id(name: str, entity: str) -> str:
+    """A custom chart preset's id, `<entity>/<name>` (the entity that owns it; bare name when none is known)."""
+    return f"{entity}/{name}" if entity else name
+
+
+def vs_lambda(p: Panel, entity: str, wr: ModuleType) -> Any:
+    """A metric vs lambda_sfsl with the baseline and reference rows as lines: a W&B custom chart (`Vega2`
+    panel) with spurgen's preset (charts.py). It queries each run of the panel's run set for the config key on
+    the x axis and the three summary metrics, and the preset's fields name those columns (W&B names a query's
+    columns by their keys)."""
+    x = (p.groupby or "").removeprefix("config.")
+    images, baseline, reference = p.keys
+    return wr.CustomChart(
+        query={"config": {"keys": [x]}, "summary": {"keys": list(p.keys)}},
+        chart_name=chart_id(p.chart or "", entity),
+        chart_fields={"lambda": x, "value": images, "baseline": baseline, "reference": reference},
+        chart_strings={"title": p.title, "y": images},
+    )
+
+
+def panel(p: Panel, wr: ModuleType, entity: str = "") -> Any:
+    """One wandb-workspaces panel (the same classes serve workspaces and reports); `entity` owns the custom
+    chart presets."""
+    if p.kind == "vs_lambda":
+        return vs_lambda(p, entity, wr)
     grouped = {"groupby": p.groupby, "groupby_aggfunc": AGG, "groupby_rangefunc": SPREAD} if p.groupby else {}
     if p.kind == "line":
         return wr.LinePlot(title=p.title, x="Step", y=list(p.keys), **grouped)
@@ -86,7 +109,7 @@ def workspace(spec: DashboardSpec, entity: str) -> Any:
         pinned_columns=[_column(k) for k in rs.columns],
     )
     sections = [
-        ws.Section(name=s.name, panels=[panel(p, wr) for p in s.panels], is_open=True)
+        ws.Section(name=s.name, panels=[panel(p, wr, entity) for p in s.panels], is_open=True)
         for s in spec.workspace.sections
     ]
     return ws.Workspace(
@@ -117,10 +140,37 @@ def _blocks(s: Section, spec: DashboardSpec, entity: str, wr: ModuleType) -> lis
         blocks.append(
             wr.PanelGrid(
                 runsets=[runset(r, spec, entity, wr) for r in s.runsets],
-                panels=[panel(p, wr) for p in s.panels],
+                panels=[panel(p, wr, entity) for p in s.panels],
             )
         )
     return blocks
+
+
+def create_charts(spec: DashboardSpec, api: Any, entity: str) -> list[str]:
+    """Create the custom chart presets the vs_lambda panels draw with (wandb.Api.create_custom_chart) in
+    `entity`, before the workspace and report that use them; one that exists already is kept (W&B cannot update
+    a preset, so its name carries the spec's hash). Lines to print for any that could not be created: their
+    panels stay empty, the rest of the dashboard does not depend on them."""
+    lines = []
+    for name, vega in spec.charts.items():
+        try:
+            api.create_custom_chart(
+                entity=entity,
+                name=name,
+                display_name="spurgen: metric vs lambda_sfsl, baseline and reference as lines",
+                spec_type="vega2",
+                access="private",
+                spec=vega,
+            )
+        except Exception as exc:  # noqa: BLE001 - W&B refuses a name it has: the preset is there already
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            if "exist" not in text.lower() and "409" not in text:
+                lines.append(
+                    f"W&B custom chart {chart_id(name, entity)} not created ({text[:200]}): its panels (metric vs "
+                    "lambda_sfsl with the baseline and reference lines) stay empty; the report's figures draw "
+                    "the same lines"
+                )
+    return lines
 
 
 def report(spec: DashboardSpec, entity: str) -> Any:
