@@ -34,7 +34,7 @@ format:  ## ruff format and fix
 	$(PY) -m ruff format spurgen tests experiments
 	$(PY) -m ruff check --fix spurgen tests experiments
 
-run:  ## the embedded tiny default: train -> generate -> evaluate on CPU
+run:  ## the default run, the mini world: train -> generate -> evaluate
 	$(PY) -m spurgen.run
 
 bench:  ## benchmark suite (writes docs/benchmarks/BENCHMARKS.md)

@@ -1,6 +1,7 @@
 """Draw the packaged demo reference images (spurgen/assets/demo_references): red flowers on leaves.
 
-They only exist so that `python -m spurgen.run` runs with no data; they are not Spurious ImageNet images.
+They only exist so that the tiny model (`python -m spurgen.run model=tiny class=hummingbird`) runs with no data;
+they are not Spurious ImageNet images.
     python experiments/make_demo_references.py
 """
 

@@ -9,6 +9,10 @@ import torch
 
 from spurgen.module import SpurgenModule
 
+# The tiny random plumbing model and its class: the tests' runs and compositions name it (the default is the
+# mini world, spurgen/conf/model/mini.yaml, whose weights the tests do not build).
+TINY = ("model=tiny", "class=hummingbird")
+
 
 @contextmanager
 def fixed_timesteps(module: SpurgenModule, t: torch.Tensor | list[int]) -> Iterator[None]:

@@ -8,11 +8,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from spurgen.config import CONF_DIR, register_configs, register_resolvers
+from spurgen.config import CONF_DIR, asset_path, register_configs, register_resolvers
 from spurgen.errors import ConfigError
 from spurgen.validation import validate
 
 from .conftest import run_cli
+from .helpers import TINY
 
 register_configs()
 register_resolvers()
@@ -26,11 +27,24 @@ def load(*overrides: str):
         return compose("config", overrides=list(overrides))
 
 
-def test_default_composes_to_tiny_model():
+def test_default_composes_to_mini_world():
+    """No overrides: the mini world (its weights in spurgen/assets/mini, EfficientNet-Lite), composed, not built."""
     cfg = validate(load())
-    assert cfg.model.is_tiny_random and cfg.model.unet._target_.endswith("build_tiny_unet")
+    path = Path(cfg.model.path)
+    assert path == Path(asset_path("mini")) and path.parts[-3:] == ("spurgen", "assets", "mini")
+    assert cfg.model.marks.model_is_mini and not cfg.model.get("is_tiny_random", False)
+    assert cfg.target.index == 111 and cfg.target.name == "nematode" and cfg.target.concept == "texture"
+    assert cfg.feature_extractor._target_ == "spurgen.models.lite.load_efficientnet_lite"
+    assert cfg.feature_extractor.variant == 0
+    assert sorted(cfg.eval.classifiers) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
     assert cfg.loss.lambda_sfsl == cfg.lambda_sfsl == 0.1
     assert cfg.loss.lambda_prior == 1.0 and cfg.loss.sfsl.t_max == 500
+
+
+def test_tiny_composes_to_tiny_random_model():
+    cfg = validate(load(*TINY))
+    assert cfg.model.is_tiny_random and cfg.model.unet._target_.endswith("build_tiny_unet")
+    assert cfg.feature_extractor._target_.endswith("build_tiny_extractor")
     assert cfg.target.index == 94 and cfg.target.concept == "flower"
 
 

@@ -27,6 +27,7 @@ from spurgen.dashboards.wandb_objects import create_charts, filter_text, report,
 from spurgen.errors import SpurgenError
 from spurgen.stages.report import collect, write_report
 from tests.conftest import FAST, run_cli
+from tests.helpers import TINY
 from tests.test_sweeps import _mixed_run, fake_sweep  # noqa: F401 - the report tests' fixture
 
 ws = pytest.importorskip("wandb_workspaces.workspaces")
@@ -593,7 +594,7 @@ def test_dashboard_keys_are_what_a_tiny_wandb_run_logged(tmp_path):
     dashboard plots is among the keys it logged, and every config key it groups or filters by is in its
     config. Renaming a key in the logging code fails this test."""
     sweep = tmp_path / "sweep"
-    argv = [a for a in FAST if not a.startswith("logger=")]
+    argv = [*TINY, *(a for a in FAST if not a.startswith("logger="))]
     argv += ["logger=wandb", "trainer.log_every_n_steps=1", "lambda_sfsl=0", "generate.baseline=true"]
     argv += ["generate.num_images=4", "stages=[train,generate,evaluate]", f"hydra.run.dir={sweep}/run0"]
     assert run_cli(argv) == 0

@@ -21,6 +21,7 @@ from spurgen.data.references import reference_folder, select_references
 from spurgen.errors import SpurgenError
 
 from .conftest import write_images
+from .helpers import TINY
 
 
 def test_modes_are_converted_to_rgb(tmp_path):
@@ -233,7 +234,7 @@ def test_references_follow_reference_seed_not_the_training_seed():
     register_resolvers()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         picks = {
-            (s, r): resolve_references(compose("config", [f"seed={s}", f"data.reference_seed={r}"]))
+            (s, r): resolve_references(compose("config", [*TINY, f"seed={s}", f"data.reference_seed={r}"]))
             for s in (0, 1, 2)
             for r in (0, 1, 2, 3)
         }

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from .conftest import FAST, run_cli
+from .helpers import TINY
 
 
 @pytest.mark.slow
@@ -17,6 +18,7 @@ def test_tiny_run_leaves_every_output(tmp_path):
     run = tmp_path / "run"
     code = run_cli(
         [
+            *TINY,
             "trainer.max_steps=4",
             "train.checkpoint_every_n_steps=2",
             "train.sample_every_n_steps=2",
@@ -83,17 +85,18 @@ def test_tiny_run_leaves_every_output(tmp_path):
 
 
 def test_missing_reference_folder_fails_cleanly(tmp_path, capsys):
-    code = run_cli([*FAST, f"data.reference_dir={tmp_path}/missing", f"hydra.run.dir={tmp_path}/run"])
+    code = run_cli([*TINY, *FAST, f"data.reference_dir={tmp_path}/missing", f"hydra.run.dir={tmp_path}/run"])
     err = capsys.readouterr().err
     assert code == 2 and "does not exist" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing half-written
 
 
 def test_real_model_missing_offline_says_what_and_where(tmp_path, capsys, image_folder):
-    code = run_cli([*FAST, "model=sd15", f"hydra.run.dir={tmp_path}/run"])
+    fast = [*FAST, "class=hummingbird"]  # a class without packaged references (nematode has the mini world's)
+    code = run_cli([*fast, "model=sd15", f"hydra.run.dir={tmp_path}/run"])
     err = capsys.readouterr().err
     assert code == 2 and "no reference images" in err  # real models never fall back to demo images
-    fast = [*FAST, f"data.reference_dir={image_folder}"]
+    fast = [*fast, f"data.reference_dir={image_folder}"]
     code = run_cli([*fast, "model=sd15", f"model.path={tmp_path}/sd15", f"hydra.run.dir={tmp_path}/run"])
     err = capsys.readouterr().err
     assert code == 2 and f"{tmp_path}/sd15" in err and "does not exist" in err
@@ -121,6 +124,6 @@ def test_lambda_zero_run_never_builds_the_extractor(tmp_path, monkeypatch):
         raise AssertionError("extractor built with lambda_sfsl=0")
 
     monkeypatch.setattr(ex, "build_tiny_extractor", boom)
-    assert run_cli([*FAST, "lambda_sfsl=0", f"hydra.run.dir={tmp_path}/run"]) == 0
+    assert run_cli([*TINY, *FAST, "lambda_sfsl=0", f"hydra.run.dir={tmp_path}/run"]) == 0
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert meta["final_losses"]["train/loss_sfsl"] == 0.0

@@ -8,6 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import FAST, run_cli
+from tests.helpers import TINY
 
 TINY_GEN_EVAL = [
     "generate.num_images=3",
@@ -22,7 +23,9 @@ TINY_GEN_EVAL = [
 @pytest.mark.slow
 def test_run_train_generate_evaluate(tmp_path):
     run_dir = tmp_path / "run"
-    rc = run_cli([*FAST, *TINY_GEN_EVAL, "stages=[train,generate,evaluate]", f"hydra.run.dir={run_dir}"])
+    rc = run_cli(
+        [*TINY, *FAST, *TINY_GEN_EVAL, "stages=[train,generate,evaluate]", f"hydra.run.dir={run_dir}"]
+    )
     assert rc == 0
     gen = json.loads((run_dir / "generated" / "generate.json").read_text())
     assert gen["num_images"] == 3 and gen["model_is_tiny_random"] is True and gen["class_index"] == 94

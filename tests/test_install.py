@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import REPO
 
@@ -69,13 +70,20 @@ def test_wheel_install_runs_outside_the_repository(tmp_path):
     venv = make_venv(tmp_path, wheel, env)
     work = tmp_path / "work"
     work.mkdir()
-    where = sh([str(venv / "bin" / "python"), "-c", "import spurgen; print(spurgen.__file__)"], work, env)
-    assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout  # the installed copy, not ours
+    code = "import spurgen, spurgen.config as c; print(spurgen.__file__); print(c.asset_path('mini'))"
+    where, mini = sh([str(venv / "bin" / "python"), "-c", code], work, env).stdout.split()
+    assert Path(where).is_relative_to(venv), where  # the installed copy, not ours
+    assert Path(mini).is_relative_to(venv) and Path(mini).parts[-3:] == ("spurgen", "assets", "mini"), mini
 
     spurgen = str(venv / "bin" / "spurgen")
     assert "\n  export " in sh([spurgen, "--help"], work, env).stdout
     default = "\n" + sh([spurgen, "run", "--cfg", "job"], work, env).stdout
-    assert "\ntarget:\n  index: 94\n" in default and "  name: hummingbird\n" in default
+    job = yaml.safe_load(default)  # the default: the mini world (model.path is resolved when a run builds it)
+    assert job["target"]["index"] == 111 and job["target"]["name"] == "nematode"
+    assert job["model"]["path"] == "${spurgen_asset:mini}"
+    assert job["feature_extractor"]["_target_"].endswith("load_efficientnet_lite")
+    assert job["feature_extractor"]["variant"] == 0
+    assert sorted(job["eval"]["classifiers"]) == [f"efficientnet_lite{i}" for i in range(3)]
     module = "\n" + sh([str(venv / "bin" / "python"), "-m", "spurgen.run", "--cfg", "job"], work, env).stdout
     assert module == default
     user = tmp_path / "my_configs"

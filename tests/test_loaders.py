@@ -13,6 +13,8 @@ from spurgen.errors import MissingWeightsError, SpurgenError
 from spurgen.models import loaders
 from spurgen.models.extractors import IMAGENET_MEAN, IMAGENET_STD
 
+from .helpers import TINY
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -179,8 +181,10 @@ def test_feature_extractor_configs_use_the_loaders(tmp_path):
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in _tiny_timm().state_dict().items()}, str(w))
+    # on the tiny model: the mini preset (the default) sets feature_extractor.variant, which these loaders lack
     cfg = _compose(
         [
+            *TINY,
             "feature_extractor=timm",
             "feature_extractor.arch=test_efficientnet",
             f"feature_extractor.weights={w}",
@@ -192,6 +196,7 @@ def test_feature_extractor_configs_use_the_loaders(tmp_path):
     _madry_checkpoint(madry)
     cfg = _compose(
         [
+            *TINY,
             "feature_extractor=robust_resnet50_madry",
             f"feature_extractor.weights={madry}",
             "feature_extractor.arch=resnet18",
@@ -199,7 +204,7 @@ def test_feature_extractor_configs_use_the_loaders(tmp_path):
     )
     assert instantiate(cfg.feature_extractor).features(torch.rand(1, 3, 32, 32)).shape == (1, 512)
     for name in ("salman2020", "engstrom2019"):
-        cfg = _compose([f"feature_extractor={name}", f"feature_extractor.model_dir={tmp_path}"])
+        cfg = _compose([*TINY, f"feature_extractor={name}", f"feature_extractor.model_dir={tmp_path}"])
         with pytest.raises(Exception, match=cfg.feature_extractor.arch) as info:  # Hydra wraps it
             instantiate(cfg.feature_extractor)
         assert isinstance(info.value.__cause__ or info.value, MissingWeightsError)
@@ -246,7 +251,7 @@ def test_default_classifiers_offline_fail_with_one_clear_message(tmp_path, monke
 @pytest.mark.parametrize(
     ("overrides", "first"),
     [
-        ([], "tiny_effnet"),  # model=tiny (the default preset) selects eval=tiny
+        ([], "efficientnet_lite0"),  # model=mini (the default preset) selects eval=mini
         (["model=tiny"], "tiny_effnet"),
         (["experiment=tiny_lambda_grid"], "tiny_effnet"),
         (["model=sd15"], "resnet50"),

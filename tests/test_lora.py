@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from spurgen.config import CONF_DIR
 
 from .conftest import FAST, run_cli
+from .helpers import TINY
 
 
 def _compose(overrides: list[str]):
@@ -41,7 +42,7 @@ def test_loss_fast_is_the_exact_computation():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
 def test_adamw8bit_without_cuda_is_a_clear_error(tmp_path, capsys):
-    code = run_cli([*FAST, "train.optimizer=adamw8bit", f"hydra.run.dir={tmp_path}/run"])
+    code = run_cli([*TINY, *FAST, "train.optimizer=adamw8bit", f"hydra.run.dir={tmp_path}/run"])
     err = capsys.readouterr().err
     assert code == 2 and "CUDA" in err and "train.optimizer=adamw" in err and "Traceback" not in err
 
@@ -72,6 +73,7 @@ def test_lora_run_saves_a_merged_standard_pipeline(tmp_path):
     run = tmp_path / "run"
     code = run_cli(
         [
+            *TINY,
             *FAST,
             "train.lora_rank=4",
             "train.lr_unet=1e-3",

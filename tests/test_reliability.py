@@ -18,8 +18,10 @@ from safetensors.torch import load_file
 
 from .conftest import REPO, run_cli, write_images
 from .faults import fault_overrides
+from .helpers import TINY
 
 RUN = [
+    *TINY,
     "debug=default",
     "trainer.max_steps=6",
     "train.checkpoint_every_n_steps=2",

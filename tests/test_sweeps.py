@@ -13,6 +13,7 @@ import yaml
 
 from spurgen.config import METHOD_VERSION
 from tests.conftest import FAST, REPO, run_cli
+from tests.helpers import TINY
 
 TINY_GEN = ["generate.num_images=4", "stages=[train,generate,evaluate]"]
 
@@ -329,6 +330,7 @@ def test_ddp_two_cpu_ranks_gloo(tmp_path):
         sys.executable,
         "-m",
         "spurgen.run",
+        *TINY,
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
@@ -348,6 +350,7 @@ def test_ddp_two_cpu_ranks_gloo(tmp_path):
 def test_ddp_inside_basic_sweep_fails_early(tmp_path, capsys):
     argv = [
         "-m",
+        *TINY,
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
