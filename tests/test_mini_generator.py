@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from spurgen.io import sha256_file
-from spurgen.mini.threads import torch_threads
+from spurgen.threads import torch_threads
 
 pytest.importorskip("skimage.data")
 
@@ -126,7 +126,11 @@ def test_the_command_writes_loadable_folders_and_a_manifest(vae_dir, tmp_path, c
         assert pg.main(["--vae", str(vae_dir), "--out", str(out), "--steps", "2", "--batch", "2"]) == 0
     record = json.loads((out / pg.MANIFEST).read_text())["parts"]["generator"]
     assert {f.split("/")[0] for f in record["files"]} == {
-        "unet", "text_encoder", "tokenizer", "scheduler", "model_index.json"
+        "unet",
+        "text_encoder",
+        "tokenizer",
+        "scheduler",
+        "model_index.json",
     }
     for name, digest in record["files"].items():
         assert sha256_file(out / name) == digest

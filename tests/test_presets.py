@@ -18,11 +18,14 @@ from spurgen.config import CONF_DIR, register_configs, register_resolvers
 from spurgen.errors import ConfigError
 from spurgen.validation import validate
 
+from .helpers import TINY
+
 register_configs()
 register_resolvers()
 MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 REAL = {"sd15", "sd21", "sd21_base", "local"}
+MINI = {"mini"}  # trained weights shipped in spurgen/assets/mini (docs/mini_world.md)
 
 
 def load(*overrides: str):
@@ -68,6 +71,12 @@ def test_every_model_preset_builds_its_parts(name, sd_folder, madry_file):
     if name in REAL:  # read from the folder: the real loading code, on a file the test wrote
         assert not parts.is_tiny_random and parts.model_id == str(sd_folder)
         assert type(parts.sample_scheduler).__name__ == "DDIMScheduler"  # what the folder ships
+        assert parts.marks == {} and parts.banner is None
+    elif name in MINI:  # the shipped, trained mini pipeline folder, marked in every metadata file
+        assert not parts.is_tiny_random and parts.resolution == 64 and len(parts.tokenizer) < 1000
+        assert Path(parts.model_id) == Path(CONF_DIR).parent / "assets" / "mini"
+        assert parts.marks["model_is_mini"] is True and parts.marks["mini_corpus"]["train_photos"] > 0
+        assert "MINI WORLD" in parts.banner
     else:
         assert parts.is_tiny_random and parts.model_id.startswith(f"{name.replace('tiny', 'tiny')}-random:")
 
@@ -81,6 +90,9 @@ def test_every_model_preset_builds_its_extractor(name, sd_folder, madry_file):
     if name in REAL:
         assert extractor.name == "robust_resnet50_l2_eps3" and not extractor.is_random
         assert type(extractor.model).__name__ == "ResNet" and extractor.normalizes_inside is False
+    elif name in MINI:  # real with real: a trained ImageNet classifier's features
+        assert extractor.name.startswith("efficientnet_lite") and not extractor.is_random
+        assert extractor.identity()["weights_sha256"]
     else:
         assert extractor.is_random
 
@@ -88,13 +100,20 @@ def test_every_model_preset_builds_its_extractor(name, sd_folder, madry_file):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_builds_what_it_says(name, sd_folder, madry_file):
     cfg = load(f"experiment={name}")
-    real = cfg.model.get("path") is not None
+    mini = bool(cfg.model.get("marks", {}).get("model_is_mini"))
+    real = cfg.model.get("path") is not None and not mini
     if real:
         cfg = load(f"experiment={name}", *real_overrides(name, sd_folder, madry_file))
     validate(cfg)
     parts = build(cfg.model)
     classifiers = {n: build(node) for n, node in cfg.eval.classifiers.items()} if not real else {}
-    assert parts.is_tiny_random is (not real)
+    assert parts.is_tiny_random is (not real and not mini)
+    if mini:  # the shipped mini weights, Lite0 as the extractor, the three real Lite classifiers
+        assert parts.marks["model_is_mini"] and cfg.target.name == "nematode"
+        assert build(cfg.feature_extractor).name == "efficientnet_lite0"
+        assert sorted(classifiers) == [f"efficientnet_lite{v}" for v in range(3)]
+        assert not any(c.is_random for c in classifiers.values())
+        return
     if real:  # SD 1.5 with Spurious ImageNet's extractor, and the real classifier set
         assert cfg.feature_extractor._target_.endswith("load_madry")
         assert build(cfg.feature_extractor).name == "robust_resnet50_l2_eps3"
@@ -105,8 +124,8 @@ def test_every_experiment_builds_what_it_says(name, sd_folder, madry_file):
 
 def test_one_part_swaps_alone():
     """model/vae=... changes the VAE and nothing else: every other part keeps its weights."""
-    base = build(load().model)
-    parts = build(load("model/vae=proportional", "model.vae.resolution=32").model)
+    base = build(load(*TINY).model)
+    parts = build(load(*TINY, "model/vae=proportional", "model.vae.resolution=32").model)
     assert (
         type(parts.vae.decoder.up_blocks).__name__ == "ModuleList" and len(parts.vae.decoder.up_blocks) == 4
     )
@@ -130,7 +149,7 @@ def test_one_part_swaps_alone():
 )
 def test_parts_that_do_not_fit_fail_naming_both_keys(overrides, keys):
     with pytest.raises(ConfigError) as err:
-        build(load(*overrides).model)
+        build(load(*TINY, *overrides).model)
     assert all(k in str(err.value) for k in keys), str(err.value)
 
 

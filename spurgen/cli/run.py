@@ -20,6 +20,7 @@ from spurgen.config import CONF_DIR, register_configs, register_resolvers
 from spurgen.distributed import is_global_zero
 from spurgen.errors import SpurgenError
 from spurgen.loggers import argv_secrets_masked, scrub_hydra_files
+from spurgen.threads import torch_threads
 from spurgen.validation import validate
 
 register_configs()
@@ -32,7 +33,7 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
     try:
         validate(cfg)
         scrub_hydra_files(Path(cfg.run_dir))
-        with argv_secrets_masked():  # Hydra has parsed the command line; loggers record it
+        with argv_secrets_masked(), torch_threads(cfg.threads):  # loggers record the parsed command line
             result = run_stages(cfg, Path(cfg.run_dir))
         _last_result.clear()
         _last_result.update(result)
@@ -59,6 +60,9 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict:
         from spurgen.stages.evaluate import run_stage as evaluate_stage
 
         result["evaluate"] = evaluate_stage(cfg, run_dir)
+        from spurgen.eval.outputs import summary_table
+
+        print(f"\n{summary_table(result['evaluate'])}\nall outputs: {run_dir}", flush=True)
     return result
 
 

@@ -235,3 +235,31 @@ def log_wandb(
     if mode != "disabled" and not run_id:
         id_file.write_text(run.id)
     run.finish()
+
+
+def summary_table(result: dict) -> str:
+    """The end-of-run table a person reads first: per classifier, the spurious rate with its 95% Wilson
+    interval and the similarity cos(phi, m) of each image set (generated, baseline, references); the
+    classifier that trained the SFSL is marked, the others are held out."""
+    results, trained = result.get("results") or {}, (result.get("extractor") or {})
+    trained_name = trained.get("name") if trained.get("used") else None
+    sets = [s for s in ("images", "baseline", "reference") if s in results]
+    names = {"images": "generated", "baseline": "baseline", "reference": "references"}
+    header = ["classifier", *(f"{names[s]} rate [95% CI]" for s in sets), *(f"sim {names[s]}" for s in sets)]
+    rows = []
+    for c in results.get("images", {}).get("per_classifier", {}):
+        cells = [c + (" (trained the SFSL)" if c == trained_name else "")]
+        for s in sets:
+            r = results[s]["per_classifier"][c]["spurious_rate"]
+            cells.append(f"{r['value']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] n={r['n']}")
+        for s in sets:
+            sim = results[s]["per_classifier"][c].get("similarity")
+            cells.append("-" if sim is None else f"{sim['value']:.3f}")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
+    ]
+    target = result.get("target", {})
+    return "\n".join([f"spurious rate = share of images classified as {target.get('index')} "
+                      f"({target.get('name')}); sim = cos(phi(x), m) to the references", *lines])  # fmt: skip

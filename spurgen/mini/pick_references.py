@@ -91,7 +91,9 @@ def pick(models: dict, photo: str, target: int, args: argparse.Namespace) -> lis
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m spurgen.mini.pick_references", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m spurgen.mini.pick_references", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder; the crops go to <out>/<photo>/")
     parser.add_argument("--photo", default=corpus.REFERENCE_PHOTO)
     parser.add_argument("--target", type=int, default=REFERENCE_CLASS, help="ImageNet class index")
@@ -128,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     for n, c in enumerate(chosen):
         Image.fromarray(c.pop("image")).save(folder / f"{args.photo}_{n:02d}.png")
     record = {
-        "command": "python -m spurgen.mini.pick_references " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m spurgen.mini.pick_references "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "photo": args.photo,
         "target": args.target,
         "rule": "all three Lite top-1 = target; highest lowest probability first; boxes overlap <= max_overlap",

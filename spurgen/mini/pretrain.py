@@ -25,8 +25,8 @@ import torch
 from spurgen.errors import SpurgenError
 from spurgen.io import sha256_file
 from spurgen.mini import corpus, gate
-from spurgen.mini.threads import torch_threads
 from spurgen.mini.vae import VaeTrainConfig, set_scaling_factor, train_vae
+from spurgen.threads import torch_threads
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "mini"
 MANIFEST = "manifest.json"
@@ -43,6 +43,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=VaeTrainConfig.steps, help="the autoencoder's steps")
     parser.add_argument("--seed", type=int, default=VaeTrainConfig.seed)
     parser.add_argument("--batch", type=int, default=VaeTrainConfig.batch)
+    parser.add_argument(
+        "--generator-steps",
+        type=int,
+        default=None,
+        help="the UNet and text encoder's steps (default: its own)",
+    )
     parser.add_argument("--latent-channels", type=int, default=VaeTrainConfig.latent_channels)
     parser.add_argument(
         "--figure", type=Path, default=None, help="also save originals beside reconstructions"
@@ -141,7 +147,10 @@ def _main(argv: list[str] | None) -> int:
             return rc
     from spurgen.mini import pretrain_generator
 
-    return pretrain_generator.main(["--vae", str(args.out / "vae"), "--out", str(args.out), "--threads", "1"])
+    steps = [] if args.generator_steps is None else ["--steps", str(args.generator_steps)]
+    return pretrain_generator.main(
+        ["--vae", str(args.out / "vae"), "--out", str(args.out), "--threads", "1", *steps]
+    )
 
 
 def _vae_part(args: argparse.Namespace, command: str, start: float) -> int:

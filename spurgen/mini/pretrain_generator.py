@@ -31,11 +31,11 @@ from spurgen.errors import SpurgenError
 from spurgen.io import sha256_file
 from spurgen.mini import corpus
 from spurgen.mini.generator import build_mini_text_encoder, build_mini_unet
-from spurgen.mini.threads import torch_threads
 from spurgen.mini.tokenizer import build_mini_tokenizer
 from spurgen.mini.training import TrainResult
 from spurgen.models.parts import SDParts
 from spurgen.models.schedulers import ddim_sampler, sd_noise_scheduler
+from spurgen.threads import torch_threads
 
 MANIFEST = "manifest.json"
 PART = "generator"
@@ -47,7 +47,7 @@ class GenTrainConfig:
     """Everything that decides the trained weights; written into the manifest."""
 
     seed: int = 0
-    steps: int = 2000
+    steps: int = 4000
     batch: int = 16
     lr: float = 5e-4
     warmup: int = 50

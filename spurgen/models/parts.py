@@ -39,7 +39,9 @@ class SDParts:
     def __post_init__(self) -> None:
         check_compatible(self)
         marks = self.marks or {}  # plain containers even when the config passes a DictConfig
-        self.marks = OmegaConf.to_container(marks, resolve=True) if OmegaConf.is_config(marks) else dict(marks)
+        self.marks = (
+            OmegaConf.to_container(marks, resolve=True) if OmegaConf.is_config(marks) else dict(marks)
+        )
         if self.model_id is None:
             self.model_id = (self.path or "unknown") + (f"@{self.revision}" if self.revision else "")
 

@@ -42,6 +42,7 @@ class Run:
     results: dict  # metrics.json "results": set -> numbers
     sets: dict  # metrics.json "sets": set -> {folder, num_images}
     extractor: dict | None = None  # metrics.json "extractor": what trained the SFSL (run.json's record)
+    marks: dict = field(default_factory=dict)  # metrics.json "model_marks": what the model preset declares
 
     @property
     def table(self) -> tuple:
@@ -99,6 +100,7 @@ def _read_run(folder: Path) -> Run:
             metrics["results"],
             metrics.get("sets") or {},
             metrics.get("extractor"),
+            metrics.get("model_marks") or {},
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"unreadable eval/metrics.json or config ({type(exc).__name__}: {exc})") from None
@@ -417,6 +419,13 @@ def _intro(sweep: Sweep, versions: list[str]) -> list[str]:
     if any(r.tiny for r in sweep.runs):
         lines += [
             "> **TINY RANDOM MODELS** in some runs: these numbers check the plumbing and mean nothing.",
+            "",
+        ]
+    marks = sorted({json.dumps(r.marks, sort_keys=True) for r in sweep.runs if r.marks})
+    if marks:
+        lines += [
+            "> **Model marks** (what the model preset declares; e.g. model_is_mini: the mini world's numbers show "
+            "the mechanism, not Stable Diffusion results): " + "; ".join(f"`{m}`" for m in marks),
             "",
         ]
     lines += [

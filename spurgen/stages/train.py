@@ -103,7 +103,8 @@ def resolve_references(cfg: DictConfig) -> list[Path]:
         int(cfg.target.index),
         cfg.target.component,
         # the class file's own references, then the packaged demo images (tiny models only)
-        cfg.target.get("reference_dir") or (asset_path("demo_references") if cfg.data.demo_references else None),
+        cfg.target.get("reference_dir")
+        or (asset_path("demo_references") if cfg.data.demo_references else None),
     )
     names = list(cfg.target.reference_files) if cfg.target.reference_files else None
     return select_references(folder, int(cfg.data.num_references), int(cfg.data.reference_seed), names)
