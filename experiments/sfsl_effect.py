@@ -4,9 +4,13 @@
         experiment=mini_quick
 
 Runs `spurgen run` once per (lambda_sfsl, seed) with the given overrides (each run in its own folder under
---work), reads eval/metrics.json and prints, per lambda, the generated images' similarity cos(phi_c(x), m_c)
-under every classifier c and their spurious rates, per seed and as mean and spread (max - min over seeds).
-tests/test_mini_world.py's margin comes from these numbers.
+--work). Per run it measures what the SFSL optimises, cos(phi(x0_hat), m) of the trained model's one-step
+predictions of the noised references under the training extractor (spurgen/eval/probe.py), and, when the run
+evaluated, reads eval/metrics.json: the generated images' similarity under every classifier and their
+spurious rates. Prints per lambda the values per seed, mean and spread (max - min over seeds).
+tests/test_mini_world.py's margin comes from these numbers, measured with its own settings:
+
+    python experiments/sfsl_effect.py --seeds 0,1,2,3,4 --lambdas 0,1 stages=[train] trainer.max_steps=60
 """
 
 from __future__ import annotations
@@ -35,16 +39,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def predicted(run: Path) -> dict[int, float]:
+    """cos(phi(x0_hat), m) per probe timestep of the run's pipeline, under the extractor it trained through
+    (for lambda_sfsl = 0, the one its config names)."""
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from spurgen.build import build
+    from spurgen.eval.probe import predicted_similarity
+
+    meta = json.loads((run / "run.json").read_text())
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    extractor = build(cfg.feature_extractor)
+    refs = torch.stack([
+        torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+        for p in meta["references"]
+    ])  # fmt: skip
+    pipe = StableDiffusionPipeline.from_pretrained(
+        run / "pipeline", safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    return predicted_similarity(pipe, meta["instance_prompt"], refs, extractor)
+
+
 def one_run(overrides: list[str], lam: float, seed: int, folder: Path) -> dict:
-    """The run's metrics (flat keys) and its wall time."""
+    """The run's probe, its metrics (flat keys, when it evaluated) and its wall time."""
     from spurgen.cli.run import main as run_main
 
     start = time.perf_counter()
     rc = run_main([*overrides, f"lambda_sfsl={lam}", f"seed={seed}", f"hydra.run.dir={folder}"])
     if rc != 0:
         raise SystemExit(f"run lambda_sfsl={lam} seed={seed} failed with exit code {rc}")
-    metrics = json.loads((folder / "eval" / "metrics.json").read_text())["metrics"]
-    return {"seed": seed, "seconds": round(time.perf_counter() - start, 1), "metrics": metrics}
+    seconds = round(time.perf_counter() - start, 1)
+    probe = predicted(folder)
+    metrics_file = folder / "eval" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())["metrics"] if metrics_file.exists() else {}
+    metrics["predicted_similarity/mean"] = sum(probe.values()) / len(probe)
+    metrics.update({f"predicted_similarity/t{t}": v for t, v in probe.items()})
+    return {"seed": seed, "seconds": seconds, "metrics": metrics}
 
 
 def summarise(runs: list[dict], prefix: str) -> dict:
@@ -69,11 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         runs = [one_run(args.overrides, lam, s, work / f"lambda_{lam}" / f"seed_{s}") for s in args.seeds]
         result["per_lambda"][str(lam)] = {
             "runs": runs,
+            "predicted_similarity": summarise(runs, "predicted_similarity/"),
             "similarity": summarise(runs, "eval/similarity/"),
             "spurious_rate": summarise(runs, "eval/spurious_rate/"),
         }
     for lam, r in result["per_lambda"].items():
-        for k, v in {**r["similarity"], **r["spurious_rate"]}.items():
+        for k, v in {**r["predicted_similarity"], **r["similarity"], **r["spurious_rate"]}.items():
             print(f"lambda_sfsl={lam} {k}: mean {v['mean']:.4f} spread {v['spread']:.4f} "
                   f"values {[round(x, 4) for x in v['values']]}")  # fmt: skip
     if args.out:

@@ -22,7 +22,7 @@ from omegaconf import MISSING, OmegaConf
 # mixed silently). Written into pipeline/spurgen.json, metadata and metrics of every run.
 # Version 2: distance=mse is the MSE of unnormalised features to m_raw = mean_r phi(x_ref_r) (it was the MSE
 # of unit-normalised features), and f runs on decoded images in float32 with autocast off, as on the references.
-METHOD_VERSION = "2"
+METHOD_VERSION = "3"
 
 # The Hydra config tree ships inside the package (spurgen/conf), so an installed wheel composes runs too.
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
@@ -68,6 +68,7 @@ class SFSLConfig:
     decode_at_extractor_size: bool = (
         False  # decode z0_hat resized to f's input size / 8 (overrides decode_size)
     )
+    mean_free: bool = True  # L_SFSL's gradient leaves each channel's mean of the model output alone (v3)
 
 
 @dataclass

@@ -256,3 +256,33 @@ def test_invalid_options_and_unprepared_states_are_rejected():
         )
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         _sfsl(torch.full((1, 3, 2, 2), -1.0))
+
+
+def test_mean_free_keeps_the_value_and_removes_only_the_channel_mean_gradient():
+    """Method version 3: the SFSL's value is METHOD.md's; its gradient on eps_hat has zero spatial mean per
+    sample and channel (no bias the sampler could integrate); without mean_free the same step's gradient has
+    a mean, and mean_free's gradient is that gradient less its per-channel mean."""
+    grads, values = {}, {}
+    for mean_free in (True, False):
+        step = _step(t=(100, 300, 100, 100))
+        res = SpurgenObjective(0.0, 1.0, _sfsl(t_max=1000, mean_free=mean_free))(step)
+        res.parts["loss_sfsl"].backward()
+        grads[mean_free], values[mean_free] = step.model_out.grad[:2], res.parts["loss_sfsl"].item()
+    assert values[True] == pytest.approx(values[False], abs=1e-7)
+    assert grads[True].mean(dim=(2, 3)).abs().max() < 1e-7
+    assert grads[False].mean(dim=(2, 3)).abs().max() > 1e-4
+    centred = grads[False] - grads[False].mean(dim=(2, 3), keepdim=True)
+    assert torch.allclose(grads[True], centred, atol=1e-6)
+
+
+def test_mean_free_is_the_default_of_the_config_and_the_class():
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from spurgen.config import CONF_DIR, METHOD_VERSION
+
+    node = OmegaConf.load(f"{CONF_DIR}/loss/default.yaml")
+    assert node.sfsl.mean_free is True and METHOD_VERSION == "3"
+    default = inspect.signature(SpuriousFeatureSimilarityLoss).parameters["mean_free"].default
+    assert default is True

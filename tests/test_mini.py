@@ -215,7 +215,6 @@ def test_one_command_recreates_both_parts(tmp_path):
     assert (out / "model_index.json").is_file() and (out / "vae" / "config.json").is_file()
 
 
-
 def test_shipped_folder_is_a_plain_pipeline_whose_prompts_select_their_subject():
     """StableDiffusionPipeline.from_pretrained loads the folder without spurgen, and the captions steer it:
     Lite0 calls at least half the "a photo of a cat" images a feline (ImageNet 281-293) and no "a photo of a texture" image

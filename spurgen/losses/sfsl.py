@@ -10,7 +10,8 @@
 
 eps_hat / v_hat is the model's own output, so gradients reach the UNet and the text encoder through the
 frozen decoder D and the frozen extractor f. No clamp on this path: a clamp passes no gradient where it
-saturates.
+saturates. Method version 3 (mean_free, the default): the value is METHOD.md's, but in z0_hat each channel's
+spatial mean of eps_hat / v_hat is detached, so the SFSL cannot bias it (see SpuriousFeatureSimilarityLoss).
 """
 
 from __future__ import annotations
@@ -118,7 +119,10 @@ class SpuriousFeatureSimilarityLoss(nn.Module):
 
     Options (the loss.sfsl config node): distance (cosine | mse), reference (mean | nearest | paired), the
     t_max gate, decode_size, every_n_steps; decoder_checkpointing is a memory option that leaves the value
-    unchanged. distance=mse compares unnormalised features, mean_d (phi(x0_hat)_d - m_raw,d)^2 with
+    unchanged; mean_free (on by default since method version 3) leaves the value unchanged but removes the
+    gradient on each channel's spatial mean of the model output: with METHOD.md's plain gradient the SFSL
+    taught eps_hat a per-channel bias that raises one-step similarity but that the sampler integrates over its
+    steps into a colour drift, lowering the generated images' similarity (docs/mini_world.md, measured). distance=mse compares unnormalised features, mean_d (phi(x0_hat)_d - m_raw,d)^2 with
     m_raw = mean_r phi(x_ref_r), so lambda_sfsl's scale differs from the cosine's (it follows ||phi||^2).
     reference=nearest takes, per sample, the reference closest under the distance in use (highest cosine, or
     smallest squared distance); reference=paired the sample's own reference (raw features for mse).
@@ -141,6 +145,7 @@ class SpuriousFeatureSimilarityLoss(nn.Module):
         every_n_steps: int = 1,
         decoder_checkpointing: bool = False,
         decode_at_extractor_size: bool = False,  # decode_size = f's input size (overrides decode_size)
+        mean_free: bool = True,  # no SFSL gradient on the per-channel spatial mean of eps_hat / v_hat
     ):
         super().__init__()
         distance, reference = (
@@ -158,6 +163,7 @@ class SpuriousFeatureSimilarityLoss(nn.Module):
         self.t_max, self.decode_size, self.every_n_steps = int(t_max), decode_size, int(every_n_steps)
         self.decoder_checkpointing = bool(decoder_checkpointing)
         self.decode_at_extractor_size = bool(decode_at_extractor_size)
+        self.mean_free = bool(mean_free)
         self._decoder: _Decoder | None = None
         self.register_buffer("alphas_cumprod", torch.empty(0), persistent=False)  # (T,)
         self.register_buffer("reference_images", torch.empty(0), persistent=False)  # (R, 3, H, W)
@@ -266,7 +272,11 @@ class SpuriousFeatureSimilarityLoss(nn.Module):
         if not bool(keep.any()):
             return None
         ab = self.alphas_cumprod.to(t.device)[t[keep]]
-        z0_hat = predict_z0(z_t[keep], model_out[keep], ab, self._decoder.prediction_type)
+        out = model_out[keep]
+        if self.mean_free:  # same value; the gradient cannot shift each channel's mean (a bias the sampler
+            mean = out.mean(dim=(2, 3), keepdim=True)  # integrates over its steps: docs/mini_world.md)
+            out = out - mean + mean.detach()
+        z0_hat = predict_z0(z_t[keep], out, ab, self._decoder.prediction_type)
         size = int(self.extractor.input_size) if self.decode_at_extractor_size else self.decode_size
         x0_hat = decode_to_unit(self._decoder.vae, z0_hat, size, self.decoder_checkpointing)
         phi = self.features(x0_hat)
