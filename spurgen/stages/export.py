@@ -45,6 +45,7 @@ def export(
         "method_version": METHOD_VERSION,
         "model_is_tiny_random": bool(plan.generation.get("model_is_tiny_random"))
         or bool(random_classifiers(models)),
+        "model_marks": plan.generation.get("model_marks") or {},  # what the generator's preset declares
         "target": {"index": plan.target, "name": imagenet.short_name(plan.target)},
         "images_dir": str(images_dir),
         "min_classifiers": min_classifiers,
