@@ -15,13 +15,14 @@ Prints, and writes with --out, the median and quartiles of r over the batches an
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from spurgen.io import write_json
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -136,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['batches_with_sfsl']} of {result['batches']} batches had SFSL samples)")  # fmt: skip
     for lam, v in result["per_lambda"].items():
         print(f"  lambda_sfsl={lam}: ||lambda grad L_SFSL|| / ||grad L_inst|| = {v['median']:.4g}")
-    if args.out:
+    if args.out:  # strict JSON, written atomically (a NaN ratio becomes null)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.out, result)
     return 0
 
 

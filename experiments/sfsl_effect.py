@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from spurgen.io import write_json
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -111,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in {**r["predicted_similarity"], **r["similarity"], **r["spurious_rate"]}.items():
             print(f"lambda_sfsl={lam} {k}: mean {v['mean']:.4f} spread {v['spread']:.4f} "
                   f"values {[round(x, 4) for x in v['values']]}")  # fmt: skip
-    if args.out:
+    if args.out:  # strict JSON, written atomically (a NaN ratio becomes null)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.out, result)
     return 0
 
 
