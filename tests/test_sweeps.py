@@ -19,8 +19,9 @@ TINY_GEN = ["generate.num_images=4", "stages=[train,generate,evaluate]"]
 
 
 # -- fast: the report on a hand-made sweep folder ------------------------------------------------------------
-def _block(rate: float, sim: float = 0.5) -> dict:
-    per = {c: {"spurious_rate": {"value": rate}, "similarity": {"value": sim}} for c in ("a", "b")}
+def _block(rate: float, sim: float = 0.5, n: int = 10) -> dict:
+    spurious = {"value": rate, "n": n, "count": round(rate * n)}
+    per = {c: {"spurious_rate": spurious, "similarity": {"value": sim}} for c in ("a", "b")}
     return {"per_classifier": per, "consistency": {"all": {"value": rate}, "at_least_half": {"value": rate}}}
 
 
@@ -72,6 +73,21 @@ def fake_sweep(tmp_path) -> Path:
     }
     (root / "multirun.yaml").write_text(yaml.safe_dump(multirun))
     return root
+
+
+def test_rows_pool_the_seeds_images_into_one_wilson_interval(fake_sweep):
+    """lambda 0, version 1: seeds 0 and 1 with 2 and 4 of 10 images -> 6 of 20, Wilson's interval of 6/20."""
+    from spurgen.eval.metrics import wilson_interval
+    from spurgen.stages.report import aggregate, collect
+
+    rows = aggregate(collect(fake_sweep))
+    row = next(
+        r for r in rows if r["row"] == "images" and r["lambda_sfsl"] == 0 and r["method_version"] == "1"
+    )
+    pooled = row["pooled"]["a"]
+    assert (pooled["count"], pooled["n"]) == (6, 20) and pooled["rate"] == pytest.approx(0.3)
+    assert pooled["ci"] == pytest.approx(list(wilson_interval(6, 20)))
+    assert row["stats"]["spurious_rate/a"]["mean"] == pytest.approx(0.3)  # the seeds' mean, beside it
 
 
 def test_report_lists_broken_and_missing_runs_and_separates_versions(fake_sweep):

@@ -32,7 +32,8 @@ def _line_labels(rows: list[dict]) -> dict[tuple, str]:
 
 
 def _panel(ax, rows: list[dict], classifier: str, labels: dict[tuple, str]) -> None:
-    """One classifier: a line per table (mean, error bar = seed-to-seed std), its baseline dotted."""
+    """One classifier: a line per table (mean, error bar = seed-to-seed std), the pooled images' 95% Wilson
+    interval as a band, its baseline dotted."""
     metric = f"spurious_rate/{classifier}"
     for k, (table, label) in enumerate(labels.items()):
         color = f"C{k % 10}"
@@ -49,11 +50,19 @@ def _panel(ax, rows: list[dict], classifier: str, labels: dict[tuple, str]) -> N
                 color=color,
                 label=label,
             )
+            wilson = [
+                (r["lambda_sfsl"], r.get("pooled", {}).get(classifier)) for r in mine if r["row"] == "images"
+            ]
+            wilson = sorted((x, w) for x, w in wilson if w)
+            if wilson:
+                ax.fill_between([x for x, _ in wilson], [w["ci"][0] for _, w in wilson],
+                                [w["ci"][1] for _, w in wilson], color=color, alpha=0.15, linewidth=0)  # fmt: skip
         for r in mine:
             s = r["stats"].get(metric)
             if r["row"] == "baseline" and s and s["mean"] is not None:
                 ax.axhline(s["mean"], color=color, linestyle=":", linewidth=1)
     ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlim(left=-0.002)  # lambda >= 0: no negative ticks
     ax.set_xlabel("lambda_sfsl")
     ax.set_ylabel("spurious rate")
     ax.set_ylim(-0.02, 1.02)
@@ -73,7 +82,9 @@ def rate_vs_lambda(rows: list[dict], path: Path, title: str) -> Path | None:
     labels = _line_labels(rows)
     for ax, c in zip(axes[0], classifiers, strict=True):
         _panel(ax, rows, c, labels)
-    axes[0][0].legend(fontsize=7, title="dotted: baseline", title_fontsize=7)
+    axes[0][0].legend(
+        fontsize=7, title="bars: seed std; band: pooled 95% Wilson; dotted: baseline", title_fontsize=7
+    )
     return _save(fig, path, title)
 
 

@@ -262,6 +262,28 @@ def _row(table: tuple, run: Run, set_name: str, lam: float | None, per_seed: dic
         "seeds": sorted(per_seed),
         "extractor": run.extractor if set_name == "images" else None,
         "stats": {m: _stats([nums.get(m) for _, nums in per_seed.values()]) for m in metrics},
+        "pooled": _pooled(set_name, per_seed),
+    }
+
+
+def _pooled(set_name: str, per_seed: dict) -> dict[str, dict]:
+    """Per classifier: the spurious rate of all seeds' images pooled, with its 95% Wilson interval (the
+    interval of the images; the seed-to-seed std is the spread of the training runs)."""
+    from spurgen.eval.metrics import wilson_interval
+
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for run, _ in per_seed.values():
+        for c, nums in run.results[set_name]["per_classifier"].items():
+            rate = nums["spurious_rate"]
+            if "n" not in rate:  # a hand-made or foreign metrics.json: no image counts to pool
+                continue
+            n = int(rate["n"])
+            counts[c][0] += int(rate.get("count", round(rate["value"] * n)))
+            counts[c][1] += n
+    return {
+        c: {"rate": k / n, "ci": list(wilson_interval(k, n)), "count": k, "n": n}
+        for c, (k, n) in counts.items()
+        if n
     }
 
 
