@@ -357,6 +357,17 @@ def test_tiny_runs_are_marked(fake_sweep):  # noqa: F811 - the fixture imported 
     assert "config.model_is_tiny_random" in spec.workspace.runset.groupby
 
 
+def test_mini_world_runs_are_marked_by_their_model_marks(fake_sweep):  # noqa: F811
+    """model.marks.model_is_mini (what model=mini declares) marks a table "mini world"."""
+    import yaml
+
+    for cfg_file in fake_sweep.glob("*/.hydra/config.yaml"):
+        cfg = yaml.safe_load(cfg_file.read_text())
+        cfg_file.write_text(yaml.safe_dump({**cfg, "model": {"marks": {"model_is_mini": True}}}))
+    spec = spec_of(fake_sweep)
+    assert {t.scale for t in spec.tables} == {"mini world"}
+
+
 def test_filter_text_quotes_values():
     text = filter_text([Filter("config.lambda_sfsl", "==", 0.0), Filter("config.target.file", "==", "it's")])
     assert text == "Config('lambda_sfsl.value') == 0.0 and Config('target.value.file') == \"it's\""

@@ -43,10 +43,13 @@ SCALE_NOTE = {
 
 
 def scale_of(run: Run) -> str:
-    """ "tiny random" (random weights), "mini world" (a model part from spurgen's mini world: a `model.*`
-    value that names `mini`), or "" for a real model."""
+    """ "tiny random" (random weights), "mini world" (the model preset's marks say model_is_mini, or, for runs
+    made before marks existed, a model part from spurgen's mini world: a `model.*` value that names `mini`),
+    or "" for a real model."""
     if run.tiny:
         return "tiny random"
+    if run.config.get("model.marks.model_is_mini") is True:
+        return "mini world"
     if any(k.startswith("model.") and "mini" in str(v).lower() for k, v in run.config.items()):
         return "mini world"
     return ""
