@@ -8,6 +8,7 @@ with itself without leaving each image out gives other numbers.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -212,6 +213,16 @@ def test_evaluate_writes_the_memorisation_of_every_set(dirs, tmp_path):  # noqa:
         assert cos["mean"] == pytest.approx((6 + R) / 9)
         assert memo["reference"]["feature_cosine"][c]["max"] == pytest.approx(R)  # not 1: itself left out
         assert memo["baseline"]["feature_cosine"][c]["min"] == pytest.approx(R)
+
+    with open(tmp_path / "out" / "metrics.csv", newline="") as f:  # the same medians, in metrics.csv
+        rows = [r for r in csv.DictReader(f) if r["metric"].startswith("memorisation")]
+    psnr = {r["set"]: r for r in rows if r["metric"] == "memorisation_psnr_db"}
+    assert set(psnr) == {"images", "reference", "baseline"} and psnr["images"]["classifier"] == "*"
+    assert float(psnr["images"]["value"]) == pytest.approx(hand_psnr(80), abs=1e-4)
+    assert int(psnr["images"]["n"]) == 9
+    cos = [r for r in rows if r["metric"] == "memorisation_cosine" and r["set"] == "images"]
+    assert sorted(r["classifier"] for r in cos) == ["a", "b", "c"]
+    assert all(float(r["value"]) == pytest.approx(1.0) for r in cos)
 
     flat_keys = m["metrics"]
     assert flat_keys["eval/memorisation_psnr_median"] == pytest.approx(hand_psnr(80), abs=1e-4)

@@ -21,7 +21,9 @@ from spurgen.io import save_figure_atomic, write_atomic
 CSV_FIELDS = ["set", "template", "classifier", "metric", "value", "ci_low", "ci_high", "n"]
 
 
-def csv_rows(sets: dict[str, dict], scores: dict[str, dict]) -> list[dict]:
+def csv_rows(sets: dict[str, dict], scores: dict[str, dict], memorisation: dict | None = None) -> list[dict]:
+    """metrics.csv: every rate with its interval, consistency, spurious scores, and the memorisation check's
+    medians (ci_low / ci_high = its 5th and 95th percentiles)."""
     rows = []
 
     def add(set_name: str, template: str, numbers: dict) -> None:
@@ -63,6 +65,20 @@ def csv_rows(sets: dict[str, dict], scores: dict[str, dict]) -> list[dict]:
         for set_name, v in s.items():
             if isinstance(v, dict):
                 rows += score_rows(set_name, c, v)
+    return rows + memorisation_rows(memorisation or {})
+
+
+def memorisation_rows(memorisation: dict) -> list[dict]:
+    """One row per set for the nearest-reference PSNR and per set and classifier for the nearest-reference
+    cosine: the median, with the 5th and 95th percentiles as ci_low and ci_high (a spread, not an interval)."""
+    rows = []
+    for set_name, block in memorisation.items():
+        summaries = [("*", "memorisation_psnr_db", block.get("psnr_db"))]
+        summaries += [(c, "memorisation_cosine", v) for c, v in (block.get("feature_cosine") or {}).items()]
+        for classifier, metric, s in summaries:
+            if s:
+                rows.append(dict(set=set_name, template="all", classifier=classifier, metric=metric,
+                                 value=s["median"], ci_low=s["p05"], ci_high=s["p95"], n=s["n"]))  # fmt: skip
     return rows
 
 

@@ -170,7 +170,7 @@ def write_outputs(
     rows and the chart's path (for W&B)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", result)
-    rows = outputs.csv_rows(result["results"], result["spurious_score"])
+    rows = outputs.csv_rows(result["results"], result["spurious_score"], result.get("memorisation"))
     write_csv(out_dir / "metrics.csv", rows, outputs.CSV_FIELDS)
     tiny = " [TINY RANDOM]" if result["model_is_tiny_random"] else ""
     title = f"target {plan.target} ({result['target']['name']}){tiny}"
