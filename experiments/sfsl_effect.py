@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from spurgen.eval.probe import probe_run
 from spurgen.io import write_json
 
 
@@ -41,31 +42,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def predicted(run: Path) -> dict[int, float]:
-    """cos(phi(x0_hat), m) per probe timestep of the run's pipeline, under the extractor it trained through
-    (for lambda_sfsl = 0, the one its config names)."""
-    import numpy as np
-    import torch
-    from diffusers import StableDiffusionPipeline
-    from omegaconf import OmegaConf
-    from PIL import Image
-
-    from spurgen.build import build
-    from spurgen.eval.probe import predicted_similarity
-
-    meta = json.loads((run / "run.json").read_text())
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    extractor = build(cfg.feature_extractor)
-    refs = torch.stack([
-        torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
-        for p in meta["references"]
-    ])  # fmt: skip
-    pipe = StableDiffusionPipeline.from_pretrained(
-        run / "pipeline", safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
-    return predicted_similarity(pipe, meta["instance_prompt"], refs, extractor)
-
-
 def one_run(overrides: list[str], lam: float, seed: int, folder: Path) -> dict:
     """The run's probe, its metrics (flat keys, when it evaluated) and its wall time."""
     from spurgen.cli.run import main as run_main
@@ -75,7 +51,7 @@ def one_run(overrides: list[str], lam: float, seed: int, folder: Path) -> dict:
     if rc != 0:
         raise SystemExit(f"run lambda_sfsl={lam} seed={seed} failed with exit code {rc}")
     seconds = round(time.perf_counter() - start, 1)
-    probe = predicted(folder)
+    probe = probe_run(folder)
     metrics_file = folder / "eval" / "metrics.json"
     metrics = json.loads(metrics_file.read_text())["metrics"] if metrics_file.exists() else {}
     metrics["predicted_similarity/mean"] = sum(probe.values()) / len(probe)

@@ -42,7 +42,9 @@ def test_export_copies_images_voted_by_at_least_m_classifiers(tmp_path, capsys):
     )
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["num_exported"] == len(expected) and meta["model_is_tiny_random"] is True
-    assert meta["model_marks"] == {}  # the tiny model declares none; the mini world its own (docs/mini_world.md)
+    assert (
+        meta["model_marks"] == {}
+    )  # the tiny model declares none; the mini world its own (docs/mini_world.md)
 
     out3 = tmp_path / "dataset3"
     assert main([*argv[:-2], f"out_dir={out3}", h, "min_classifiers=3"]) == 0

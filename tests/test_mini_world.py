@@ -68,23 +68,12 @@ GENERATED_SPREAD = {0.0: 0.0894, 1.0: 0.1191}
 
 def _train_and_measure(run, lam: float) -> tuple[float, float]:
     """(predicted similarity averaged over the probe's timesteps, generated images' similarity), Lite0."""
-    import numpy as np
-    from diffusers import StableDiffusionPipeline
-    from PIL import Image
-
     from spurgen.cli.run import main as run_main
-    from spurgen.eval.probe import predicted_similarity
+    from spurgen.eval.probe import probe_run
     from spurgen.models.lite import load_efficientnet_lite
 
     assert run_main([*EFFECT, f"lambda_sfsl={lam}", "seed=0", f"hydra.run.dir={run}"]) == 0
-    meta = json.loads((run / "run.json").read_text())
-    refs = torch.stack([
-        torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
-        for p in meta["references"]
-    ])  # fmt: skip
-    pipe = StableDiffusionPipeline.from_pretrained(run / "pipeline", safety_checker=None, feature_extractor=None,
-                                                   requires_safety_checker=False)  # fmt: skip
-    probe = predicted_similarity(pipe, meta["instance_prompt"], refs, load_efficientnet_lite(0))
+    probe = probe_run(run, load_efficientnet_lite(0))
     metrics = json.loads((run / "eval" / "metrics.json").read_text())["metrics"]
     return sum(probe.values()) / len(probe), metrics["eval/similarity/efficientnet_lite0"]
 

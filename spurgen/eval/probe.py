@@ -50,3 +50,29 @@ def predicted_similarity(  # noqa: PLR0913 - a measurement's knobs, all keywords
             values.append(1.0 - float(sfsl(z_t, pipe.unet(z_t, tt, cond).sample, tt)))
         out[int(t)] = sum(values) / len(values)
     return out
+
+
+def probe_run(run_dir, extractor=None) -> dict[int, float]:
+    """predicted_similarity of a finished run's pipeline/: its references (the training transform, as the
+    SFSL's m sees them), its instance prompt, and `extractor` (default: the one its config names, for
+    lambda_sfsl = 0 the one it would have trained through)."""
+    import json
+    from pathlib import Path
+
+    from diffusers import StableDiffusionPipeline
+    from omegaconf import OmegaConf
+
+    from spurgen.build import build
+    from spurgen.data.dataset import load_training_images
+
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "run.json").read_text())
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    refs = load_training_images(
+        [Path(p) for p in meta["references"]], int(meta["resolution"]), bool(cfg.data.center_crop)
+    )
+    pipe = StableDiffusionPipeline.from_pretrained(
+        run_dir / "pipeline", safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    extractor = extractor if extractor is not None else build(cfg.feature_extractor)
+    return predicted_similarity(pipe, meta["instance_prompt"], refs, extractor)

@@ -122,7 +122,8 @@ class SpuriousFeatureSimilarityLoss(nn.Module):
     unchanged; mean_free (on by default since method version 3) leaves the value unchanged but removes the
     gradient on each channel's spatial mean of the model output: with METHOD.md's plain gradient the SFSL
     taught eps_hat a per-channel bias that raises one-step similarity but that the sampler integrates over its
-    steps into a colour drift, lowering the generated images' similarity (docs/mini_world.md, measured). distance=mse compares unnormalised features, mean_d (phi(x0_hat)_d - m_raw,d)^2 with
+    steps into a colour drift, lowering the generated images' similarity (docs/mini_world.md, measured).
+    distance=mse compares unnormalised features, mean_d (phi(x0_hat)_d - m_raw,d)^2 with
     m_raw = mean_r phi(x_ref_r), so lambda_sfsl's scale differs from the cosine's (it follows ||phi||^2).
     reference=nearest takes, per sample, the reference closest under the distance in use (highest cosine, or
     smallest squared distance); reference=paired the sample's own reference (raw features for mse).

@@ -49,7 +49,14 @@ _BANNER_LINES = (
     "TINY RANDOM MODELS: this run uses tiny, randomly initialised SD parts and extractor.",
     "It checks the plumbing; its images, losses and rates mean nothing about real models.",
 )
-TINY_BANNER = "\n".join(["", "!" * 92, *(f"!!  {line:<86}!!" for line in _BANNER_LINES), "!" * 92, ""])
+
+
+def _frame(lines) -> str:
+    """Lines framed in "!!" at 92 characters (each line at most 86)."""
+    return "\n".join(["", "!" * 92, *(f"!!  {line:<86}!!" for line in lines), "!" * 92, ""])
+
+
+TINY_BANNER = _frame(_BANNER_LINES)
 
 
 @dataclass
@@ -74,8 +81,7 @@ def banner(text: str) -> str:
     """`text` framed like the tiny banner, wrapped at 86 characters."""
     import textwrap
 
-    lines = textwrap.wrap(" ".join(text.split()), 86)
-    return "\n".join(["", "!" * 92, *(f"!!  {line:<86}!!" for line in lines), "!" * 92, ""])
+    return _frame(textwrap.wrap(" ".join(text.split()), 86))
 
 
 def run_metadata(cfg: DictConfig, parts: SDParts | None, **extra) -> dict:
