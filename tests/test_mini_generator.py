@@ -48,7 +48,7 @@ def vae_dir(tmp_path_factory) -> Path:
 
 def prompts() -> list[str]:
     """Every corpus caption, plain and with the identifier, in every recontextualisation template."""
-    captions = {corpus.caption(p.subject) for p in corpus.PHOTOS}
+    captions = {corpus.caption(p.subject) for p in corpus.captioned_photos()}
     with_id = {c.replace("a photo of a ", "a photo of a sks ") for c in captions}
     return sorted(apply_template(t, c) for t in TEMPLATES for c in captions | with_id)
 

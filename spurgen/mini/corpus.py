@@ -7,6 +7,9 @@ The split keeps the experiment honest (issue 12):
   grass), so the class prompt "a photo of a texture" means something the model learned elsewhere.
 - `heldout`: photos no part is trained on, kept to measure the autoencoder (and later the generator).
 - `train`: the photos whose crops pre-train the mini parts.
+- `autoencoder`: colour photos from Debian desktop-background packages that only the autoencoder trains on
+  (never captioned, never seen by the UNet or text encoder). spurgen ships 256-px copies of them in
+  spurgen/assets/mini/photos/ (`python -m spurgen.mini.debian_photos` recreates them from the packages).
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import numpy as np
 
 from spurgen.errors import SpurgenError
 
-Split = Literal["train", "heldout", "reference"]
+Split = Literal["train", "autoencoder", "heldout", "reference"]
 SIZE = 64  # output side of every crop, in pixels
 SCALES = (1.0, 0.6, 0.35)  # crop side as a fraction of the photo's short side
 SKIMAGE = "scikit-image 0.26 (skimage/data)"
 MPL = "matplotlib (mpl-data/sample_data)"
+SHIPPED = "spurgen (spurgen/assets/mini/photos: 256-px copies)"
+PHOTO_DIR = Path(__file__).resolve().parent.parent / "assets" / "mini" / "photos"
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,60 @@ PHOTOS: tuple[Photo, ...] = (
     ),
 )
 
+# Colour photos from two Debian packages, for the autoencoder only (split `autoencoder`). Each entry: name,
+# the file in the package, the package and version, what it shows, the licence and its holder.
+MATE = ("mate-backgrounds 1.26.0-1", "/usr/share/backgrounds/mate/nature")
+PLASMA = ("plasma-workspace-wallpapers 4:5.27.5-2", "/usr/share/wallpapers")
+DEBIAN_PHOTOS: tuple[tuple[str, str, tuple[str, str], str, str], ...] = (
+    ("aqua", "Aqua.jpg", MATE, "water drop", "GPL-2+ (2008 Charles Barbin)"),
+    ("blinds", "Blinds.jpg", MATE, "leaf", "GPL-2+ (2008 Lennart Poettering, Andrea Cimitan)"),
+    ("dune", "Dune.jpg", MATE, "dune grass", "GPL-2+ (2007 Marco Cogoni, 2008 Hylke Bons)"),
+    ("fresh_flower", "FreshFlower.jpg", MATE, "flower", "GPL-2+ (2005 Jens Ansorg)"),
+    ("garden", "Garden.jpg", MATE, "flower", "GPL-2+ (2008 Charles Barbin)"),
+    (
+        "green_meadow",
+        "GreenMeadow.jpg",
+        MATE,
+        "grass",
+        "GPL-2+ (2005 Timothy Schellhase, 2008 Lapo Calamandrei)",
+    ),
+    ("lady_bird", "LadyBird.jpg", MATE, "ladybird", "GPL-2+ (2008 Charles Barbin)"),
+    ("rain_drops", "RainDrops.jpg", MATE, "leaves", "GPL-2+ (2008 blackcombwhistler07)"),
+    ("storm", "Storm.jpg", MATE, "sky", "GPL-2+ (2008 Sergey Nazarov)"),
+    ("two_wings", "TwoWings.jpg", MATE, "dandelion seeds", "GPL-2+ (2008 Charles Barbin, Hylke Bons)"),
+    ("wood", "Wood.jpg", MATE, "wood", "GPL-2+ (2008 Jean-Francois Fortin Tam)"),
+    ("yellow_flower", "YellowFlower.jpg", MATE, "flower", "GPL-2+ (2008 Charles Barbin)"),
+    ("by_the_water", "BytheWater/contents/images/2560x1440.jpg", PLASMA, "lake", "LGPL-3 (Maciej Wiklo)"),
+    ("cold_ripple", "ColdRipple/contents/images/2560x1440.jpg", PLASMA, "pier", "LGPL-3 (Risto Saukonpaa)"),
+    ("colorful_cups", "ColorfulCups/contents/images/2560x1600.jpg", PLASMA, "cups", "LGPL-3 (Dmitri Popov)"),
+    ("darkest_hour", "DarkestHour/contents/images/2560x1440.jpg", PLASMA, "lake", "LGPL-3 (Risto Saukonpaa)"),
+    ("evening_glow", "EveningGlow/contents/images/2560x1440.jpg", PLASMA, "boats", "LGPL-3 (Ian Hex)"),
+    ("fallen_leaf", "FallenLeaf/contents/images/2560x1440.jpg", PLASMA, "leaf", "LGPL-3 (Martin Klapetek)"),
+    ("grey", "Grey/contents/images/2560x1440.jpg", PLASMA, "building", "LGPL-3 (Sigi Sagi)"),
+    (
+        "one_stands_out",
+        "OneStandsOut/contents/images/2560x1440.jpg",
+        PLASMA,
+        "moss",
+        "LGPL-3 (Risto Saukonpaa)",
+    ),
+    ("path", "Path/contents/images/2560x1440.jpg", PLASMA, "forest", "LGPL-3 (Risto Saukonpaa)"),
+    ("shell", "Shell/contents/images/5120x2880.jpg", PLASMA, "beach", "CC-BY-SA-4.0 (Lucas Andrade)"),
+    ("kite", "Kite/contents/images/2560x1440.jpg", PLASMA, "kite", "LGPL-3 (Risto Saukonpaa)"),
+    ("summer_1am", "summer_1am/contents/images/2560x1440.jpg", PLASMA, "lake", "LGPL-3 (Risto Saukonpaa)"),
+)
+
+
+def debian_source(package: tuple[str, str], file: str) -> str:
+    """Where a Debian photo comes from: "Debian <package> <version>: <path in the package>"."""
+    return f"Debian {package[0]}: {package[1]}/{file}"
+
+
+PHOTOS = PHOTOS + tuple(
+    Photo(name, f"{name}.jpg", SHIPPED, subject, licence, debian_source(package, file), "autoencoder")
+    for name, file, package, subject, licence in DEBIAN_PHOTOS
+)
+
 REFERENCE_PHOTO = "moon"
 REFERENCE_CONCEPT = "texture"
 
@@ -181,6 +240,12 @@ def photos(split: Split | None = None) -> tuple[Photo, ...]:
     return tuple(p for p in PHOTOS if split is None or p.split == split)
 
 
+def captioned_photos() -> tuple[Photo, ...]:
+    """The photos of the generator's corpus (train, held-out and reference): those with a caption. The
+    autoencoder's photos are never captioned, so their subjects are not words of the tokenizer."""
+    return tuple(p for p in PHOTOS if p.split != "autoencoder")
+
+
 def photo(name: str) -> Photo:
     """The photo called `name`; a one-line error lists the names on a typo."""
     for p in PHOTOS:
@@ -190,6 +255,8 @@ def photo(name: str) -> Photo:
 
 
 def _data_dir(package: str) -> Path:
+    if package == SHIPPED:
+        return PHOTO_DIR
     if package == MPL:
         import matplotlib
 
@@ -282,4 +349,4 @@ def to_tensor(images: np.ndarray):
 
 def split_table() -> dict[str, list[str]]:
     """The split, written into the manifest: split -> photo names."""
-    return {s: [p.name for p in photos(s)] for s in ("train", "heldout", "reference")}
+    return {s: [p.name for p in photos(s)] for s in ("train", "autoencoder", "heldout", "reference")}

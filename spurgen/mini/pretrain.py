@@ -50,13 +50,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the UNet and text encoder's steps (default: its own)",
     )
     parser.add_argument("--latent-channels", type=int, default=VaeTrainConfig.latent_channels)
+    parser.add_argument("--norm-groups", type=int, default=VaeTrainConfig.norm_groups)
+    parser.add_argument(
+        "--photo-splits",
+        default=",".join(VaeTrainConfig.photo_splits),
+        help="comma-separated corpus splits the autoencoder trains on (train, autoencoder)",
+    )
+    parser.add_argument("--augment", action="store_true", help="flip and turn each training crop")
     parser.add_argument(
         "--figure", type=Path, default=None, help="also save originals beside reconstructions"
     )
     parser.add_argument("--no-gate", action="store_true", help="skip the classifier gate (quick runs)")
     args = parser.parse_args(argv)
-    if min(args.steps, args.batch, args.latent_channels) < 1:
-        parser.error("--steps, --batch and --latent-channels must be at least 1")
+    if min(args.steps, args.batch, args.latent_channels, args.norm_groups) < 1:
+        parser.error("--steps, --batch, --latent-channels and --norm-groups must be at least 1")
+    args.photo_splits = tuple(s.strip() for s in args.photo_splits.split(",") if s.strip())
+    if not args.photo_splits or not set(args.photo_splits) <= {"train", "autoencoder"}:
+        parser.error(f"--photo-splits takes train and/or autoencoder, not {','.join(args.photo_splits)!r}")
+    if any(c % args.norm_groups for c in VaeTrainConfig.channels):
+        parser.error(
+            f"--norm-groups {args.norm_groups} must divide every block width {VaeTrainConfig.channels}"
+        )
     return args
 
 
@@ -64,7 +78,7 @@ def corpus_record() -> dict:
     """The corpus as the manifest records it: split, captions, crop size and scales."""
     return {
         "split": corpus.split_table(),
-        "captions": {p.name: corpus.caption(p.subject) for p in corpus.PHOTOS},
+        "captions": {p.name: corpus.caption(p.subject) for p in corpus.captioned_photos()},
         "crop_size": corpus.SIZE,
         "crop_scales": list(corpus.SCALES),
         "reference_photo": corpus.REFERENCE_PHOTO,
@@ -99,7 +113,13 @@ def run_vae(args: argparse.Namespace, command: str) -> dict:
     from diffusers import AutoencoderKL
 
     cfg = VaeTrainConfig(
-        seed=args.seed, steps=args.steps, batch=args.batch, latent_channels=args.latent_channels
+        seed=args.seed,
+        steps=args.steps,
+        batch=args.batch,
+        latent_channels=args.latent_channels,
+        norm_groups=args.norm_groups,
+        photo_splits=args.photo_splits,
+        augment=args.augment,
     )
     vae, res = train_vae(cfg)
     factor = set_scaling_factor(vae, cfg.seed)

@@ -40,8 +40,9 @@ COMMON_WORDS = (
 
 
 def corpus_words() -> tuple[str, ...]:
-    """Every word of every corpus caption (train, held-out and reference photos)."""
-    words = (w for p in corpus.PHOTOS for w in corpus.caption(p.subject).split())
+    """Every word of every corpus caption (train, held-out and reference photos; the autoencoder's photos
+    are never captioned)."""
+    words = (w for p in corpus.captioned_photos() for w in corpus.caption(p.subject).split())
     return tuple(dict.fromkeys(words))
 
 

@@ -32,8 +32,16 @@ class VaeTrainConfig:
     perceptual_size: int = 96  # 0.4 x Lite1's 240: a sixth of the cost, most of the texture
     channels: tuple[int, ...] = (16, 32, 64)
     latent_channels: int = 4
+    norm_groups: int = 8  # GroupNorm groups (docs/mini_world.md: 1 keeps flat colours, yet blurs more)
+    # the corpus splits whose photos it trains on; ("train", "autoencoder") adds the Debian colour photos
+    photo_splits: tuple[str, ...] = ("train",)
+    augment: bool = False  # a random horizontal flip and quarter turn per crop
     log_every: int = 50
     first_losses: int = 3  # how many exact step losses the manifest records (tests replay them)
+
+    def __post_init__(self):  # a manifest's JSON lists become tuples again
+        object.__setattr__(self, "channels", tuple(self.channels))
+        object.__setattr__(self, "photo_splits", tuple(self.photo_splits))
 
 
 @dataclass
@@ -44,9 +52,11 @@ class VaeTrainResult(TrainResult):
     final_kl: float = float("nan")
 
 
-def build_mini_vae(channels: tuple[int, ...] = (16, 32, 64), latent_channels: int = 4) -> AutoencoderKL:
+def build_mini_vae(
+    channels: tuple[int, ...] = (16, 32, 64), latent_channels: int = 4, norm_groups: int = 8
+) -> AutoencoderKL:
     """AutoencoderKL with len(channels) blocks (factor 2^(n-1)), `latent_channels` latent channels,
-    GroupNorm of 8 groups."""
+    GroupNorm of `norm_groups` groups."""
     n = len(channels)
     return AutoencoderKL(
         in_channels=3,
@@ -56,16 +66,28 @@ def build_mini_vae(channels: tuple[int, ...] = (16, 32, 64), latent_channels: in
         block_out_channels=channels,
         layers_per_block=1,
         latent_channels=latent_channels,
-        norm_num_groups=8,
+        norm_num_groups=norm_groups,
         sample_size=corpus.SIZE,
     )
 
 
 def step_crops(cfg: VaeTrainConfig, step: int) -> torch.Tensor:
-    """The batch of step `step`: crops of the training photos drawn from the seed (cfg.seed, step)."""
-    names = [p.name for p in corpus.photos("train")]
+    """The batch of step `step`: crops of the photos of cfg.photo_splits drawn from the seed (cfg.seed, step)."""
+    names = [p.name for split in cfg.photo_splits for p in corpus.photos(split)]
     images, _ = corpus.sample_crops(names, cfg.batch, seed=[cfg.seed, step])
+    if cfg.augment:
+        images = flip_and_turn(images, np.random.default_rng([cfg.seed, step, 1]))
     return corpus.to_tensor(images)  # (B, 3, 64, 64) in [-1, 1]
+
+
+def flip_and_turn(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each (H, W, 3) image mirrored left-right with probability 1/2, then turned by 0-3 quarter turns."""
+    out = []
+    for image in images:
+        if rng.random() < 0.5:
+            image = image[:, ::-1]
+        out.append(np.rot90(image, int(rng.integers(4))))
+    return np.stack(out)
 
 
 class PerceptualLoss(nn.Module):
@@ -125,7 +147,7 @@ def _lr(cfg: VaeTrainConfig, step: int) -> float:
 def train_vae(cfg: VaeTrainConfig, log=print) -> tuple[AutoencoderKL, VaeTrainResult]:
     """Train a mini VAE from scratch; deterministic for a seed with one CPU thread."""
     torch.manual_seed(cfg.seed)
-    vae = build_mini_vae(cfg.channels, cfg.latent_channels).train()
+    vae = build_mini_vae(cfg.channels, cfg.latent_channels, cfg.norm_groups).train()
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     perceptual = (
@@ -157,7 +179,8 @@ def train_vae(cfg: VaeTrainConfig, log=print) -> tuple[AutoencoderKL, VaeTrainRe
 
 @torch.no_grad()
 def set_scaling_factor(vae: AutoencoderKL, seed: int, n: int = 256) -> float:
-    """scaling_factor = 1 / std of posterior samples over `n` training crops (how SD's 0.18215 was chosen)."""
+    """scaling_factor = 1 / std of posterior samples over `n` crops of the generator's training photos (split
+    `train`: the latents the UNet learns; how SD's 0.18215 was chosen)."""
     names = [p.name for p in corpus.photos("train")]
     images, _ = corpus.sample_crops(names, n, seed=[seed, 10**6])
     z = vae.encode(corpus.to_tensor(images)).latent_dist.sample(torch.Generator().manual_seed(seed))
