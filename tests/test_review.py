@@ -388,6 +388,11 @@ def test_export_writes_answers_summary_and_accepted_images(tmp_path):
     feat = summary["sets"]["generated"]["questions"]["spurious_feature"]
     assert feat["counts"] == {"yes": 5} and feat["fraction"]["yes"]["value"] == 1.0
     assert feat["fraction"]["yes"]["ci"][0] < 1.0
+    # one vote per image (its majority answer): 3 images, not 5 answers, so the interval is wider
+    assert feat["images"]["n"] == 3 and feat["images"]["counts"] == {"yes": 3}
+    assert feat["images"]["fraction"]["yes"]["ci"][0] < feat["fraction"]["yes"]["ci"][0]
+    obj = summary["sets"]["generated"]["questions"]["class_object"]["images"]
+    assert obj["counts"] == {"no": 2, "unsure": 1}
     assert summary["agreement"]["class_object"] == {"method": "cohen", "kappa": 1.0, "num_images": 2}
     kept = [json.loads(line) for line in (tmp_path / "out" / "accepted.jsonl").read_text().splitlines()]
     assert [(k["image_hash"], k["file"], k["votes"]) for k in kept] == [(a.hash, a.path.name, 2)]
@@ -434,6 +439,9 @@ def test_study_export_fraction_real_and_figure(tmp_path):
     summary = json.loads((tmp_path / "out" / "review_summary.json").read_text())
     real = summary["sets"]["generated"]["questions"]["real_or_generated"]["fraction"]["real"]
     assert real["value"] == pytest.approx(4 / 6) and real["ci"][0] < 4 / 6 < real["ci"][1]
+    # by image: the first is "real" by 3 of 3, the second "generated" by 2 of 3 (the figure's bar)
+    per_image = summary["sets"]["generated"]["questions"]["real_or_generated"]["images"]
+    assert per_image["counts"] == {"generated": 1, "real": 1} and per_image["n"] == 2
     assert summary["sets"]["generated"]["questions"]["realism"]["counts"] == {"3": 2, "4": 2, "5": 2}
     assert summary["agreement"]["real_or_generated"]["method"] == "fleiss"
     assert (tmp_path / "out" / "study.png").stat().st_size > 1000

@@ -15,22 +15,52 @@ from spurgen.review.store import ANSWER_FIELDS, open_existing
 FEATURE, OBJECT = "spurious_feature", "class_object"
 
 
-def choice_summary(rows: list[dict]) -> dict:
-    """{question: {n, counts, fraction: {answer: {value, ci}}}} over the rows of one set (free-text
-    questions, e.g. the note, give only n)."""
-    by_q: dict[str, Counter] = defaultdict(Counter)
+TIE = "tie"  # an image whose reviewers have no strict majority answer
+
+
+def _fractions(counts: Counter, n: int) -> dict:
+    return {a: {"value": c / n, "ci": list(wilson_interval(c, n))} for a, c in sorted(counts.items())}
+
+
+def image_majorities(rows: list[dict]) -> Counter:
+    """How many images got each answer by strict majority of their reviewers (TIE when none has one): one vote
+    per image, so the images, not the answers, are the independent samples."""
+    per_image: dict[str, Counter] = defaultdict(Counter)
     for r in rows:
-        by_q[r["question"]][r["answer"]] += 1
+        per_image[r["image_hash"]][r["answer"]] += 1
+    out: Counter = Counter()
+    for counts in per_image.values():
+        answer, votes = counts.most_common(1)[0]
+        out[answer if 2 * votes > sum(counts.values()) else TIE] += 1
+    return out
+
+
+def choice_summary(rows: list[dict]) -> dict:
+    """{question: {n, counts, fraction: {answer: {value, ci}}, images: {n, counts, fraction}}} over the rows of
+    one set. `fraction` is over answers (an image two reviewers saw counts twice); `images` over images, each
+    counted once with its majority answer (TIE without one), so its Wilson intervals do not treat two
+    reviewers of one image as two samples. Free-text questions (e.g. the note) give only n."""
+    by_q: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_q[r["question"]].append(r)
     out = {}
-    for q, counts in by_q.items():
+    for q, q_rows in by_q.items():
+        counts = Counter(r["answer"] for r in q_rows)
         n = sum(counts.values())
         if len(counts) > 20:  # free text: every answer differs
             out[q] = {"n": n}
             continue
+        majority = image_majorities(q_rows)
+        n_images = sum(majority.values())
         out[q] = {
             "n": n,
             "counts": dict(sorted(counts.items())),
-            "fraction": {a: {"value": c / n, "ci": list(wilson_interval(c, n))} for a, c in counts.items()},
+            "fraction": _fractions(counts, n),
+            "images": {
+                "n": n_images,
+                "counts": dict(sorted(majority.items())),
+                "fraction": _fractions(majority, n_images),
+            },
         }
     return out
 
@@ -170,8 +200,8 @@ def study_figure(path: Path, summary: dict, real: tuple[str, str], rating: str) 
     width = 0.8 / len(asked)
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
     for x, s in enumerate(asked):
-        frac = sets[s]["questions"].get(real[0], {}).get("fraction", {})
-        n = sets[s]["questions"].get(real[0], {}).get("n", 0)
+        per_image = sets[s]["questions"].get(real[0], {}).get("images", {})  # one vote per image
+        frac, n = per_image.get("fraction", {}), per_image.get("n", 0)
         v = frac.get(real[1], {"value": 0.0, "ci": list(wilson_interval(0, n))} if n else None)
         if v is not None:
             err = [[v["value"] - v["ci"][0]], [v["ci"][1] - v["value"]]]
@@ -187,7 +217,7 @@ def study_figure(path: Path, summary: dict, real: tuple[str, str], rating: str) 
     right.set_xticks(range(len(keys)), keys)
     left.set_xticks(range(len(asked)), asked)
     left.set_ylim(0, 1)
-    left.set_ylabel(f"fraction '{real[1]}' (95% Wilson)")
+    left.set_ylabel(f"images judged '{real[1]}' by majority (95% Wilson)", fontsize=8)
     right.set_xlabel(rating)
     right.set_ylabel("fraction of answers")
     right.legend(fontsize=8)
@@ -199,12 +229,15 @@ def study_figure(path: Path, summary: dict, real: tuple[str, str], rating: str) 
 
 def scalars(summary: dict) -> dict[str, float]:
     """The summary as flat W&B keys: review/<set>/<question>/<answer> (fraction of answers),
+    review/<set>/<question>/images/<answer> (fraction of images by majority answer),
     review/agreement/<question> (kappa), review/num_answers."""
     out: dict[str, float] = {"review/num_answers": float(summary["num_answers"])}
     for s, numbers in summary["sets"].items():
         for q, v in numbers["questions"].items():
             for answer, f in v.get("fraction", {}).items():
                 out[f"review/{s}/{q}/{answer}"] = f["value"]
+            for answer, f in v.get("images", {}).get("fraction", {}).items():
+                out[f"review/{s}/{q}/images/{answer}"] = f["value"]
     for q, v in summary["agreement"].items():
         if v["kappa"] is not None:
             out[f"review/agreement/{q}"] = v["kappa"]
