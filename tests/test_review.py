@@ -617,3 +617,9 @@ def test_cross_site_posts_and_foreign_host_names_are_refused(tmp_path):
     assert c.get("/", headers={"Host": "evil.example:8765"}).status_code == 400
     assert c.get("/", headers={"Host": "localhost:8765"}).status_code == 200
     assert review.store.answers() == []
+    # an IPv6 loopback bind gets the same check (its Host header is bracketed)
+    v6 = TestClient(
+        build_app(make_review(make_run(tmp_path / "v6", 1), "--host", "::1")), base_url="http://[::1]:8765"
+    )
+    assert v6.get("/", headers={"Host": "[::1]:8765"}).status_code == 200
+    assert v6.get("/", headers={"Host": "evil.example:8765"}).status_code == 400

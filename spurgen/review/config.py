@@ -40,9 +40,13 @@ class ReviewConfig:
 
 
 def allowed_hosts(host: str) -> list[str] | None:
-    """For a server on 127.0.0.1 or localhost, the Host names a browser uses for it: a web page elsewhere that
-    rebinds its own name to 127.0.0.1 (DNS rebinding) is refused. None (any) for other binds."""
-    return ["127.0.0.1", "localhost"] if host in ("127.0.0.1", "localhost") else None
+    """For a server on a loopback address (127.0.0.1, any 127.x, ::1 or localhost), the Host names a browser
+    uses for it: a web page elsewhere that rebinds its own name to loopback (DNS rebinding) is refused. An
+    IPv6 literal is bracketed, as it is in a Host header ([::1]:8080). None (any) for other binds."""
+    if not is_loopback(host):
+        return None
+    own = f"[{host}]" if ":" in host else host.lower()
+    return list(dict.fromkeys(["127.0.0.1", "localhost", "[::1]", own]))
 
 
 def check_questions(questions: list[dict]) -> list[dict]:
