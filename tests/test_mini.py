@@ -138,12 +138,13 @@ def test_pretrain_command_runs_a_few_steps(tmp_path, capsys):
     with one_thread():
         rc = main(["--part", "vae", "--out", str(tmp_path), "--steps", "2", "--batch", "2", "--no-gate",
                    "--norm-groups", "2", "--photo-splits", "train,autoencoder", "--augment",
-                   "--perceptual-weight", "0.5"])  # fmt: skip
+                   "--perceptual-weight", "0.5", "--adversarial-weight", "0.5", "--adversarial-start", "1"])  # fmt: skip
     assert rc == 0
     record = json.loads((tmp_path / MANIFEST).read_text())["parts"]["vae"]
     assert len(record["first_losses"]) == 2 and record["config"]["steps"] == 2
     assert record["config"]["photo_splits"] == ["train", "autoencoder"] and record["config"]["augment"]
     assert record["config"]["norm_groups"] == 2 and record["config"]["perceptual_weight"] == 0.5
+    assert record["config"]["adversarial_weight"] == 0.5 and record["config"]["adversarial_start"] == 1
     assert record["command"].startswith("python -m spurgen.mini.pretrain --part vae")
     for rel, digest in record["files"].items():
         assert sha256(tmp_path / rel) == digest
@@ -153,7 +154,8 @@ def test_pretrain_command_runs_a_few_steps(tmp_path, capsys):
 
 def test_pretrain_rejects_bad_arguments():
     for bad in (["--steps", "0"], ["--norm-groups", "3"], ["--photo-splits", "train,heldout"],
-                ["--perceptual-weight", "-1"], ["--perceptual-weight", "nan"]):  # fmt: skip
+                ["--perceptual-weight", "-1"], ["--perceptual-weight", "nan"], ["--adversarial-start", "-1"],
+                ["--adversarial-weight", "-0.1"]):  # fmt: skip
         with pytest.raises(SystemExit) as info:
             main(["--part", "vae", *bad])
         assert info.value.code == 2, bad
@@ -303,3 +305,25 @@ def test_vae_probe_flat_colours_replay_the_recorded_probe():
         assert flat[name]["out"] == pytest.approx(row["out"], abs=2e-3), name
     assert flat["grey"]["out"] == pytest.approx([0.5] * 3, abs=0.1)
     assert flat["red"]["out"][0] - flat["red"]["out"][1] < 0.3  # in: 0.8 - 0.1
+
+
+def test_adversarial_term_pulls_as_hard_as_the_reconstruction_at_the_last_layer():
+    """The adaptive weight: at the decoder's last layer the scaled PatchGAN term's gradient has the
+    reconstruction loss's norm (times the weight); a discriminator step lowers its hinge loss on a fixed pair."""
+    from spurgen.mini.vae import PatchDiscriminator, adversarial_term, build_mini_vae, discriminator_step
+
+    torch.manual_seed(0)
+    vae, disc = build_mini_vae(), PatchDiscriminator()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    recon = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    rec_loss = (recon - x).abs().mean()
+    term = adversarial_term(vae, rec_loss, recon, disc, weight=0.5)
+    last = vae.decoder.conv_out.weight
+    g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0].norm()
+    g_adv = torch.autograd.grad(-disc(recon).mean(), last, retain_graph=True)[0].norm()
+    g_term = torch.autograd.grad(term, last, retain_graph=True)[0].norm()
+    assert float(g_term) == pytest.approx(0.5 * float(g_rec * g_adv / (g_adv + 1e-4)), rel=1e-4)
+    assert float(g_adv) > 1e-3  # so the scaled term's pull is close to the reconstruction's
+    opt = torch.optim.Adam(disc.parameters(), lr=1e-3)
+    losses = [discriminator_step(disc, opt, x, recon) for _ in range(5)]
+    assert losses[-1] < losses[0]

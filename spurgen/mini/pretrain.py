@@ -64,12 +64,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="weight of the EfficientNet-Lite1 feature distance (0: L1 + L2 + KL only)",
     )
     parser.add_argument(
+        "--adversarial-weight",
+        type=float,
+        default=VaeTrainConfig.adversarial_weight,
+        help="weight of an adaptive PatchGAN term (0: none)",
+    )
+    parser.add_argument(
+        "--adversarial-start", type=int, default=VaeTrainConfig.adversarial_start, help="its first step"
+    )
+    parser.add_argument(
         "--figure", type=Path, default=None, help="also save originals beside reconstructions"
     )
     parser.add_argument("--no-gate", action="store_true", help="skip the classifier gate (quick runs)")
     args = parser.parse_args(argv)
-    if not args.perceptual_weight >= 0:
-        parser.error("--perceptual-weight must be at least 0")
+    if not (args.perceptual_weight >= 0 and args.adversarial_weight >= 0 and args.adversarial_start >= 0):
+        parser.error("--perceptual-weight, --adversarial-weight and --adversarial-start must be at least 0")
     if min(args.steps, args.batch, args.latent_channels, args.norm_groups) < 1:
         parser.error("--steps, --batch, --latent-channels and --norm-groups must be at least 1")
     args.photo_splits = tuple(s.strip() for s in args.photo_splits.split(",") if s.strip())
@@ -129,6 +138,8 @@ def run_vae(args: argparse.Namespace, command: str) -> dict:
         photo_splits=args.photo_splits,
         augment=args.augment,
         perceptual_weight=args.perceptual_weight,
+        adversarial_weight=args.adversarial_weight,
+        adversarial_start=args.adversarial_start,
     )
     vae, res = train_vae(cfg)
     factor = set_scaling_factor(vae, cfg.seed)

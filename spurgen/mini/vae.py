@@ -36,6 +36,10 @@ class VaeTrainConfig:
     # the corpus splits whose photos it trains on; ("train", "autoencoder") adds the Debian colour photos
     photo_splits: tuple[str, ...] = ("train",)
     augment: bool = False  # a random horizontal flip and quarter turn per crop
+    # a PatchGAN from step adversarial_start (SD's autoencoder recipe; 0 weight: none, the shipped recipe)
+    adversarial_weight: float = 0.0
+    adversarial_start: int = 0
+    adversarial_lr: float = 2e-4
     log_every: int = 50
     first_losses: int = 3  # how many exact step losses the manifest records (tests replay them)
 
@@ -116,6 +120,51 @@ class PerceptualLoss(nn.Module):
         return sum((a - b).pow(2).sum(1).mean() for a, b in zip(self.features(recon), target, strict=True))
 
 
+class PatchDiscriminator(nn.Module):
+    """A narrow 4-layer PatchGAN (pix2pix's layout): one realness logit per overlapping patch."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, width, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, 2, 1),
+            nn.GroupNorm(8, 2 * width),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 4 * width, 4, 1, 1),
+            nn.GroupNorm(8, 4 * width),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * width, 1, 4, 1, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def adversarial_term(
+    vae: AutoencoderKL, rec_loss: torch.Tensor, recon: torch.Tensor, disc: PatchDiscriminator, weight: float
+) -> torch.Tensor:
+    """weight x s x (-D(recon)), the hinge generator loss, where the adaptive s = ||grad rec_loss|| /
+    ||grad -D(recon)|| at the decoder's last layer makes both pull equally hard there (taming-transformers,
+    Stable Diffusion's autoencoder)."""
+    g_loss = -disc(recon).mean()
+    last = vae.decoder.conv_out.weight
+    g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0].norm()
+    g_adv = torch.autograd.grad(g_loss, last, retain_graph=True)[0].norm()
+    return weight * (g_rec / (g_adv + 1e-4)).clamp(max=1e4).detach() * g_loss
+
+
+def discriminator_step(
+    disc: PatchDiscriminator, opt: torch.optim.Optimizer, x: torch.Tensor, recon: torch.Tensor
+) -> float:
+    """One hinge-loss step: relu(1 - D(x)) + relu(1 + D(recon)), the reconstruction detached."""
+    loss = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(recon.detach())).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss)
+
+
 def vae_loss(
     vae: AutoencoderKL,
     x: torch.Tensor,
@@ -124,7 +173,7 @@ def vae_loss(
     perceptual: PerceptualLoss | None,
 ) -> tuple:
     """L1 + L2 reconstruction of a posterior sample, + perceptual_weight x the perceptual distance,
-    + kl_weight x KL (summed over the latent, mean over the batch). Returns (total, l1, kl)."""
+    + kl_weight x KL (summed over the latent, mean over the batch). Returns (total, l1, kl, reconstruction)."""
     posterior = vae.encode(x).latent_dist
     recon = vae.decode(posterior.sample(generator=generator)).sample
     l1 = (recon - x).abs().mean()
@@ -133,7 +182,7 @@ def vae_loss(
     total = l1 + l2 + cfg.kl_weight * kl
     if perceptual is not None and cfg.perceptual_weight > 0:
         total = total + cfg.perceptual_weight * perceptual(recon, x)
-    return total, l1, kl
+    return total, l1, kl, recon
 
 
 def _lr(cfg: VaeTrainConfig, step: int) -> float:
@@ -153,14 +202,22 @@ def train_vae(cfg: VaeTrainConfig, log=print) -> tuple[AutoencoderKL, VaeTrainRe
     perceptual = (
         PerceptualLoss(cfg.perceptual_lite, cfg.perceptual_size) if cfg.perceptual_weight > 0 else None
     )
+    disc = PatchDiscriminator() if cfg.adversarial_weight > 0 else None  # after the VAE: same VAE init
+    disc_opt = torch.optim.Adam(disc.parameters(), lr=cfg.adversarial_lr, betas=(0.5, 0.9)) if disc else None
     res, window, start = VaeTrainResult(), [], time.perf_counter()
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = _lr(cfg, step)
-        loss, l1, kl = vae_loss(vae, step_crops(cfg, step), gen, cfg, perceptual)
+        x = step_crops(cfg, step)
+        loss, l1, kl, recon = vae_loss(vae, x, gen, cfg, perceptual)
+        adversarial = disc is not None and step >= cfg.adversarial_start
+        if adversarial:
+            loss = loss + adversarial_term(vae, loss, recon, disc, cfg.adversarial_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if adversarial:
+            discriminator_step(disc, disc_opt, x, recon)
         if step < cfg.first_losses:
             res.first_losses.append(loss.item())
         window.append((loss.item(), l1.item(), kl.item()))
