@@ -38,24 +38,21 @@ def flat_colours(vae) -> dict:
 
 def decoder_upper_bound(vae, steps: int, batch: int = 12, lr: float = 5e-4) -> dict:
     from spurgen.mini import gate
-    from spurgen.mini.vae import PerceptualLoss
+    from spurgen.mini.vae import PerceptualLoss, VaeTrainConfig, vae_loss
 
     x, names = gate.heldout_views()
     vae.encoder.requires_grad_(False)
     vae.quant_conv.requires_grad_(False)
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     opt = torch.optim.Adam(params, lr=lr)
-    perceptual = PerceptualLoss(1, 96)  # the autoencoder's own training loss (spurgen/mini/vae.py)
+    cfg = VaeTrainConfig(kl_weight=0.0)  # the autoencoder's own loss, the frozen encoder's KL left out
+    perceptual = PerceptualLoss(cfg.perceptual_lite, cfg.perceptual_size)
     rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
     vae.train()
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        target = x[rng.integers(0, len(x), batch)]
-        recon = vae.decode(vae.encode(target).latent_dist.sample(generator=gen)).sample
-        loss = (
-            (recon - target).abs().mean() + (recon - target).pow(2).mean() + 0.1 * perceptual(recon, target)
-        )
+        loss = vae_loss(vae, x[rng.integers(0, len(x), batch)], gen, cfg, perceptual)[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
