@@ -159,20 +159,26 @@ class SpurgenModule(L.LightningModule):
     def latent_distribution(
         self, pixels: torch.Tensor, keys: list[str] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """E(x)'s Gaussian (mean, std), each (B, 4, h, w). With cache_latents and keys naming the images, each
+        """E(x)'s Gaussian (mean, std), each (B, C, h, w). With cache_latents and keys naming the images, each
         image is encoded once, alone (so its value never depends on its batch-mates), and reused: the VAE is
         frozen and the training transform deterministic, so only the sampled z changes from step to step."""
         if not (self.settings.cache_latents and keys):
-            dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+            dist = self._encode(pixels)
             return dist.mean, dist.std
         for j, key in enumerate(keys):
             if key not in self._latents:
-                dist = self.vae.encode(pixels[j : j + 1].to(self.vae.dtype)).latent_dist
+                dist = self._encode(pixels[j : j + 1])
                 self._latents[key] = (dist.mean[0], dist.std[0])
         return (
             torch.stack([self._latents[k][0] for k in keys]),
             torch.stack([self._latents[k][1] for k in keys]),
         )
+
+    def _encode(self, pixels: torch.Tensor):
+        """E(x) in the VAE's own dtype with autocast off: mixed precision never lowers the encoder's
+        precision (the mini autoencoder's encoder needs float32, spurgen.mini.pca_encoder)."""
+        with torch.autocast(pixels.device.type, enabled=False):
+            return self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         res = self.compute_losses(batch, self.step_generator(), self.global_step)

@@ -351,3 +351,16 @@ def test_reference_target_is_recomputed_identically_at_fit_start():
     assert module.objective.sfsl.ref_features.dtype == torch.float32
     assert torch.equal(module.objective.sfsl.ref_features, again.objective.sfsl.ref_features)
     assert torch.equal(module.objective.sfsl.target_mean, again.objective.sfsl.target_mean)
+
+
+def test_mixed_precision_never_lowers_the_encoders_precision():
+    """E(x) runs with autocast off in the VAE's own dtype (float32 here): under bf16 autocast the latents are
+    exactly the float32 ones (the mini world's PCA encoder needs float32, spurgen.mini.pca_encoder)."""
+    module, parts = make_module(lambda_sfsl=0.0, with_sfsl=False)
+    pixels = make_batch(parts)["pixel_values"]
+    mean, std = module.latent_distribution(pixels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mean_bf16, std_bf16 = module.latent_distribution(pixels)
+        lowered = parts.vae.encode(pixels).latent_dist.mean  # what autocast alone would have computed
+    assert mean_bf16.dtype == torch.float32 and torch.equal(mean_bf16, mean) and torch.equal(std_bf16, std)
+    assert not torch.equal(lowered.float(), mean)

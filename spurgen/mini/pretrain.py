@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--adversarial-start", type=int, default=VaeTrainConfig.adversarial_start, help="its first step"
     )
     parser.add_argument(
+        "--encoder",
+        choices=["learned", "pca"],
+        default=VaeTrainConfig.encoder,
+        help="learned jointly, or principal components of 4x4 patches, frozen (needs --norm-groups 1)",
+    )
+    parser.add_argument(
         "--figure", type=Path, default=None, help="also save originals beside reconstructions"
     )
     parser.add_argument("--no-gate", action="store_true", help="skip the classifier gate (quick runs)")
@@ -88,6 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(
             f"--norm-groups {args.norm_groups} must divide every block width {VaeTrainConfig.channels}"
         )
+    if args.encoder == "pca" and args.norm_groups != 1:
+        parser.error("--encoder pca needs --norm-groups 1 (spurgen.mini.pca_encoder)")
     return args
 
 
@@ -102,15 +110,16 @@ def corpus_record() -> dict:
     }
 
 
-def save_vae(vae, folder: Path) -> dict[str, str]:
-    """save_pretrained, then the weights file rewritten in fp16 (half the size; diffusers loads it with
-    torch_dtype=float32); returns {relative file: sha256}."""
+def save_vae(vae, folder: Path, half: bool = True) -> dict[str, str]:
+    """save_pretrained, then (`half`) the weights file rewritten in fp16 (half the size; diffusers loads it
+    with torch_dtype=float32); returns {relative file: sha256}. The PCA encoder needs float32 (not `half`)."""
     from safetensors.torch import load_file, save_file
 
     vae.save_pretrained(folder, safe_serialization=True)
-    weights = folder / "diffusion_pytorch_model.safetensors"
-    state = {k: v.half().contiguous() for k, v in load_file(weights).items()}
-    save_file(state, weights, metadata={"format": "pt"})
+    if half:
+        weights = folder / "diffusion_pytorch_model.safetensors"
+        state = {k: v.half().contiguous() for k, v in load_file(weights).items()}
+        save_file(state, weights, metadata={"format": "pt"})
     return {f"{folder.name}/{f.name}": sha256_file(f) for f in sorted(folder.iterdir()) if f.is_file()}
 
 
@@ -140,10 +149,11 @@ def run_vae(args: argparse.Namespace, command: str) -> dict:
         perceptual_weight=args.perceptual_weight,
         adversarial_weight=args.adversarial_weight,
         adversarial_start=args.adversarial_start,
+        encoder=args.encoder,
     )
     vae, res = train_vae(cfg)
     factor = set_scaling_factor(vae, cfg.seed)
-    files = save_vae(vae, args.out / "vae")
+    files = save_vae(vae, args.out / "vae", half=cfg.encoder != "pca")
     shipped = AutoencoderKL.from_pretrained(args.out / "vae", torch_dtype=torch.float32).eval()
     record = {
         "command": command,
@@ -156,6 +166,7 @@ def run_vae(args: argparse.Namespace, command: str) -> dict:
         "loss_curve": res.curve,
         "train_wall_s": round(res.wall_s, 1),
         "scaling_factor": round(factor, 5),
+        "storage": "float16" if cfg.encoder != "pca" else "float32",
         "parameters": sum(p.numel() for p in shipped.parameters()),
         "files": files,
     }

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch import nn
 
-from spurgen.mini import corpus, lite
+from spurgen.errors import SpurgenError
+from spurgen.mini import corpus, lite, pca_encoder
 from spurgen.mini.training import TrainResult
 
 
@@ -40,6 +41,10 @@ class VaeTrainConfig:
     adversarial_weight: float = 0.0
     adversarial_start: int = 0
     adversarial_lr: float = 2e-4
+    # "learned": trained jointly with the decoder; "pca": principal components of 4x4 patches fitted on
+    # pca_crops crops in closed form, then frozen, so only the decoder learns (spurgen.mini.pca_encoder)
+    encoder: str = "learned"
+    pca_crops: int = 400
     log_every: int = 50
     first_losses: int = 3  # how many exact step losses the manifest records (tests replay them)
 
@@ -193,11 +198,23 @@ def _lr(cfg: VaeTrainConfig, step: int) -> float:
     return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def fit_patch_pca(cfg: VaeTrainConfig) -> pca_encoder.PatchPCA:
+    """The PCA encoder's components: cfg.pca_crops crops of the photos of cfg.photo_splits, drawn from the
+    seed (cfg.seed, 2**31 - 1) that no training batch uses."""
+    names = [p.name for split in cfg.photo_splits for p in corpus.photos(split)]
+    images, _ = corpus.sample_crops(names, cfg.pca_crops, seed=[cfg.seed, 2**31 - 1])
+    return pca_encoder.fit(corpus.to_tensor(images), cfg.latent_channels)
+
+
 def train_vae(cfg: VaeTrainConfig, log=print) -> tuple[AutoencoderKL, VaeTrainResult]:
     """Train a mini VAE from scratch; deterministic for a seed with one CPU thread."""
     torch.manual_seed(cfg.seed)
     vae = build_mini_vae(cfg.channels, cfg.latent_channels, cfg.norm_groups).train()
-    opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
+    if cfg.encoder == "pca":
+        pca_encoder.install(vae, fit_patch_pca(cfg))
+    elif cfg.encoder != "learned":
+        raise SpurgenError(f"encoder must be 'learned' or 'pca', not {cfg.encoder!r}")
+    opt = torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     perceptual = (
         PerceptualLoss(cfg.perceptual_lite, cfg.perceptual_size) if cfg.perceptual_weight > 0 else None
