@@ -155,7 +155,8 @@ def test_pretrain_command_runs_a_few_steps(tmp_path, capsys):
 def test_pretrain_rejects_bad_arguments():
     for bad in (["--steps", "0"], ["--norm-groups", "3"], ["--photo-splits", "train,heldout"],
                 ["--perceptual-weight", "-1"], ["--perceptual-weight", "nan"], ["--adversarial-start", "-1"],
-                ["--adversarial-weight", "-0.1"]):  # fmt: skip
+                ["--adversarial-weight", "-0.1"], ["--train-crop", "30"], ["--train-crop", "12"], ["--lr", "0"],
+                ["--encoder", "vq"]):  # fmt: skip
         with pytest.raises(SystemExit) as info:
             main(["--part", "vae", *bad])
         assert info.value.code == 2, bad
@@ -327,3 +328,19 @@ def test_adversarial_term_pulls_as_hard_as_the_reconstruction_at_the_last_layer(
     opt = torch.optim.Adam(disc.parameters(), lr=1e-3)
     losses = [discriminator_step(disc, opt, x, recon) for _ in range(5)]
     assert losses[-1] < losses[0]
+
+
+def test_training_windows_are_cut_from_the_same_crops_at_multiples_of_four():
+    from spurgen.mini.vae import VaeTrainConfig, step_crops
+
+    full = step_crops(VaeTrainConfig(batch=3), step=5)
+    window = step_crops(VaeTrainConfig(batch=3, train_crop=32), step=5)
+    assert full.shape == (3, 3, 64, 64) and window.shape == (3, 3, 32, 32)
+    for big, small in zip(full, window, strict=True):
+        hits = [
+            (i, j)
+            for i in range(0, 33, 4)
+            for j in range(0, 33, 4)
+            if torch.equal(big[:, i : i + 32, j : j + 32], small)
+        ]
+        assert hits, "each window is a 4-aligned part of its step's crop"

@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=VaeTrainConfig.seed)
     parser.add_argument("--batch", type=int, default=VaeTrainConfig.batch)
     parser.add_argument(
+        "--lr", type=float, default=VaeTrainConfig.lr, help="the autoencoder's peak learning rate"
+    )
+    parser.add_argument(
         "--generator-steps",
         type=int,
         default=None,
@@ -73,6 +76,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--adversarial-start", type=int, default=VaeTrainConfig.adversarial_start, help="its first step"
     )
     parser.add_argument(
+        "--train-crop",
+        type=int,
+        default=VaeTrainConfig.train_crop,
+        help="train on windows of this side of each 64-px crop (a multiple of 4, 16 to 64)",
+    )
+    parser.add_argument(
         "--encoder",
         choices=["learned", "pca"],
         default=VaeTrainConfig.encoder,
@@ -83,6 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-gate", action="store_true", help="skip the classifier gate (quick runs)")
     args = parser.parse_args(argv)
+    if not args.lr > 0:
+        parser.error(f"--lr must be positive, not {args.lr}")
     if not (args.perceptual_weight >= 0 and args.adversarial_weight >= 0 and args.adversarial_start >= 0):
         parser.error("--perceptual-weight, --adversarial-weight and --adversarial-start must be at least 0")
     if min(args.steps, args.batch, args.latent_channels, args.norm_groups) < 1:
@@ -94,6 +105,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(
             f"--norm-groups {args.norm_groups} must divide every block width {VaeTrainConfig.channels}"
         )
+    if not (16 <= args.train_crop <= corpus.SIZE and args.train_crop % 4 == 0):
+        parser.error(f"--train-crop must be a multiple of 4 from 16 to {corpus.SIZE}, not {args.train_crop}")
     if args.encoder == "pca" and args.norm_groups != 1:
         parser.error("--encoder pca needs --norm-groups 1 (spurgen.mini.pca_encoder)")
     return args
@@ -142,6 +155,7 @@ def run_vae(args: argparse.Namespace, command: str) -> dict:
         seed=args.seed,
         steps=args.steps,
         batch=args.batch,
+        lr=args.lr,
         latent_channels=args.latent_channels,
         norm_groups=args.norm_groups,
         photo_splits=args.photo_splits,
@@ -150,6 +164,7 @@ def run_vae(args: argparse.Namespace, command: str) -> dict:
         adversarial_weight=args.adversarial_weight,
         adversarial_start=args.adversarial_start,
         encoder=args.encoder,
+        train_crop=args.train_crop,
     )
     vae, res = train_vae(cfg)
     factor = set_scaling_factor(vae, cfg.seed)

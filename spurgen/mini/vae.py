@@ -37,6 +37,9 @@ class VaeTrainConfig:
     # the corpus splits whose photos it trains on; ("train", "autoencoder") adds the Debian colour photos
     photo_splits: tuple[str, ...] = ("train",)
     augment: bool = False  # a random horizontal flip and quarter turn per crop
+    # side of the window of each 64-px crop it trains on (a multiple of 4; smaller: cheaper steps, and the
+    # autoencoder is convolutional); the gate always measures whole 64-px views
+    train_crop: int = 64
     # a PatchGAN from step adversarial_start (SD's autoencoder recipe; 0 weight: none, the shipped recipe)
     adversarial_weight: float = 0.0
     adversarial_start: int = 0
@@ -81,12 +84,20 @@ def build_mini_vae(
 
 
 def step_crops(cfg: VaeTrainConfig, step: int) -> torch.Tensor:
-    """The batch of step `step`: crops of the photos of cfg.photo_splits drawn from the seed (cfg.seed, step)."""
+    """The batch of step `step`: crops of the photos of cfg.photo_splits drawn from the seed (cfg.seed, step),
+    optionally flipped and turned, then cut to a train_crop window at a multiple of 4 pixels."""
     names = [p.name for split in cfg.photo_splits for p in corpus.photos(split)]
     images, _ = corpus.sample_crops(names, cfg.batch, seed=[cfg.seed, step])
     if cfg.augment:
         images = flip_and_turn(images, np.random.default_rng([cfg.seed, step, 1]))
-    return corpus.to_tensor(images)  # (B, 3, 64, 64) in [-1, 1]
+    if cfg.train_crop < corpus.SIZE:
+        rng = np.random.default_rng([cfg.seed, step, 2])
+        corners = rng.integers(0, (corpus.SIZE - cfg.train_crop) // 4 + 1, size=(len(images), 2)) * 4
+        side = cfg.train_crop
+        images = np.stack(
+            [im[i : i + side, j : j + side] for im, (i, j) in zip(images, corners, strict=True)]
+        )
+    return corpus.to_tensor(images)  # (B, 3, train_crop, train_crop) in [-1, 1]
 
 
 def flip_and_turn(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
