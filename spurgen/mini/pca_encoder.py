@@ -15,7 +15,8 @@ How the weights compute it exactly, block by block (factor 4 = three blocks, one
 - the last shortcut adds `offset` channels of constant value OFFSET. The final GroupNorm (one group) then sees
   a mean that p and -p cancel out of, and a variance the constants dominate, so its scale hardly depends on
   the image; its affine undoes the normalisation and adds SHIFT, which keeps the SiLU in its linear range;
-- `conv_out` subtracts SHIFT for the mean and gives every latent a constant log-variance LOGVAR.
+- `conv_out` subtracts SHIFT for the mean and gives every latent a constant log-variance (LOGVAR unless
+  chosen): the posterior sample's noise is what the decoder learns to tolerate in generated latents.
 The large constants need float32: the folder stores this autoencoder in float32, not fp16.
 """
 
@@ -94,13 +95,14 @@ def check_fits(vae: AutoencoderKL, components: int) -> None:
 
 
 @torch.no_grad()
-def install(vae: AutoencoderKL, pca: PatchPCA) -> AutoencoderKL:
-    """Write `pca` into `vae`'s encoder and quant_conv (see the module docstring) and freeze them."""
+def install(vae: AutoencoderKL, pca: PatchPCA, logvar: float = LOGVAR) -> AutoencoderKL:
+    """Write `pca` into `vae`'s encoder and quant_conv (see the module docstring) and freeze them; every
+    latent's posterior has log-variance `logvar` (the noise the decoder learns to tolerate)."""
     k = pca.basis.shape[1]
     check_fits(vae, k)
     _pass_through(vae.encoder)
     _gather_and_project(vae.encoder, pca)
-    _undo_the_norm(vae, k)
+    _undo_the_norm(vae, k, logvar)
     vae.encoder.requires_grad_(False)
     vae.quant_conv.requires_grad_(False)
     return vae
@@ -147,7 +149,7 @@ def _gather_and_project(enc: torch.nn.Module, pca: PatchPCA) -> None:
     second.bias[k : 2 * k] = -second.bias[:k]
 
 
-def _undo_the_norm(vae: AutoencoderKL, k: int) -> None:
+def _undo_the_norm(vae: AutoencoderKL, k: int, logvar: float) -> None:
     """Constant channels of OFFSET fix the final GroupNorm's statistics; its affine restores p + SHIFT;
     conv_out takes SHIFT off and sets the log-variance; quant_conv is the identity."""
     enc = vae.encoder
@@ -167,7 +169,7 @@ def _undo_the_norm(vae: AutoencoderKL, k: int) -> None:
     for ch in range(k):
         enc.conv_out.weight[ch, ch, 1, 1] = 1.0
     enc.conv_out.bias[:k] = -SHIFT
-    enc.conv_out.bias[k:] = LOGVAR
+    enc.conv_out.bias[k:] = logvar
     _zero(vae.quant_conv)
     for ch in range(2 * k):
         vae.quant_conv.weight[ch, ch, 0, 0] = 1.0

@@ -59,7 +59,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(VaeTrainConfig.photo_splits),
         help="comma-separated corpus splits the autoencoder trains on (train, autoencoder)",
     )
-    parser.add_argument("--augment", action="store_true", help="flip and turn each training crop")
+    parser.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=VaeTrainConfig.augment,
+        help="flip and turn each training crop",
+    )
     parser.add_argument(
         "--perceptual-weight",
         type=float,
@@ -88,6 +93,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="learned jointly, or principal components of 4x4 patches, frozen (needs --norm-groups 1)",
     )
     parser.add_argument(
+        "--pca-logvar",
+        type=float,
+        default=VaeTrainConfig.pca_logvar,
+        help="log-variance of the PCA encoder's posterior (the latent noise the decoder trains with)",
+    )
+    parser.add_argument(
         "--figure", type=Path, default=None, help="also save originals beside reconstructions"
     )
     parser.add_argument("--no-gate", action="store_true", help="skip the classifier gate (quick runs)")
@@ -107,6 +118,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
     if not (16 <= args.train_crop <= corpus.SIZE and args.train_crop % 4 == 0):
         parser.error(f"--train-crop must be a multiple of 4 from 16 to {corpus.SIZE}, not {args.train_crop}")
+    if not -30 <= args.pca_logvar <= 20:  # the range diffusers clamps a posterior's log-variance to
+        parser.error(f"--pca-logvar must be within [-30, 20], not {args.pca_logvar}")
     if args.encoder == "pca" and args.norm_groups != 1:
         parser.error("--encoder pca needs --norm-groups 1 (spurgen.mini.pca_encoder)")
     return args
@@ -165,6 +178,7 @@ def run_vae(args: argparse.Namespace, command: str) -> dict:
         adversarial_start=args.adversarial_start,
         encoder=args.encoder,
         train_crop=args.train_crop,
+        pca_logvar=args.pca_logvar,
     )
     vae, res = train_vae(cfg)
     factor = set_scaling_factor(vae, cfg.seed)
