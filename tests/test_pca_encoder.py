@@ -117,3 +117,26 @@ def test_the_command_refuses_a_pca_encoder_with_several_groups(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--part", "vae", "--encoder", "pca", "--norm-groups", "8"])
     assert info.value.code == 2 and "--norm-groups 1" in capsys.readouterr().err
+
+
+def test_equalising_latent_channels_is_exact_and_gives_unit_stds():
+    """quant_conv divides each latent channel by its std, post_quant_conv multiplies it back: D(E(x)) is
+    unchanged, the channels come out with unit std on the crops measured, and the posterior std scales too."""
+    from spurgen.mini.vae import _scaling_crops, equalise_latent_channels, reconstruct
+
+    pca = pca_encoder.fit(_images(16, 0), 12)
+    vae = pca_encoder.install(build_mini_vae(latent_channels=12, norm_groups=1), pca, logvar=-6.0).eval()
+    x = _images(3, 3)
+    before = reconstruct(vae, x)
+    with torch.no_grad():
+        std_before = vae.encode(x).latent_dist.std
+    stds = equalise_latent_channels(vae, seed=0, n=32)
+    assert len(stds) == 12 and min(stds) > 0
+    torch.testing.assert_close(reconstruct(vae, x), before, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        z = vae.encode(_scaling_crops(0, 32)).latent_dist.mean
+        std_after = vae.encode(x).latent_dist.std
+    torch.testing.assert_close(z.std(dim=(0, 2, 3)), torch.ones(12), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        std_after, std_before / torch.tensor(stds).view(1, 12, 1, 1), rtol=1e-4, atol=0
+    )

@@ -25,7 +25,7 @@ import torch
 from spurgen.errors import SpurgenError
 from spurgen.io import sha256_file
 from spurgen.mini import corpus, gate
-from spurgen.mini.vae import VaeTrainConfig, set_scaling_factor, train_vae
+from spurgen.mini.vae import VaeTrainConfig, equalise_latent_channels, set_scaling_factor, train_vae
 from spurgen.threads import torch_threads
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "mini"
@@ -97,6 +97,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=VaeTrainConfig.pca_logvar,
         help="log-variance of the PCA encoder's posterior (the latent noise the decoder trains with)",
+    )
+    parser.add_argument(
+        "--equalise-channels",
+        action=argparse.BooleanOptionalAction,
+        default=VaeTrainConfig.equalise_channels,
+        help="after training, rescale each latent channel to unit std (reconstructions unchanged)",
     )
     parser.add_argument(
         "--figure", type=Path, default=None, help="also save originals beside reconstructions"
@@ -179,8 +185,10 @@ def run_vae(args: argparse.Namespace, command: str) -> dict:
         encoder=args.encoder,
         train_crop=args.train_crop,
         pca_logvar=args.pca_logvar,
+        equalise_channels=args.equalise_channels,
     )
     vae, res = train_vae(cfg)
+    channel_stds = equalise_latent_channels(vae, cfg.seed) if cfg.equalise_channels else None
     factor = set_scaling_factor(vae, cfg.seed)
     files = save_vae(vae, args.out / "vae", half=cfg.encoder != "pca")
     shipped = AutoencoderKL.from_pretrained(args.out / "vae", torch_dtype=torch.float32).eval()
@@ -195,6 +203,7 @@ def run_vae(args: argparse.Namespace, command: str) -> dict:
         "loss_curve": res.curve,
         "train_wall_s": round(res.wall_s, 1),
         "scaling_factor": round(factor, 5),
+        "equalised_channel_stds": channel_stds,
         "storage": "float16" if cfg.encoder != "pca" else "float32",
         "parameters": sum(p.numel() for p in shipped.parameters()),
         "files": files,

@@ -51,7 +51,9 @@ class VaeTrainConfig:
     # pca_crops crops in closed form, then frozen, so only the decoder learns (spurgen.mini.pca_encoder)
     encoder: str = "pca"
     pca_crops: int = 400
-    pca_logvar: float = pca_encoder.LOGVAR  # the PCA posterior's log-variance: exp(-7) ~ 1e-3 std
+    pca_logvar: float = -6.0  # the PCA posterior's log-variance: std 0.05, noise the decoder learns to bear
+    # after training, rescale each latent channel to unit std (exact: reconstructions unchanged)
+    equalise_channels: bool = True
     log_every: int = 50
     first_losses: int = 3  # how many exact step losses the manifest records (tests replay them)
 
@@ -266,13 +268,35 @@ def train_vae(cfg: VaeTrainConfig, log=print) -> tuple[AutoencoderKL, VaeTrainRe
     return vae.eval(), res
 
 
+def _scaling_crops(seed: int, n: int) -> torch.Tensor:
+    """`n` crops of the generator's training photos (split `train`: the latents the UNet learns)."""
+    names = [p.name for p in corpus.photos("train")]
+    images, _ = corpus.sample_crops(names, n, seed=[seed, 10**6])
+    return corpus.to_tensor(images)
+
+
+@torch.no_grad()
+def equalise_latent_channels(vae: AutoencoderKL, seed: int, n: int = 256) -> list[float]:
+    """Rescale each latent channel to unit std over `n` training crops, exactly: quant_conv divides the mean
+    by the channel's std (and shifts its log-variance to match), post_quant_conv multiplies it back, so D(E(x))
+    is unchanged. The diffusion model then sees channels of equal scale, as SD's do, and its errors, spread
+    evenly over them, decode into the photos' own spectrum rather than white pixel noise (docs/mini_world.md).
+    Returns the stds divided out."""
+    z = vae.encode(_scaling_crops(seed, n)).latent_dist.mean
+    std = z.std(dim=(0, 2, 3))
+    c = std.numel()
+    vae.quant_conv.weight[:c] /= std.view(c, 1, 1, 1)
+    vae.quant_conv.bias[:c] /= std
+    vae.quant_conv.bias[c:] -= 2 * std.log()
+    vae.post_quant_conv.weight.mul_(std.view(1, c, 1, 1))
+    return [round(float(v), 5) for v in std]
+
+
 @torch.no_grad()
 def set_scaling_factor(vae: AutoencoderKL, seed: int, n: int = 256) -> float:
     """scaling_factor = 1 / std of posterior samples over `n` crops of the generator's training photos (split
     `train`: the latents the UNet learns; how SD's 0.18215 was chosen)."""
-    names = [p.name for p in corpus.photos("train")]
-    images, _ = corpus.sample_crops(names, n, seed=[seed, 10**6])
-    z = vae.encode(corpus.to_tensor(images)).latent_dist.sample(torch.Generator().manual_seed(seed))
+    z = vae.encode(_scaling_crops(seed, n)).latent_dist.sample(torch.Generator().manual_seed(seed))
     factor = float(1.0 / z.std())
     vae.register_to_config(scaling_factor=round(factor, 5))
     return factor
