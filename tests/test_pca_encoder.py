@@ -81,7 +81,7 @@ def test_training_with_the_pca_encoder_moves_only_the_decoder():
                          perceptual_weight=0.0)  # fmt: skip
     torch.manual_seed(cfg.seed)
     before = build_mini_vae(cfg.channels, cfg.latent_channels, cfg.norm_groups)
-    pca_encoder.install(before, fit_patch_pca(cfg))
+    pca_encoder.install(before, fit_patch_pca(cfg), cfg.pca_logvar)
     vae, res = train_vae(cfg, log=lambda _: None)
     assert len(res.first_losses) == 2
     for (name, a), b in zip(before.state_dict().items(), vae.state_dict().values(), strict=True):
@@ -140,3 +140,16 @@ def test_equalising_latent_channels_is_exact_and_gives_unit_stds():
     torch.testing.assert_close(
         std_after, std_before / torch.tensor(stds).view(1, 12, 1, 1), rtol=1e-4, atol=0
     )
+
+
+def test_the_pca_recipe_is_one_flag_and_flags_still_override_it():
+    from spurgen.mini.pretrain import parse_args
+    from spurgen.mini.vae import PCA_RECIPE
+
+    args = parse_args(["--part", "vae", "--recipe", "pca", "--steps", "5"])
+    assert args.steps == 5 and args.photo_splits == PCA_RECIPE["photo_splits"]
+    for key in ("lr", "encoder", "latent_channels", "norm_groups", "augment", "train_crop", "pca_logvar",
+                "equalise_channels", "perceptual_weight"):  # fmt: skip
+        assert getattr(args, key) == PCA_RECIPE[key], key
+    shipped = parse_args(["--part", "vae"])
+    assert shipped.encoder == VaeTrainConfig.encoder == "learned" and shipped.latent_channels == 4

@@ -14,7 +14,7 @@ UNET_CHANNELS = (32, 64, 128)
 TEXT_HIDDEN = 128  # = the UNet's cross_attention_dim
 TEXT_LAYERS = 4
 LATENT_SIZE = 16  # 64-px crops through a factor-4 autoencoder
-LATENT_CHANNELS = 12  # the shipped autoencoder's (its PCA encoder keeps 12 components)
+LATENT_CHANNELS = 4  # the shipped autoencoder's
 
 
 def build_mini_unet(

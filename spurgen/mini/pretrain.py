@@ -25,7 +25,13 @@ import torch
 from spurgen.errors import SpurgenError
 from spurgen.io import sha256_file
 from spurgen.mini import corpus, gate
-from spurgen.mini.vae import VaeTrainConfig, equalise_latent_channels, set_scaling_factor, train_vae
+from spurgen.mini.vae import (
+    PCA_RECIPE,
+    VaeTrainConfig,
+    equalise_latent_channels,
+    set_scaling_factor,
+    train_vae,
+)
 from spurgen.threads import torch_threads
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "mini"
@@ -108,7 +114,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--figure", type=Path, default=None, help="also save originals beside reconstructions"
     )
     parser.add_argument("--no-gate", action="store_true", help="skip the classifier gate (quick runs)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--recipe",
+        choices=["shipped", "pca"],
+        default="shipped",
+        help="start from the shipped recipe or the gate-passing PCA one (vae.PCA_RECIPE); flags override it",
+    )
+    recipe, _ = parser.parse_known_args(argv)
+    if recipe.recipe == "pca":
+        parser.set_defaults(**{k: ",".join(v) if k == "photo_splits" else v for k, v in PCA_RECIPE.items()})
+    return _checked(parser, parser.parse_args(argv))
+
+
+def _checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """The parsed arguments, or one line naming the bad value and exit 2."""
     if not args.lr > 0:
         parser.error(f"--lr must be positive, not {args.lr}")
     if not (args.perceptual_weight >= 0 and args.adversarial_weight >= 0 and args.adversarial_start >= 0):

@@ -21,45 +21,53 @@ from spurgen.mini.training import TrainResult
 @dataclass(frozen=True)
 class VaeTrainConfig:
     """Everything that decides the trained weights; written into the manifest. The defaults are the shipped
-    recipe (docs/mini_world.md): a frozen PCA encoder of 12 channels and a decoder trained on 32-px windows."""
+    recipe (a learned encoder); PCA_RECIPE is the one that passes the gate, not shipped yet (docs/mini_world.md)."""
 
     seed: int = 0
-    steps: int = 8000
+    steps: int = 1000
     batch: int = 12
-    lr: float = 2e-3
+    lr: float = 1.5e-3
     warmup: int = 20
     kl_weight: float = 1e-6  # small, as in Stable Diffusion's autoencoder
-    perceptual_weight: float = 0.0  # LPIPS-like term on a frozen classifier's features (SD used LPIPS)
+    perceptual_weight: float = 0.1  # LPIPS-like term on a frozen classifier's features (SD used LPIPS)
     perceptual_lite: int = 1  # EfficientNet-Lite1: not Lite0, the classifier the gate requires
     perceptual_size: int = 96  # 0.4 x Lite1's 240: a sixth of the cost, most of the texture
     channels: tuple[int, ...] = (16, 32, 64)
-    latent_channels: int = 12
-    norm_groups: int = (
-        1  # GroupNorm groups (docs/mini_world.md: 8 lose flat colours; the PCA encoder needs 1)
-    )
+    latent_channels: int = 4
+    norm_groups: int = 8  # GroupNorm groups (docs/mini_world.md: 8 lose flat colours; PCA needs 1)
     # the corpus splits whose photos it trains on; ("train", "autoencoder") adds the Debian colour photos
-    photo_splits: tuple[str, ...] = ("train", "autoencoder")
-    augment: bool = True  # a random horizontal flip and quarter turn per crop
+    photo_splits: tuple[str, ...] = ("train",)
+    augment: bool = False  # a random horizontal flip and quarter turn per crop
     # side of the window of each 64-px crop it trains on (a multiple of 4; smaller: cheaper steps, and the
     # autoencoder is convolutional); the gate always measures whole 64-px views
-    train_crop: int = 32
+    train_crop: int = 64
     # a PatchGAN from step adversarial_start (SD's autoencoder recipe; 0 weight: none, the shipped recipe)
     adversarial_weight: float = 0.0
     adversarial_start: int = 0
     adversarial_lr: float = 2e-4
     # "learned": trained jointly with the decoder; "pca": principal components of 4x4 patches fitted on
     # pca_crops crops in closed form, then frozen, so only the decoder learns (spurgen.mini.pca_encoder)
-    encoder: str = "pca"
+    encoder: str = "learned"
     pca_crops: int = 400
     pca_logvar: float = -6.0  # the PCA posterior's log-variance: std 0.05, noise the decoder learns to bear
     # after training, rescale each latent channel to unit std (exact: reconstructions unchanged)
-    equalise_channels: bool = True
+    equalise_channels: bool = False
     log_every: int = 50
     first_losses: int = 3  # how many exact step losses the manifest records (tests replay them)
 
     def __post_init__(self):  # a manifest's JSON lists become tuples again
         object.__setattr__(self, "channels", tuple(self.channels))
         object.__setattr__(self, "photo_splits", tuple(self.photo_splits))
+
+
+# The recipe that passes the gate (docs/mini_world.md, "The PCA autoencoder"): a frozen PCA encoder of 12
+# channels, a decoder trained on 32-px windows with posterior noise 0.05, channels equalised afterwards. Not
+# the default: a generator trained on its latents within the CPU budget is not yet as good as the shipped one.
+PCA_RECIPE = dict(
+    steps=8000, lr=2e-3, perceptual_weight=0.0, latent_channels=12, norm_groups=1,
+    photo_splits=("train", "autoencoder"), augment=True, train_crop=32, encoder="pca", pca_logvar=-6.0,
+    equalise_channels=True,
+)  # fmt: skip
 
 
 @dataclass
