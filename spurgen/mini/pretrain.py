@@ -38,6 +38,31 @@ ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "mini"
 MANIFEST = "manifest.json"
 
 
+BOOL = {"action": argparse.BooleanOptionalAction}
+# (VaeTrainConfig field, help, argparse keywords): one flag each, its default the config's
+VAE_FLAGS = (
+    ("steps", "the autoencoder's steps", {"type": int}),
+    ("seed", None, {"type": int}),
+    ("batch", None, {"type": int}),
+    ("lr", "the autoencoder's peak learning rate", {"type": float}),
+    ("latent_channels", None, {"type": int}),
+    ("norm_groups", None, {"type": int}),
+    ("photo_splits", "comma-separated corpus splits the autoencoder trains on (train, autoencoder)", {}),
+    ("augment", "flip and turn each training crop", BOOL),
+    ("perceptual_weight", "weight of the EfficientNet-Lite1 feature distance (0: L1 + L2 + KL only)",
+     {"type": float}),
+    ("adversarial_weight", "weight of an adaptive PatchGAN term (0: none)", {"type": float}),
+    ("adversarial_start", "its first step", {"type": int}),
+    ("train_crop", "train on windows of this side of each 64-px crop (a multiple of 4, 16 to 64)", {"type": int}),
+    ("encoder", "learned jointly, or principal components of 4x4 patches, frozen (needs --norm-groups 1)",
+     {"choices": ["learned", "pca"]}),
+    ("pca_logvar", "log-variance of the PCA encoder's posterior (the latent noise the decoder trains with)",
+     {"type": float}),
+    ("equalise_channels", "after training, rescale each latent channel to unit std (reconstructions unchanged)",
+     BOOL),
+)  # fmt: skip
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m spurgen.mini.pretrain", description=__doc__.splitlines()[0]
@@ -46,69 +71,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--part", choices=["vae", "generator", "all"], required=True, help="which mini part to train"
     )
     parser.add_argument("--out", type=Path, default=ASSET_DIR, help="folder of the part folders and manifest")
-    parser.add_argument("--steps", type=int, default=VaeTrainConfig.steps, help="the autoencoder's steps")
-    parser.add_argument("--seed", type=int, default=VaeTrainConfig.seed)
-    parser.add_argument("--batch", type=int, default=VaeTrainConfig.batch)
-    parser.add_argument(
-        "--lr", type=float, default=VaeTrainConfig.lr, help="the autoencoder's peak learning rate"
-    )
+    for field, help_text, kw in VAE_FLAGS:
+        flag = "--" + field.replace("_", "-")
+        default = getattr(VaeTrainConfig, field)
+        default = ",".join(default) if field == "photo_splits" else default
+        parser.add_argument(flag, default=default, help=help_text, **kw)
     parser.add_argument(
         "--generator-steps",
         type=int,
         default=None,
         help="the UNet and text encoder's steps (default: its own)",
-    )
-    parser.add_argument("--latent-channels", type=int, default=VaeTrainConfig.latent_channels)
-    parser.add_argument("--norm-groups", type=int, default=VaeTrainConfig.norm_groups)
-    parser.add_argument(
-        "--photo-splits",
-        default=",".join(VaeTrainConfig.photo_splits),
-        help="comma-separated corpus splits the autoencoder trains on (train, autoencoder)",
-    )
-    parser.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=VaeTrainConfig.augment,
-        help="flip and turn each training crop",
-    )
-    parser.add_argument(
-        "--perceptual-weight",
-        type=float,
-        default=VaeTrainConfig.perceptual_weight,
-        help="weight of the EfficientNet-Lite1 feature distance (0: L1 + L2 + KL only)",
-    )
-    parser.add_argument(
-        "--adversarial-weight",
-        type=float,
-        default=VaeTrainConfig.adversarial_weight,
-        help="weight of an adaptive PatchGAN term (0: none)",
-    )
-    parser.add_argument(
-        "--adversarial-start", type=int, default=VaeTrainConfig.adversarial_start, help="its first step"
-    )
-    parser.add_argument(
-        "--train-crop",
-        type=int,
-        default=VaeTrainConfig.train_crop,
-        help="train on windows of this side of each 64-px crop (a multiple of 4, 16 to 64)",
-    )
-    parser.add_argument(
-        "--encoder",
-        choices=["learned", "pca"],
-        default=VaeTrainConfig.encoder,
-        help="learned jointly, or principal components of 4x4 patches, frozen (needs --norm-groups 1)",
-    )
-    parser.add_argument(
-        "--pca-logvar",
-        type=float,
-        default=VaeTrainConfig.pca_logvar,
-        help="log-variance of the PCA encoder's posterior (the latent noise the decoder trains with)",
-    )
-    parser.add_argument(
-        "--equalise-channels",
-        action=argparse.BooleanOptionalAction,
-        default=VaeTrainConfig.equalise_channels,
-        help="after training, rescale each latent channel to unit std (reconstructions unchanged)",
     )
     parser.add_argument(
         "--figure", type=Path, default=None, help="also save originals beside reconstructions"
@@ -189,23 +161,7 @@ def run_vae(args: argparse.Namespace, command: str) -> dict:
     """Train, save, reload the shipped fp16 files and measure them; the manifest record of the part."""
     from diffusers import AutoencoderKL
 
-    cfg = VaeTrainConfig(
-        seed=args.seed,
-        steps=args.steps,
-        batch=args.batch,
-        lr=args.lr,
-        latent_channels=args.latent_channels,
-        norm_groups=args.norm_groups,
-        photo_splits=args.photo_splits,
-        augment=args.augment,
-        perceptual_weight=args.perceptual_weight,
-        adversarial_weight=args.adversarial_weight,
-        adversarial_start=args.adversarial_start,
-        encoder=args.encoder,
-        train_crop=args.train_crop,
-        pca_logvar=args.pca_logvar,
-        equalise_channels=args.equalise_channels,
-    )
+    cfg = VaeTrainConfig(**{field: getattr(args, field) for field, _, _ in VAE_FLAGS})
     vae, res = train_vae(cfg)
     channel_stds = equalise_latent_channels(vae, cfg.seed) if cfg.equalise_channels else None
     factor = set_scaling_factor(vae, cfg.seed)
