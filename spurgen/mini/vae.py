@@ -287,9 +287,8 @@ def _scaling_crops(seed: int, n: int) -> torch.Tensor:
 def equalise_latent_channels(vae: AutoencoderKL, seed: int, n: int = 256) -> list[float]:
     """Rescale each latent channel to unit std over `n` training crops, exactly: quant_conv divides the mean
     by the channel's std (and shifts its log-variance to match), post_quant_conv multiplies it back, so D(E(x))
-    is unchanged. The diffusion model then sees channels of equal scale, as SD's do, and its errors, spread
-    evenly over them, decode into the photos' own spectrum rather than white pixel noise (docs/mini_world.md).
-    Returns the stds divided out."""
+    is unchanged. The diffusion model then sees channels of equal scale, as SD's do (docs/mini_world.md has
+    what that did for a generator on PCA latents: not enough). Returns the stds divided out."""
     z = vae.encode(_scaling_crops(seed, n)).latent_dist.mean
     std = z.std(dim=(0, 2, 3))
     c = std.numel()
