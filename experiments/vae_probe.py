@@ -67,17 +67,14 @@ def decoder_upper_bound(vae, steps: int, batch: int = 12, lr: float = 5e-4) -> d
 
 def pca_round_trips(components: list[int]) -> dict:
     from spurgen.mini import gate, pca_encoder
-    from spurgen.mini.vae import VaeTrainConfig, fit_patch_pca
+    from spurgen.mini.vae import PCA_RECIPE, VaeTrainConfig, fit_patch_pca
 
     x, names = gate.heldout_views()
     models = gate.available_lites()
     out = {}
     for k in components:
-        pca = fit_patch_pca(VaeTrainConfig(latent_channels=k))
-        z = pca_encoder.project(pca, x).permute(0, 2, 3, 1)  # (B, 16, 16, k)
-        patches = z @ pca.basis.T + pca.mean  # (B, 16, 16, 48): (row, column, channel)
-        b, h, w, _ = patches.shape
-        recon = patches.reshape(b, h, w, 4, 4, 3).permute(0, 5, 1, 3, 2, 4).reshape(b, 3, 4 * h, 4 * w)
+        pca = fit_patch_pca(VaeTrainConfig(**{**PCA_RECIPE, "latent_channels": k}))  # the recipe's photos
+        recon = pca_encoder.unproject(pca, pca_encoder.project(pca, x))
         result = gate.recon_agreement(recon.clamp(-1, 1), x, names, models)
         out[str(k)] = {
             "kept_variance": round(pca.kept_variance, 5),

@@ -27,6 +27,17 @@ def test_patch_vectors_put_each_4x4_patch_in_row_column_channel_order():
     assert v[b, i, j, (r * 4 + c) * 3 + ch] == x[b, ch, 4 * i + r, 4 * j + c]
 
 
+def test_unproject_inverts_project_with_all_components_and_approximates_with_fewer():
+    x = _images(4, 5)
+    full = pca_encoder.fit(_images(16, 0), 48)
+    torch.testing.assert_close(
+        pca_encoder.unproject(full, pca_encoder.project(full, x)), x, atol=1e-4, rtol=0
+    )
+    part = pca_encoder.fit(_images(16, 0), 12)
+    err = (pca_encoder.unproject(part, pca_encoder.project(part, x)) - x).pow(2).mean()
+    assert 0 < err < x.var()
+
+
 def test_components_are_orthonormal_sorted_and_their_kept_variance_is_a_fraction():
     pca = pca_encoder.fit(_images(16, 0), 12)
     assert pca.basis.shape == (48, 12)

@@ -73,6 +73,17 @@ def project(pca: PatchPCA, images: torch.Tensor) -> torch.Tensor:
     return ((patch_vectors(images) - pca.mean) @ pca.basis).permute(0, 3, 1, 2)
 
 
+def unproject(pca: PatchPCA, z: torch.Tensor) -> torch.Tensor:
+    """The linear inverse of `project`: (B, k, h, w) latents -> (B, 3, 4h, 4w) images (no decoder)."""
+    patches = z.permute(0, 2, 3, 1) @ pca.basis.T + pca.mean  # (B, h, w, 48): (row, column, channel)
+    b, h, w, _ = patches.shape
+    return (
+        patches.reshape(b, h, w, PATCH, PATCH, 3)
+        .permute(0, 5, 1, 3, 2, 4)
+        .reshape(b, 3, PATCH * h, PATCH * w)
+    )
+
+
 def _zero(conv: torch.nn.Module) -> None:
     conv.weight.zero_()
     conv.bias.zero_()

@@ -64,8 +64,16 @@ VAE_FLAGS = (
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    recipe = argparse.ArgumentParser(prog="python -m spurgen.mini.pretrain", add_help=False)
+    recipe.add_argument(
+        "--recipe",
+        choices=["shipped", "pca"],
+        default="shipped",
+        help="start from the shipped recipe or the gate-passing PCA one (vae.PCA_RECIPE); flags override it",
+    )
+    defaults = PCA_RECIPE if recipe.parse_known_args(argv)[0].recipe == "pca" else {}
     parser = argparse.ArgumentParser(
-        prog="python -m spurgen.mini.pretrain", description=__doc__.splitlines()[0]
+        prog="python -m spurgen.mini.pretrain", description=__doc__.splitlines()[0], parents=[recipe]
     )
     parser.add_argument(
         "--part", choices=["vae", "generator", "all"], required=True, help="which mini part to train"
@@ -73,7 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ASSET_DIR, help="folder of the part folders and manifest")
     for field, help_text, kw in VAE_FLAGS:
         flag = "--" + field.replace("_", "-")
-        default = getattr(VaeTrainConfig, field)
+        default = defaults.get(field, getattr(VaeTrainConfig, field))
         default = ",".join(default) if field == "photo_splits" else default
         parser.add_argument(flag, default=default, help=help_text, **kw)
     parser.add_argument(
@@ -86,15 +94,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--figure", type=Path, default=None, help="also save originals beside reconstructions"
     )
     parser.add_argument("--no-gate", action="store_true", help="skip the classifier gate (quick runs)")
-    parser.add_argument(
-        "--recipe",
-        choices=["shipped", "pca"],
-        default="shipped",
-        help="start from the shipped recipe or the gate-passing PCA one (vae.PCA_RECIPE); flags override it",
-    )
-    recipe, _ = parser.parse_known_args(argv)
-    if recipe.recipe == "pca":
-        parser.set_defaults(**{k: ",".join(v) if k == "photo_splits" else v for k, v in PCA_RECIPE.items()})
     return _checked(parser, parser.parse_args(argv))
 
 
@@ -165,7 +164,8 @@ def run_vae(args: argparse.Namespace, command: str) -> dict:
     vae, res = train_vae(cfg)
     channel_stds = equalise_latent_channels(vae, cfg.seed) if cfg.equalise_channels else None
     factor = set_scaling_factor(vae, cfg.seed)
-    files = save_vae(vae, args.out / "vae", half=cfg.encoder != "pca")
+    half = cfg.encoder != "pca"  # the PCA encoder's constants need float32
+    files = save_vae(vae, args.out / "vae", half=half)
     shipped = AutoencoderKL.from_pretrained(args.out / "vae", torch_dtype=torch.float32).eval()
     record = {
         "command": command,
@@ -179,7 +179,7 @@ def run_vae(args: argparse.Namespace, command: str) -> dict:
         "train_wall_s": round(res.wall_s, 1),
         "scaling_factor": round(factor, 5),
         "equalised_channel_stds": channel_stds,
-        "storage": "float16" if cfg.encoder != "pca" else "float32",
+        "storage": "float16" if half else "float32",
         "parameters": sum(p.numel() for p in shipped.parameters()),
         "files": files,
     }
