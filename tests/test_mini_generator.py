@@ -156,3 +156,25 @@ def test_the_command_writes_loadable_folders_and_a_manifest(vae_dir, tmp_path, c
     capsys.readouterr()
     assert pg.main(["--vae", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_min_snr_weights_cap_the_clean_steps_and_zero_gamma_is_the_plain_mean(vae_dir, tmp_path):
+    sched = sd_noise_scheduler("epsilon")
+    ab = sched.alphas_cumprod.double()
+    snr = ab / (1 - ab)
+    t = torch.arange(0, 1000, 37)
+    w = pg.snr_weights(sched, t, 5.0)
+    noisy = snr[t] <= 5  # the noisy steps keep weight 1; the clean ones get gamma / SNR < 1
+    assert noisy.any() and (~noisy).any()
+    assert torch.equal(w[noisy], torch.ones(int(noisy.sum())))
+    assert torch.allclose(w[~noisy].double(), 5 / snr[t][~noisy], rtol=1e-6) and (w[~noisy] < 1).all()
+    assert torch.equal(pg.snr_weights(sched, t, 0.0), torch.ones(len(t)))
+    parts = pg.build_parts(pg.load_frozen_vae(vae_dir), tmp_path / "tok", 0)
+    x, ids = pg.step_batch(pg.GenTrainConfig(batch=4), 0, pg.CaptionIds(parts.tokenizer), torch.Generator())
+
+    def loss(*gamma):
+        with torch.no_grad():
+            return pg.training_loss(parts, x, ids, torch.Generator().manual_seed(1), *gamma)
+
+    assert torch.equal(loss(0.0), loss())  # gamma 0: the plain mean, as the shipped generator trained
+    assert loss(1e-6) < 1e-3 * loss()  # a tiny gamma shrinks every sample's weight below 1e-3

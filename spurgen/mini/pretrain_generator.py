@@ -54,6 +54,9 @@ class GenTrainConfig:
     weight_decay: float = 1e-2
     grad_clip: float = 1.0
     uncond_prob: float = 0.1  # classifier-free guidance dropout of the caption
+    # Min-SNR-gamma weighting (Hang et al. 2023): each sample's loss times min(SNR_t, gamma) / SNR_t, which
+    # lowers the weight of the nearly clean steps; 0 gives the plain mean
+    snr_gamma: float = 0.0
     log_every: int = 25
     first_losses: int = 3  # how many exact step losses the manifest records (tests replay them)
 
@@ -109,8 +112,20 @@ class CaptionIds:
         return torch.stack([self.table["" if d else c] for c, d in zip(captions, drop.tolist(), strict=True)])
 
 
-def training_loss(parts: SDParts, x: torch.Tensor, ids: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Epsilon-prediction loss of one batch: z = E(x)·s, z_t = sqrt(ab_t)·z + sqrt(1-ab_t)·eps (METHOD.md)."""
+def snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """min(SNR_t, gamma) / SNR_t per sample, SNR_t = ab_t / (1 - ab_t); ones when gamma is 0."""
+    if gamma <= 0:
+        return torch.ones(t.shape)
+    ab = scheduler.alphas_cumprod.to(torch.float64)[t]
+    snr = ab / (1 - ab)
+    return (snr.clamp(max=gamma) / snr).float()
+
+
+def training_loss(
+    parts: SDParts, x: torch.Tensor, ids: torch.Tensor, gen: torch.Generator, snr_gamma: float = 0.0
+) -> torch.Tensor:
+    """Epsilon-prediction loss of one batch: z = E(x)·s, z_t = sqrt(ab_t)·z + sqrt(1-ab_t)·eps (METHOD.md),
+    each sample weighted by snr_weights (all ones by default: the plain mean)."""
     with torch.no_grad():
         z = parts.vae.encode(x).latent_dist.sample(generator=gen) * parts.vae.config.scaling_factor
     eps = torch.randn(z.shape, generator=gen)
@@ -118,7 +133,10 @@ def training_loss(parts: SDParts, x: torch.Tensor, ids: torch.Tensor, gen: torch
     z_t = parts.noise_scheduler.add_noise(z, eps, t)
     cond = parts.text_encoder(ids)[0]
     eps_hat = parts.unet(z_t, t, encoder_hidden_states=cond).sample
-    return F.mse_loss(eps_hat.float(), eps.float())
+    if snr_gamma <= 0:
+        return F.mse_loss(eps_hat.float(), eps.float())
+    per_sample = F.mse_loss(eps_hat.float(), eps.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (snr_weights(parts.noise_scheduler, t, snr_gamma) * per_sample).mean()
 
 
 def _lr(cfg: GenTrainConfig, step: int) -> float:
@@ -149,7 +167,7 @@ def train_generator(cfg: GenTrainConfig, parts: SDParts, log=print) -> GenTrainR
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = _lr(cfg, step)
-        loss = training_loss(parts, *step_batch(cfg, step, captions, gen), gen)
+        loss = training_loss(parts, *step_batch(cfg, step, captions, gen), gen, cfg.snr_gamma)
         if not torch.isfinite(loss):
             raise SpurgenError(f"mini generator: loss is {loss.item()} at step {step}; lower --lr")
         opt.zero_grad(set_to_none=True)
@@ -294,11 +312,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=GenTrainConfig.seed)
     parser.add_argument("--batch", type=int, default=GenTrainConfig.batch)
     parser.add_argument("--lr", type=float, default=GenTrainConfig.lr)
+    parser.add_argument(
+        "--snr-gamma",
+        type=float,
+        default=GenTrainConfig.snr_gamma,
+        help="Min-SNR-gamma loss weighting (0: the plain mean)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 replays the manifest)")
     parser.add_argument("--grid", type=Path, default=None, help="also save a PNG of samples per caption")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or args.threads < 1 or not args.lr > 0:
         parser.error("--steps, --batch and --threads must be at least 1 and --lr positive")
+    if not args.snr_gamma >= 0:
+        parser.error(f"--snr-gamma must be at least 0, not {args.snr_gamma}")
     return args
 
 
@@ -307,7 +333,9 @@ GRID_PROMPTS = ["a photo of a cat", "a photo of a texture", "a photo of a person
 
 def run(args: argparse.Namespace, command: str) -> tuple[dict, SDParts]:
     """Build, train, save, reload the written fp16 files: the manifest record and the reloaded parts."""
-    cfg = GenTrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr)
+    cfg = GenTrainConfig(
+        seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr, snr_gamma=args.snr_gamma
+    )
     vae = load_frozen_vae(args.vae)
     parts = build_parts(vae, args.out / "tokenizer", cfg.seed)
     res = train_generator(cfg, parts)
