@@ -169,6 +169,8 @@ def test_min_snr_weights_cap_the_clean_steps_and_zero_gamma_is_the_plain_mean(va
     assert torch.equal(w[noisy], torch.ones(int(noisy.sum())))
     assert torch.allclose(w[~noisy].double(), 5 / snr[t][~noisy], rtol=1e-6) and (w[~noisy] < 1).all()
     assert torch.equal(pg.snr_weights(sched, t, 0.0), torch.ones(len(t)))
+    v = pg.snr_weights(sd_noise_scheduler("v_prediction"), t, 5.0)  # v's loss is (SNR + 1) x epsilon's
+    assert torch.allclose(v.double(), snr[t].clamp(max=5) / (snr[t] + 1), rtol=1e-6)
     parts = pg.build_parts(pg.load_frozen_vae(vae_dir), tmp_path / "tok", 0)
     x, ids = pg.step_batch(pg.GenTrainConfig(batch=4), 0, pg.CaptionIds(parts.tokenizer), torch.Generator())
 
@@ -178,3 +180,34 @@ def test_min_snr_weights_cap_the_clean_steps_and_zero_gamma_is_the_plain_mean(va
 
     assert torch.equal(loss(0.0), loss())  # gamma 0: the plain mean, as the shipped generator trained
     assert loss(1e-6) < 1e-3 * loss()  # a tiny gamma shrinks every sample's weight below 1e-3
+
+
+def test_v_prediction_trains_on_the_velocity_and_the_folder_says_so(vae_dir, tmp_path):
+    """--prediction-type v_prediction: the loss's target is the scheduler's velocity, and the saved scheduler
+    carries the type, so pipelines and spurgen's fine-tuning (model/*scheduler=pretrained) read it back."""
+    parts = pg.build_parts(pg.load_frozen_vae(vae_dir), tmp_path / "tok", 0, "v_prediction")
+    assert parts.prediction_type == parts.sample_scheduler.config.prediction_type == "v_prediction"
+    x, ids = pg.step_batch(pg.GenTrainConfig(batch=2), 0, pg.CaptionIds(parts.tokenizer), torch.Generator())
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        loss = pg.training_loss(parts, x, ids, gen)
+        gen.manual_seed(3)  # the same draws again, by hand
+        z = parts.vae.encode(x).latent_dist.sample(generator=gen) * parts.vae.config.scaling_factor
+        eps = torch.randn(z.shape, generator=gen)
+        t = torch.randint(0, 1000, (2,), generator=gen)
+        out = parts.unet(parts.noise_scheduler.add_noise(z, eps, t), t,
+                         encoder_hidden_states=parts.text_encoder(ids)[0]).sample  # fmt: skip
+        ab_sqrt = parts.noise_scheduler.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
+        velocity = ab_sqrt * eps - (1 - ab_sqrt**2).sqrt() * z
+    assert torch.allclose(loss, torch.nn.functional.mse_loss(out, velocity), rtol=1e-4)
+    assert not torch.allclose(loss, torch.nn.functional.mse_loss(out, eps), rtol=1e-2)
+    out_dir = tmp_path / "mini"
+    with one_thread():
+        assert pg.main(["--vae", str(vae_dir), "--out", str(out_dir), "--steps", "1", "--batch", "2",
+                        "--prediction-type", "v_prediction"]) == 0  # fmt: skip
+    loaded = pg.load_trained(out_dir, pg.load_frozen_vae(vae_dir))
+    assert loaded.noise_scheduler.config.prediction_type == "v_prediction" == loaded.prediction_type
+    record = json.loads((out_dir / pg.MANIFEST).read_text())["parts"]["generator"]
+    assert record["config"]["prediction_type"] == "v_prediction"
+    with pytest.raises(SystemExit):
+        pg.parse_args(["--vae", "v", "--out", "o", "--prediction-type", "sample"])

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from spurgen.errors import SpurgenError
 from spurgen.io import sha256_file
+from spurgen.losses.diffusion import denoising_target
 from spurgen.mini import corpus
 from spurgen.mini.generator import build_mini_text_encoder, build_mini_unet
 from spurgen.mini.tokenizer import build_mini_tokenizer
@@ -57,6 +58,9 @@ class GenTrainConfig:
     # Min-SNR-gamma weighting (Hang et al. 2023): each sample's loss times min(SNR_t, gamma) / SNR_t, which
     # lowers the weight of the nearly clean steps; 0 gives the plain mean
     snr_gamma: float = 0.0
+    # what the UNet predicts: "epsilon" (SD 1.x) or "v_prediction" (SD 2.x); saved in the scheduler config, so
+    # pipelines and spurgen's fine-tuning read it from the folder
+    prediction_type: str = "epsilon"
     log_every: int = 25
     first_losses: int = 3  # how many exact step losses the manifest records (tests replay them)
 
@@ -78,7 +82,7 @@ def load_frozen_vae(folder: Path):
     return vae
 
 
-def build_parts(vae, tokenizer_dir: Path, seed: int) -> SDParts:
+def build_parts(vae, tokenizer_dir: Path, seed: int, prediction_type: str = "epsilon") -> SDParts:
     """Fresh UNet and text encoder sized for `vae` (latent side = crop side / its factor); SDParts checks
     that the parts fit."""
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -91,8 +95,8 @@ def build_parts(vae, tokenizer_dir: Path, seed: int) -> SDParts:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         vae=vae,
-        noise_scheduler=sd_noise_scheduler("epsilon"),
-        sample_scheduler=ddim_sampler("epsilon"),
+        noise_scheduler=sd_noise_scheduler(prediction_type),
+        sample_scheduler=ddim_sampler(prediction_type),
         model_id="mini-generator-untrained",
     )
 
@@ -113,29 +117,33 @@ class CaptionIds:
 
 
 def snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    """min(SNR_t, gamma) / SNR_t per sample, SNR_t = ab_t / (1 - ab_t); ones when gamma is 0."""
+    """Min-SNR-gamma per sample, SNR_t = ab_t / (1 - ab_t): min(SNR_t, gamma) / SNR_t for epsilon prediction,
+    min(SNR_t, gamma) / (SNR_t + 1) for v-prediction (Hang et al. 2023); ones when gamma is 0."""
     if gamma <= 0:
         return torch.ones(t.shape)
     ab = scheduler.alphas_cumprod.to(torch.float64)[t]
     snr = ab / (1 - ab)
-    return (snr.clamp(max=gamma) / snr).float()
+    v = scheduler.config.prediction_type == "v_prediction"
+    return (snr.clamp(max=gamma) / (snr + 1 if v else snr)).float()
 
 
 def training_loss(
     parts: SDParts, x: torch.Tensor, ids: torch.Tensor, gen: torch.Generator, snr_gamma: float = 0.0
 ) -> torch.Tensor:
-    """Epsilon-prediction loss of one batch: z = E(x)·s, z_t = sqrt(ab_t)·z + sqrt(1-ab_t)·eps (METHOD.md),
-    each sample weighted by snr_weights (all ones by default: the plain mean)."""
+    """Denoising loss of one batch: z = E(x)·s, z_t = sqrt(ab_t)·z + sqrt(1-ab_t)·eps (METHOD.md), against eps
+    or the velocity (the scheduler's prediction type), each sample weighted by snr_weights (all ones by
+    default: the plain mean)."""
     with torch.no_grad():
         z = parts.vae.encode(x).latent_dist.sample(generator=gen) * parts.vae.config.scaling_factor
     eps = torch.randn(z.shape, generator=gen)
     t = torch.randint(0, parts.noise_scheduler.config.num_train_timesteps, (z.shape[0],), generator=gen)
     z_t = parts.noise_scheduler.add_noise(z, eps, t)
     cond = parts.text_encoder(ids)[0]
-    eps_hat = parts.unet(z_t, t, encoder_hidden_states=cond).sample
+    out = parts.unet(z_t, t, encoder_hidden_states=cond).sample
+    target = denoising_target(parts.noise_scheduler, z, eps, t)
     if snr_gamma <= 0:
-        return F.mse_loss(eps_hat.float(), eps.float())
-    per_sample = F.mse_loss(eps_hat.float(), eps.float(), reduction="none").mean(dim=(1, 2, 3))
+        return F.mse_loss(out.float(), target.float())
+    per_sample = F.mse_loss(out.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     return (snr_weights(parts.noise_scheduler, t, snr_gamma) * per_sample).mean()
 
 
@@ -245,13 +253,14 @@ def load_trained(out: Path, vae) -> SDParts:
     from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    sampler = DDIMScheduler.from_pretrained(out / "scheduler")
     return SDParts(
         unet=UNet2DConditionModel.from_pretrained(out / "unet", torch_dtype=torch.float32).eval(),
         text_encoder=CLIPTextModel.from_pretrained(out / "text_encoder", dtype=torch.float32).eval(),
         tokenizer=CLIPTokenizer.from_pretrained(out / "tokenizer"),
         vae=vae,
-        noise_scheduler=sd_noise_scheduler("epsilon"),
-        sample_scheduler=DDIMScheduler.from_pretrained(out / "scheduler"),
+        noise_scheduler=sd_noise_scheduler(sampler.config.prediction_type),
+        sample_scheduler=sampler,
         model_id=str(out),
     )
 
@@ -318,11 +327,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=GenTrainConfig.snr_gamma,
         help="Min-SNR-gamma loss weighting (0: the plain mean)",
     )
+    parser.add_argument(
+        "--prediction-type",
+        default=GenTrainConfig.prediction_type,
+        help="what the UNet predicts: epsilon or v_prediction",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 replays the manifest)")
     parser.add_argument("--grid", type=Path, default=None, help="also save a PNG of samples per caption")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or args.threads < 1 or not args.lr > 0:
         parser.error("--steps, --batch and --threads must be at least 1 and --lr positive")
+    if args.prediction_type not in ("epsilon", "v_prediction"):
+        parser.error(f"--prediction-type takes epsilon or v_prediction, not {args.prediction_type!r}")
     if not args.snr_gamma >= 0:
         parser.error(f"--snr-gamma must be at least 0, not {args.snr_gamma}")
     return args
@@ -334,10 +350,15 @@ GRID_PROMPTS = ["a photo of a cat", "a photo of a texture", "a photo of a person
 def run(args: argparse.Namespace, command: str) -> tuple[dict, SDParts]:
     """Build, train, save, reload the written fp16 files: the manifest record and the reloaded parts."""
     cfg = GenTrainConfig(
-        seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr, snr_gamma=args.snr_gamma
+        seed=args.seed,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        snr_gamma=args.snr_gamma,
+        prediction_type=args.prediction_type,
     )
     vae = load_frozen_vae(args.vae)
-    parts = build_parts(vae, args.out / "tokenizer", cfg.seed)
+    parts = build_parts(vae, args.out / "tokenizer", cfg.seed, cfg.prediction_type)
     res = train_generator(cfg, parts)
     files = save_parts(parts, args.out)
     shipped = load_trained(args.out, vae)
