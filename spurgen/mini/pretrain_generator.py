@@ -5,7 +5,8 @@
 Each step draws (caption, 64-px crop) pairs from the corpus's train split, encodes the crops with the frozen
 autoencoder (z = E(x)·s, METHOD.md's notation), noises them on SD 1.x's schedule and trains the UNet and the
 text encoder jointly on epsilon prediction, L = mean ||eps - eps_hat(z_t, t, tau(c))||^2 (METHOD.md's L_inst
-without an instance token). The caption is replaced by the empty prompt with probability `uncond_prob`, so
+without an instance token); `--prediction-type v_prediction` trains on the velocity instead and `--snr-gamma`
+weights each sample by Min-SNR-gamma (the shipped generator uses neither). The caption is replaced by the empty prompt with probability `uncond_prob`, so
 classifier-free guidance works at generation time. Writes <out>/unet, <out>/text_encoder, <out>/tokenizer and
 <out>/scheduler (diffusers/transformers folders, fp16 safetensors) and merges a "generator" record into
 <out>/manifest.json: sha256 per file, command, seed, steps, wall time, first and final losses.
@@ -330,15 +331,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--prediction-type",
         default=GenTrainConfig.prediction_type,
-        help="what the UNet predicts: epsilon or v_prediction",
+        choices=["epsilon", "v_prediction"],
+        help="what the UNet predicts (saved in the scheduler config)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 replays the manifest)")
     parser.add_argument("--grid", type=Path, default=None, help="also save a PNG of samples per caption")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or args.threads < 1 or not args.lr > 0:
         parser.error("--steps, --batch and --threads must be at least 1 and --lr positive")
-    if args.prediction_type not in ("epsilon", "v_prediction"):
-        parser.error(f"--prediction-type takes epsilon or v_prediction, not {args.prediction_type!r}")
     if not args.snr_gamma >= 0:
         parser.error(f"--snr-gamma must be at least 0, not {args.snr_gamma}")
     return args
