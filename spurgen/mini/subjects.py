@@ -3,7 +3,7 @@
     python -m spurgen.mini.subjects --pipeline spurgen/assets/mini --out docs/benchmarks/generator_probe/shipped.json
 
 For each caption of the corpus's training photos, `per_caption` images are generated (DDIM 20 steps, guidance
-4, seed 0: the settings of the mini world's class images) and labelled by EfficientNet-Lite0. An image is a
+4, seed 0: model=mini's generation settings) and labelled by EfficientNet-Lite0. An image is a
 hit when its top-1 label is among the `top` labels Lite0 gives most often to crops of that caption's own
 photos. Comparing label sets, not ImageNet classes, works for captions such as "a photo of a texture" that no
 ImageNet class names: it asks whether the classifier sees the generated image as it sees the photos. Lite0
