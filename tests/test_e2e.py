@@ -91,6 +91,15 @@ def test_missing_reference_folder_fails_cleanly(tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # nothing half-written
 
 
+def test_resolution_the_model_cannot_make_fails_cleanly(tmp_path, capsys):
+    # the tiny model: VAE factor 2 x UNet downsampling 2, and diffusers' 8 -> multiples of 8
+    code = run_cli([*TINY, *FAST, "data.resolution=36", f"hydra.run.dir={tmp_path}/run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "'data.resolution': 36 px is not a multiple of 8" in err and "try 32 or 40" in err
+    assert not (tmp_path / "run" / "pipeline").exists() and not (tmp_path / "run" / "eval").exists()
+
+
 def test_real_model_missing_offline_says_what_and_where(tmp_path, capsys, image_folder):
     fast = [*FAST, "class=hummingbird"]  # a class without packaged references (nematode has the mini world's)
     code = run_cli([*fast, "model=sd15", f"hydra.run.dir={tmp_path}/run"])

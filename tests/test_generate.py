@@ -226,3 +226,6 @@ def test_bad_input_is_one_clear_error(pipeline_dir, tmp_path, capsys):
     assert "generate.seed" in _err(capsys)
     assert main([f"pipeline_dir={pipeline_dir}", "generate.sampler=NoSuchScheduler", h]) == 2
     assert "not a diffusers scheduler" in _err(capsys)
+    bad = tmp_path / "bad_size"
+    assert main([f"pipeline_dir={pipeline_dir}", "generate.resolution=36", f"out_dir={bad}", h]) == 2
+    assert "'generate.resolution': 36 px is not a multiple of 8" in _err(capsys) and not bad.exists()

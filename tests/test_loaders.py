@@ -263,3 +263,26 @@ def test_presets_select_the_eval_group(overrides, first):
     cfg = _compose(overrides)
     assert next(iter(cfg.eval.classifiers)) == first
     assert all("_target_" in node for node in cfg.eval.classifiers.values())
+
+
+@pytest.mark.parametrize(
+    ("vae_blocks", "unet_blocks", "multiple"),
+    [(4, 4, 64), (3, 3, 16), (2, 2, 8), (1, 2, 8), (2, 1, 8)],  # SD 1.5, the mini model, the tiny model
+)
+def test_resolution_multiple(vae_blocks, unet_blocks, multiple):
+    from types import SimpleNamespace
+
+    from spurgen.models.parts import resolution_multiple
+
+    vae = SimpleNamespace(config=SimpleNamespace(block_out_channels=[8] * vae_blocks))
+    unet = SimpleNamespace(config=SimpleNamespace(block_out_channels=[8] * unet_blocks))
+    assert resolution_multiple(vae, unet) == multiple
+
+
+def test_check_resolution_names_the_key_and_the_nearest_sizes(tiny_parts):
+    from spurgen.errors import ConfigError
+
+    assert tiny_parts.resolution_multiple == 8
+    assert tiny_parts.check_resolution(40, "data.resolution") == 40
+    with pytest.raises(ConfigError, match=r"'generate.resolution': 4 px .* multiple of 8.*; try 8$"):
+        tiny_parts.check_resolution(4, "generate.resolution")

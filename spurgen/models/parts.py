@@ -55,8 +55,34 @@ class SDParts:
         return int(self.unet.config.sample_size) * self.vae_scale_factor
 
     @property
+    def resolution_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE's factor times the UNet's downsampling, and of 8
+        (diffusers' pipelines refuse other sizes); 64 for SD 1.5, 16 for the mini model."""
+        return resolution_multiple(self.vae, self.unet)
+
+    def check_resolution(self, resolution: int, key: str) -> int:
+        """`resolution`, or a ConfigError naming `key` when the parts cannot make images of that side."""
+        step = self.resolution_multiple
+        if resolution % step:
+            near = sorted({max(step, resolution // step * step), (resolution // step + 1) * step})
+            raise ConfigError(
+                key,
+                f"{resolution} px is not a multiple of {step}, which this model needs (VAE factor x UNet "
+                f"downsampling, and diffusers' 8); try {' or '.join(map(str, near))}",
+            )
+        return resolution
+
+    @property
     def prediction_type(self) -> str:
         return self.noise_scheduler.config.prediction_type
+
+
+def resolution_multiple(vae: nn.Module, unet: nn.Module) -> int:
+    """lcm(8, VAE factor x 2^(UNet blocks - 1)): the image sides a VAE and UNet pair can make."""
+    import math
+
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return math.lcm(8, factor * 2 ** (len(unet.config.block_out_channels) - 1))
 
 
 def _mismatch(key_a: str, what_a: str, a: Any, key_b: str, what_b: str, b: Any) -> ConfigError:

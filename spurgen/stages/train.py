@@ -350,7 +350,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     extractor = build_extractor(cfg)
     parts: SDParts = build(cfg.model)
     announce(parts)
-    resolution = int(cfg.data.resolution or parts.resolution)
+    resolution = parts.check_resolution(int(cfg.data.resolution or parts.resolution), "data.resolution")
     log.info("references (%d): %s", len(plan.references), ", ".join(p.name for p in plan.references))
     ref_images = load_training_images(
         plan.references, resolution, cfg.data.center_crop
