@@ -117,6 +117,42 @@ def test_three_training_steps_are_finite_change_the_weights_and_replay(vae_dir, 
     assert all(p.requires_grad is False for p in parts.vae.parameters())
 
 
+def test_weight_average_follows_its_warmed_up_decay():
+    p = torch.nn.Parameter(torch.tensor([1.0]))
+    avg = pg.WeightAverage([p], decay=0.9)
+    with torch.no_grad():
+        p.fill_(3.0)
+    avg.update(0)  # d = min(0.9, 1/10) = 0.1
+    assert torch.allclose(avg.shadow[0], torch.tensor([0.1 * 1 + 0.9 * 3]))
+    with torch.no_grad():
+        p.fill_(5.0)
+    avg.update(90)  # d = min(0.9, 91/100) = 0.9
+    assert torch.allclose(avg.shadow[0], torch.tensor([0.9 * 2.8 + 0.1 * 5]))
+    avg.copy_to_params()
+    assert torch.allclose(p.detach(), torch.tensor([3.02]))
+
+
+def test_ema_saves_the_average_of_the_same_trajectory(vae_dir, tmp_path):
+    """The average leaves training alone (same losses) and ends as the hand-computed average of the weights
+    after each step: steps 1, 2 and 3 of a run are the runs of 1, 2 and 3 steps (all inside the warm-up)."""
+    weights, losses = [], []
+    with one_thread():
+        for steps, decay in [(1, 0.0), (2, 0.0), (3, 0.0), (3, 0.9)]:
+            cfg = pg.GenTrainConfig(steps=steps, batch=2, log_every=1, ema_decay=decay)
+            parts = pg.build_parts(pg.load_frozen_vae(vae_dir), tmp_path / f"tok{steps}{decay}", cfg.seed)
+            start = parts.unet.conv_out.weight.detach().clone()
+            losses.append(pg.train_generator(cfg, parts, log=lambda _: None).first_losses)
+            weights.append(parts.unet.conv_out.weight.detach().clone())
+    assert losses[3] == losses[2]
+    w1, w2, w3, ema = weights
+    expected = start
+    for step, w in enumerate([w1, w2, w3]):
+        d = min(0.9, (1 + step) / (10 + step))
+        expected = d * expected + (1 - d) * w
+    gap = (ema - w3).abs().max()  # the average lags the last weights (the warm-up's steps are small)
+    assert gap > 0 and (ema - expected).abs().max() < 0.01 * gap
+
+
 def test_the_command_writes_loadable_folders_and_a_manifest(vae_dir, tmp_path, capsys):
     from diffusers import UNet2DConditionModel
     from PIL import Image
@@ -211,3 +247,7 @@ def test_v_prediction_trains_on_the_velocity_and_the_folder_says_so(vae_dir, tmp
     assert record["config"]["prediction_type"] == "v_prediction"
     with pytest.raises(SystemExit):
         pg.parse_args(["--vae", "v", "--out", "o", "--prediction-type", "sample"])
+    for bad in ("1", "-0.1"):
+        with pytest.raises(SystemExit):
+            pg.parse_args(["--vae", "v", "--out", "o", "--ema-decay", bad])
+    assert pg.parse_args(["--vae", "v", "--out", "o", "--ema-decay", "0.999"]).ema_decay == 0.999

@@ -5,8 +5,9 @@
 Each step draws (caption, 64-px crop) pairs from the corpus's train split, encodes the crops with the frozen
 autoencoder (z = E(x)·s, METHOD.md's notation), noises them on SD 1.x's schedule and trains the UNet and the
 text encoder jointly on epsilon prediction, L = mean ||eps - eps_hat(z_t, t, tau(c))||^2 (METHOD.md's L_inst
-without an instance token); `--prediction-type v_prediction` trains on the velocity instead and `--snr-gamma`
-weights each sample by Min-SNR-gamma (the shipped generator uses neither). The caption is replaced by the empty prompt with probability `uncond_prob`, so
+without an instance token); `--prediction-type v_prediction` trains on the velocity instead, `--snr-gamma`
+weights each sample by Min-SNR-gamma and `--ema-decay` saves the weights' moving average (the shipped generator
+uses none of them). The caption is replaced by the empty prompt with probability `uncond_prob`, so
 classifier-free guidance works at generation time. Writes <out>/unet, <out>/text_encoder, <out>/tokenizer and
 <out>/scheduler (diffusers/transformers folders, fp16 safetensors) and merges a "generator" record into
 <out>/manifest.json: sha256 per file, command, seed, steps, wall time, first and final losses.
@@ -62,6 +63,9 @@ class GenTrainConfig:
     # what the UNet predicts: "epsilon" (SD 1.x) or "v_prediction" (SD 2.x); saved in the scheduler config, so
     # pipelines and spurgen's fine-tuning read it from the folder
     prediction_type: str = "epsilon"
+    # exponential moving average of the UNet and text-encoder weights, saved in place of the last weights;
+    # 0 turns it off (the shipped generator), else the decay, warmed up as min(decay, (1 + step) / (10 + step))
+    ema_decay: float = 0.0
     log_every: int = 25
     first_losses: int = 3  # how many exact step losses the manifest records (tests replay them)
 
@@ -164,13 +168,35 @@ def step_batch(cfg: GenTrainConfig, step: int, captions: CaptionIds, gen: torch.
     return corpus.to_tensor(images), captions.batch([c.caption for c in crops], drop)
 
 
+class WeightAverage:
+    """Exponential moving average of `params` (Polyak averaging, as diffusers' EMAModel): after each optimiser
+    step, avg <- d_t·avg + (1 - d_t)·param with d_t = min(decay, (1 + step) / (10 + step))."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float):
+        self.params, self.decay = params, decay
+        self.shadow = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for avg, p in zip(self.shadow, self.params, strict=True):
+            avg.lerp_(p.detach(), 1 - d)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for avg, p in zip(self.shadow, self.params, strict=True):
+            p.copy_(avg)
+
+
 def train_generator(cfg: GenTrainConfig, parts: SDParts, log=print) -> GenTrainResult:
-    """Train parts.unet and parts.text_encoder in place; deterministic for a seed with one CPU thread."""
+    """Train parts.unet and parts.text_encoder in place (with cfg.ema_decay > 0 they end as the weights'
+    moving average); deterministic for a seed with one CPU thread."""
     torch.manual_seed(cfg.seed)
     parts.unet.train()
     parts.text_encoder.train()
     params = [*parts.unet.parameters(), *parts.text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = WeightAverage(params, cfg.ema_decay) if cfg.ema_decay > 0 else None
     gen, captions = torch.Generator().manual_seed(cfg.seed), CaptionIds(parts.tokenizer)
     res, window, start, timed = GenTrainResult(), [], time.perf_counter(), None
     for step in range(cfg.steps):
@@ -183,6 +209,8 @@ def train_generator(cfg: GenTrainConfig, parts: SDParts, log=print) -> GenTrainR
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
+        if ema is not None:
+            ema.update(step)
         if step < cfg.first_losses:
             res.first_losses.append(loss.item())
         window.append(loss.item())
@@ -196,6 +224,8 @@ def train_generator(cfg: GenTrainConfig, parts: SDParts, log=print) -> GenTrainR
             log(f"generator step {step + 1}/{cfg.steps} loss {res.final_loss:.4f} ({now - start:.0f} s)")
             window = []
     res.wall_s = time.perf_counter() - start
+    if ema is not None:
+        ema.copy_to_params()
     parts.unet.eval()
     parts.text_encoder.eval()
     return res
@@ -334,11 +364,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["epsilon", "v_prediction"],
         help="what the UNet predicts (saved in the scheduler config)",
     )
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=GenTrainConfig.ema_decay,
+        help="save the weights' exponential moving average with this decay (0: the last weights)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 replays the manifest)")
     parser.add_argument("--grid", type=Path, default=None, help="also save a PNG of samples per caption")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or args.threads < 1 or not args.lr > 0:
         parser.error("--steps, --batch and --threads must be at least 1 and --lr positive")
+    if not 0 <= args.ema_decay < 1:
+        parser.error(f"--ema-decay must be in [0, 1), not {args.ema_decay}")
     if not args.snr_gamma >= 0:
         parser.error(f"--snr-gamma must be at least 0, not {args.snr_gamma}")
     return args
@@ -356,6 +394,7 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict, SDParts]:
         lr=args.lr,
         snr_gamma=args.snr_gamma,
         prediction_type=args.prediction_type,
+        ema_decay=args.ema_decay,
     )
     vae = load_frozen_vae(args.vae)
     parts = build_parts(vae, args.out / "tokenizer", cfg.seed, cfg.prediction_type)
