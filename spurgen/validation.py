@@ -158,6 +158,17 @@ def check_trainer_keys(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}", f"is not a lightning.Trainer argument{hint}")
 
 
+def check_trainer_steps(cfg: DictConfig) -> None:
+    """trainer.max_steps: a count >= 0, or -1 (Lightning's "no limit") only when trainer.max_epochs ends the run."""
+    steps = OmegaConf.select(cfg, "trainer.max_steps")
+    if steps is None:
+        return
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < -1:
+        raise ConfigError("trainer.max_steps", f"must be a whole number of steps >= 0, got {steps!r}")
+    if steps == -1 and OmegaConf.select(cfg, "trainer.max_epochs") in (None, -1):
+        raise ConfigError("trainer.max_steps", "-1 (no limit) needs trainer.max_epochs to end training")
+
+
 def _check_choices(cfg: DictConfig) -> None:
     for stage in cfg.stages:
         if stage not in KNOWN_STAGES:
@@ -187,5 +198,6 @@ def validate(cfg: DictConfig) -> DictConfig:
     if "evaluate" in cfg.stages:
         problems.attempt(check_eval, cfg.eval)
     problems.attempt(check_trainer_keys, cfg)
+    problems.attempt(check_trainer_steps, cfg)
     problems.raise_any()
     return cfg

@@ -129,10 +129,14 @@ def test_cli_contract_keys_exist():
         (["class=imagenet", "target.index=1000", "target.concept=x"], "target.index"),
         (["class=imagenet"], "target.index"),
         (["trainer.max_stepz=3"], "trainer.max_stepz"),
+        (["trainer.max_steps=-5"], "trainer.max_steps"),  # Lightning's own stack trace before
+        (["trainer.max_steps=2.5"], "trainer.max_steps"),
+        (["trainer.max_steps=-1"], "trainer.max_steps"),  # no limit and no max_epochs: never ends
         (["data.identifier=two words"], "data.identifier"),
     ],
 )
 def test_invalid_values_name_the_key(overrides, key):
+    """Each bad value is a ConfigError naming its key (the CLI prints it as one line and exits 2)."""
     with pytest.raises(ConfigError) as err:
         validate(load(*overrides))
     assert err.value.key == key

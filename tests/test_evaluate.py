@@ -212,6 +212,8 @@ def _err(capsys) -> str:
 def test_bad_input_is_one_clear_error(data, tmp_path, capsys):
     h = f"hydra.run.dir={tmp_path}/h"
     gen = f"images_dir={data['generated']}"
+    assert main(["class=koala", "eval=tiny", h]) == 2  # images_dir: ??? in the config
+    assert "images_dir is required: give images_dir=<value>" in _err(capsys)
     assert main([f"images_dir={tmp_path / 'missing'}", "class=koala", "eval=tiny", h]) == 2
     assert "does not exist" in _err(capsys)
     (tmp_path / "empty").mkdir()

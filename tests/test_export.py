@@ -53,3 +53,8 @@ def test_export_copies_images_voted_by_at_least_m_classifiers(tmp_path, capsys):
     assert main([*argv, "min_classifiers=4"]) == 2
     err = capsys.readouterr().err
     assert "spurgen: error: min_classifiers must be in 1..3" in err and "Traceback" not in err
+    assert main([h]) == 2  # images_dir is ??? until given
+    err = capsys.readouterr().err
+    assert (
+        err.strip() == "spurgen: error: images_dir is required: give images_dir=<value> on the command line"
+    )

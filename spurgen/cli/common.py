@@ -103,7 +103,9 @@ def resolve_target(cfg: DictConfig, images_dir: str | Path | None = None) -> tup
 
 
 def guarded(body: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Wrap a Hydra task: SpurgenError -> 'spurgen: error: ...' on stderr and its exit code."""
+    """Wrap a Hydra task: SpurgenError -> 'spurgen: error: ...' on stderr and its exit code; a required key
+    left unset (`???`, like images_dir) is one such line too, not OmegaConf's exception."""
+    from omegaconf.errors import MissingMandatoryValue
 
     def task(cfg: DictConfig) -> Any:
         try:
@@ -111,6 +113,12 @@ def guarded(body: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
         except SpurgenError as exc:
             print(f"spurgen: error: {exc}", file=sys.stderr)
             sys.exit(exc.exit_code)
+        except MissingMandatoryValue as exc:
+            key = exc.full_key or "a required key"
+            print(
+                f"spurgen: error: {key} is required: give {key}=<value> on the command line", file=sys.stderr
+            )
+            sys.exit(2)
 
     return task
 
