@@ -375,3 +375,29 @@ def test_ddp_inside_basic_sweep_fails_early(tmp_path, capsys):
     ]
     assert run_cli(argv) == 2
     assert "submitit_slurm" in capsys.readouterr().err
+
+
+def test_sweep_checks_every_job_before_it_starts_any(tmp_path, capsys):
+    """A bad value in some jobs stops the sweep before job 0 trains: one line per problem naming the jobs (by
+    the overrides that vary), exit 2, no sweep folder."""
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "experiment=tiny_lambda_grid", "class=hummingbird,koala", "lambda_sfsl=0,-1",
+            f"hydra.sweep.dir={sweep}", *FAST]  # fmt: skip
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "sweep jobs would fail, so none was started" in err
+    assert (
+        "jobs #2 (lambda_sfsl=-1 class=hummingbird), #3 (lambda_sfsl=-1 class=koala):" in err
+    )  # Hydra's order
+    assert "must be a finite number >= 0" in err and "#0 " not in err and not sweep.exists()
+
+
+def test_planned_jobs_follow_hydras_basic_sweeper():
+    from spurgen.sweep import planned_jobs
+
+    jobs = planned_jobs(["experiment=mini_lambda_grid", "seed=5"])  # the command line wins over the grid
+    assert [j[:2] for j in jobs] == [[f"lambda_sfsl={v}", "seed=5"] for v in ("0", "0.01", "0.1", "1")]
+    assert len(planned_jobs(["experiment=mini_lambda_grid"])) == 12  # 4 lambdas x 3 seeds
+    assert planned_jobs(["class=koala", "--cfg", "job"]) is None  # Hydra flags: left to Hydra
+    assert planned_jobs(["class=no_such_class,koala"]) is not None  # composition fails per job, not here
+    assert planned_jobs(["experiment=no_such_experiment"]) is None  # Hydra reports it itself

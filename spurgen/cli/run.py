@@ -103,4 +103,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if problem:
         print(f"spurgen: error: {problem}", file=sys.stderr)
         return SpurgenError.exit_code
+    if "-m" in args or "--multirun" in args:  # check every job before the first one trains
+        from spurgen.sweep import preflight
+
+        bad = preflight([a for a in args if a not in ("-m", "--multirun")])
+        if bad:
+            print("spurgen: error: sweep jobs would fail, so none was started:", file=sys.stderr)
+            print("\n".join(f"  {line}" for line in bad), file=sys.stderr)
+            return SpurgenError.exit_code
     return run_main(_hydra_entry, prog, args)

@@ -174,15 +174,27 @@ def plan_training(cfg: DictConfig, run_dir: Path) -> TrainPlan:
     problems = Problems()
     problems.attempt(check_writable, run_dir)
     problems.attempt(check_launch, cfg.trainer)  # DDP inside a basic/joblib sweep cannot work
-    problems.attempt(check_optimizer, cfg.train.optimizer)  # adamw8bit without CUDA/bitsandbytes
-    references = problems.attempt(resolve_references, cfg)
-    problems.attempt(check_source, cfg.model.get("path"))  # a local SD folder exists and is complete
-    problems.attempt(check_extractor_file, cfg)
+    references = check_inputs(cfg, problems)
     problems.raise_any()
     resume_from = newest_loadable_checkpoint(run_dir / "checkpoints") if cfg.resume else None
     if cfg.resume:
         log.info("resuming in %s from %s", run_dir, resume_from or "the start (no loadable checkpoint)")
     return TrainPlan(run_dir, references or [], resume_from, started)
+
+
+def check_inputs(cfg: DictConfig, problems: Problems | None = None) -> list[Path] | None:
+    """The checks of a run's inputs that need no run folder and load nothing (optimiser, reference files, a
+    local model folder, the extractor's weights file); a sweep runs them for every job before it starts any.
+    Adds each problem to `problems`, or raises them all at once when none is given. Returns the references."""
+    own = problems is None
+    problems = Problems() if own else problems
+    problems.attempt(check_optimizer, cfg.train.optimizer)  # adamw8bit without CUDA/bitsandbytes
+    references = problems.attempt(resolve_references, cfg)
+    problems.attempt(check_source, cfg.model.get("path"))  # a local SD folder exists and is complete
+    problems.attempt(check_extractor_file, cfg)
+    if own:
+        problems.raise_any()
+    return references
 
 
 def check_extractor_file(cfg: DictConfig) -> None:
