@@ -186,7 +186,9 @@ def stamp_metrics(cfg: DictConfig, run_dir: str | Path, result: dict) -> dict:
     stamp = {"identity": identities(cfg), "class_file": class_key(cfg)[1]}
     run_json = Path(run_dir) / "run.json"  # what training built: the extractor that trained the SFSL
     if run_json.exists():
-        stamp["extractor"] = json.loads(run_json.read_text()).get("extractor")
+        meta = json.loads(run_json.read_text())
+        stamp["extractor"] = meta.get("extractor")
+        stamp["model_weights"] = meta.get("model_weights")  # which base weights, by content
     result.update(stamp)
     path = Path(run_dir) / "eval" / "metrics.json"
     if path.exists():

@@ -98,6 +98,29 @@ def copy_atomic(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+def folder_fingerprint(folder: str | Path, edge: int = 1 << 20) -> str:
+    """What a local weights folder holds, cheaply and by content: the sha256 of its manifest.json when it has
+    one (the mini world's records every file's sha256), else a sha256 over each file's relative name, size and
+    first and last `edge` bytes (a few MiB read even for a 4 GB Stable Diffusion folder). Copying or touching
+    the files keeps it; rewriting them with other weights changes it."""
+    folder = Path(folder)
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        return "manifest:" + sha256_file(manifest)[:16]
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{size}\0".encode())
+        with open(path, "rb") as fh:
+            digest.update(fh.read(edge))
+            if size > 2 * edge:
+                fh.seek(size - edge)
+                digest.update(fh.read(edge))
+            elif size > edge:
+                digest.update(fh.read())
+    return "files:" + digest.hexdigest()[:16]
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in chunks (weights files run to gigabytes)."""
     digest = hashlib.sha256()

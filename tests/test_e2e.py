@@ -62,6 +62,10 @@ def test_tiny_run_leaves_every_output(tmp_path):
         assert key in meta, key
     assert meta["model_is_tiny_random"] is True and meta["instance_prompt"] == "a photo of a sks flower"
     assert meta["steps"] == 4 and meta["class_index"] == 94
+    run_meta = json.loads((run / "run.json").read_text())
+    stamped = json.loads((run / "eval" / "metrics.json").read_text())
+    assert run_meta["model_weights"].startswith("tiny-random:")  # the base weights, for the report
+    assert stamped["model_weights"] == run_meta["model_weights"]
     model_index = json.loads((run / "pipeline" / "model_index.json").read_text())
     assert model_index["safety_checker"] == [None, None]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

@@ -235,6 +235,63 @@ def test_report_lists_a_second_differing_baseline(tmp_path):
     assert len(base) == 2 and all(r["n_seeds"] == "1" and float(r["mean"]) == 0.05 for r in base)
 
 
+def test_report_splits_runs_whose_base_weights_differ(tmp_path):
+    """One config, seeds 0-3; seeds 2 and 3 started from regenerated weights (the same model.path, so the
+    same config identity): two tables of two seeds each, headed by the weights, baselines kept apart. Runs
+    of one identity that agree on their weights keep the identity as it is."""
+    from spurgen.stages.report import collect, write_report
+
+    root = tmp_path / "regen"
+    for seed, rate in enumerate((0.2, 0.4, 0.6, 0.8)):
+        _fake_run(root, 0, seed, rate, baseline=True)
+        path = root / f"lambda_sfsl=0,seed={seed}" / "eval" / "metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics["model_weights"] = "manifest:old" if seed < 2 else "manifest:new"
+        metrics["results"]["baseline"] = _block(0.1 if seed < 2 else 0.3)
+        path.write_text(json.dumps(metrics))
+    runs = collect(root).runs
+    assert len({r.identity for r in runs}) == 2 and {r.config["model.weights"] for r in runs} == {
+        "manifest:old",
+        "manifest:new",
+    }
+    write_report(root)
+    rows = [
+        r for r in __import__("csv").DictReader(open(root / "report.csv")) if r["metric"] == "spurious_rate/a"
+    ]
+    tuned = sorted((r["seeds"], round(float(r["mean"]), 6)) for r in rows if r["row"] == "images")
+    assert tuned == [("0 1", 0.3), ("2 3", 0.7)]  # never the four seeds' 0.5
+    base = sorted((r["seeds"], round(float(r["mean"]), 6)) for r in rows if r["row"] == "baseline")
+    assert base == [("0 1", 0.1), ("2 3", 0.3)]
+    md = (root / "report.md").read_text()
+    assert "`model.weights=manifest:old`" in md and "`model.weights=manifest:new`" in md
+    assert "Repeated runs" not in md
+    same = tmp_path / "same"  # all four on one set of weights: one identity, untouched
+    for seed in range(2):
+        _fake_run(same, 0, seed, 0.5)
+    plain = {r.identity for r in collect(same).runs}
+    assert len(plain) == 1 and "+" not in next(iter(plain))
+
+
+def test_folder_fingerprint_follows_content_not_copies(tmp_path):
+    import shutil
+
+    from spurgen.io import folder_fingerprint
+
+    a = tmp_path / "a"
+    (a / "unet").mkdir(parents=True)
+    (a / "unet" / "w.safetensors").write_bytes(bytes(range(256)) * 20000)  # 5 MB: head and tail are read
+    (a / "model_index.json").write_text("{}")
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    assert folder_fingerprint(a) == folder_fingerprint(b)
+    blob = bytearray((b / "unet" / "w.safetensors").read_bytes())
+    blob[-1] ^= 1  # other weights of the same size
+    (b / "unet" / "w.safetensors").write_bytes(bytes(blob))
+    assert folder_fingerprint(a) != folder_fingerprint(b)
+    (a / "manifest.json").write_text('{"files": {}}')  # a manifest speaks for the folder
+    assert folder_fingerprint(a).startswith("manifest:")
+
+
 # -- fast: pieces of the sweep and DDP plumbing ---------------------------------------------------------------
 def test_short_dirname_keeps_short_names_and_fits_long_ones():
     from spurgen.sweep import short_dirname

@@ -75,6 +75,16 @@ def model_fingerprint(parts: SDParts) -> str:
     return f"{fid}@{commit}" if commit and "@" not in fid else fid
 
 
+def weights_fingerprint(parts: SDParts) -> str:
+    """Which base weights a run started from, by content where they are local (spurgen.io.folder_fingerprint:
+    a copied folder keeps it, regenerated weights change it), else the hub id at its commit. Recorded in
+    run.json and metrics.json; the report never pools runs of one config identity whose weights differ."""
+    from spurgen.io import folder_fingerprint
+
+    source = Path(str(getattr(parts, "path", None) or parts.model_id)).expanduser()
+    return folder_fingerprint(source) if source.is_dir() else model_fingerprint(parts)
+
+
 def _sampler_id(scheduler) -> str:
     settings = {k: v for k, v in dict(getattr(scheduler, "config", {})).items() if not k.startswith("_")}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]

@@ -7,7 +7,8 @@ with an identity of its own; numbers are the mean over seeds with the seed-to-se
 number of seeds. Runs of different identities are never counted as seeds of one another: each table names the
 config keys in which its runs differ from the other tables. Two runs that should agree (the same row, identity
 and seed) but do not are listed, never dropped silently; so are runs that failed or that the sweep planned but
-never started.
+never started. Runs of one identity that started from different base weights (metrics.json "model_weights")
+are split into tables of their own.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Run:
     sets: dict  # metrics.json "sets": set -> {folder, num_images}
     extractor: dict | None = None  # metrics.json "extractor": what trained the SFSL (run.json's record)
     marks: dict = field(default_factory=dict)  # metrics.json "model_marks": what the model preset declares
+    weights: str | None = None  # metrics.json "model_weights": the base weights by content (None: older runs)
 
     @property
     def table(self) -> tuple:
@@ -101,6 +103,7 @@ def _read_run(folder: Path) -> Run:
             metrics.get("sets") or {},
             metrics.get("extractor"),
             metrics.get("model_marks") or {},
+            metrics.get("model_weights"),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"unreadable eval/metrics.json or config ({type(exc).__name__}: {exc})") from None
@@ -152,12 +155,35 @@ def collect(root: str | Path) -> Sweep:
             sweep.runs.append(_read_run(folder))
         except (ValueError, OSError, yaml.YAMLError) as exc:
             sweep.problems.append((str(folder.relative_to(root)), str(exc)))
+    _split_unlike_weights(sweep.runs)
     for job in _planned(root) or []:
         if job not in seen:
             sweep.problems.append(
                 (",".join(sorted(job)), "planned by the sweep but never started (no folder)")
             )
     return sweep
+
+
+def _split_unlike_weights(runs: list[Run]) -> None:
+    """Runs of one config identity that started from different base weights (a model folder regenerated or
+    replaced between runs: the config, and so the identity, cannot tell) are not seeds of one experiment.
+    Where an identity's runs disagree on `weights`, each gets `model.weights` in its config and the weights
+    in its identities (images and baseline rows: both depend on the base model), so they fall into separate
+    tables that name the difference. Identities whose runs agree are left as they are."""
+    seen: dict[str, set[str | None]] = defaultdict(set)
+    for r in runs:
+        seen[r.identity].add(r.weights)
+    for r in runs:
+        if len(seen[r.identity]) < 2:
+            continue
+        tag = f"+{r.weights or 'unrecorded'}"
+        r.config = {**r.config, "model.weights": r.weights or "<unrecorded>"}
+        r.row_identity = {
+            **r.row_identity,
+            "images": r.identity + tag,
+            "baseline": r.row_identity["baseline"] + tag,
+        }
+        r.identity += tag
 
 
 def _stats(values: list[float]) -> dict:

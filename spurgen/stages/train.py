@@ -29,7 +29,7 @@ from spurgen.data.dataset import (
     load_training_images,
     tokenize,
 )
-from spurgen.data.prior import PriorSampling, ensure_class_images, training_placement
+from spurgen.data.prior import PriorSampling, ensure_class_images, training_placement, weights_fingerprint
 from spurgen.data.references import reference_folder, select_references
 from spurgen.distributed import RankBatchSampler, check_launch, module_rank_world
 from spurgen.errors import Problems, SpurgenError
@@ -90,6 +90,7 @@ def run_metadata(cfg: DictConfig, parts: SDParts | None, **extra) -> dict:
         "identity": identities(cfg),  # spurgen/identity.py: which runs are seeds of one experiment
         "class_file": cfg.target.get("file"),
         "model": parts.model_id if parts else None,
+        "model_weights": weights_fingerprint(parts) if parts else None,  # by content: the report splits on it
         "model_is_tiny_random": bool(parts.is_tiny_random) if parts else None,
         "model_marks": dict(parts.marks) if parts else {},
         "class_index": int(cfg.target.index),
