@@ -98,6 +98,22 @@ def copy_atomic(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+def output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """`path` created (with parents) and shown to be writable, or a SpurgenError naming `flag`: commands call it
+    before any heavy work, so a folder they cannot write costs one line, not a traceback after minutes."""
+    from spurgen.errors import SpurgenError
+
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".spurgen_write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise SpurgenError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
+
+
 def folder_fingerprint(folder: str | Path, edge: int = 1 << 20) -> str:
     """What a local weights folder holds, cheaply and by content: the sha256 of its manifest.json when it has
     one (the mini world's records every file's sha256), else a sha256 over each file's relative name, size and

@@ -162,6 +162,23 @@ def test_pretrain_rejects_bad_arguments():
         assert info.value.code == 2, bad
 
 
+def test_mini_commands_refuse_an_unwritable_out_in_one_line(tmp_path, capsys):
+    """Before any training or model loading: one line naming --out, exit 2, no traceback."""
+    from spurgen.mini import pick_references, pretrain_generator
+
+    blocked = tmp_path / "file"
+    blocked.write_text("a file, not a folder")
+    bad = blocked / "out"
+    assert main(["--part", "vae", "--out", str(bad)]) == 2
+    assert pretrain_generator.main(["--vae", str(ASSET_DIR / "vae"), "--out", str(bad)]) == 2
+    assert pick_references.main(["--out", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count(f"error: --out {bad}") == 3 and "cannot write there" in err and "Traceback" not in err
+    missing_vae = tmp_path / "gen"
+    assert pretrain_generator.main(["--vae", str(tmp_path / "no_vae"), "--out", str(missing_vae)]) == 2
+    assert "no diffusers AutoencoderKL folder" in capsys.readouterr().err and not missing_vae.exists()
+
+
 def test_shipped_vae_reconstructs_a_held_out_photo(manifest):
     from diffusers import AutoencoderKL
 

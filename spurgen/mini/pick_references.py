@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spurgen.io import write_atomic
+from spurgen.errors import SpurgenError
+from spurgen.io import output_folder, write_atomic
 from spurgen.mini import corpus, lite
 
 REFERENCE_CLASS = 111  # nematode: what Lite0/1/2 call the moon (docs/mini_world.md)
@@ -113,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     args = parse_args(argv)
+    try:
+        folder = output_folder(args.out / args.photo)
+    except SpurgenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     models = {v: lite.load_lite(v) for v in (0, 1, 2)}
     table = candidates_table(models)
     chosen = pick(models, args.photo, args.target, args)
@@ -123,8 +129,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    folder = args.out / args.photo
-    folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.png"):
         old.unlink()
     for n, c in enumerate(chosen):

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from spurgen.errors import SpurgenError
-from spurgen.io import sha256_file
+from spurgen.io import output_folder, sha256_file
 from spurgen.mini import corpus, gate
 from spurgen.mini.vae import (
     PCA_RECIPE,
@@ -219,7 +219,7 @@ def _main(argv: list[str] | None) -> int:
 
 def _vae_part(args: argparse.Namespace, command: str, start: float) -> int:
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
+        output_folder(args.out)
         record = run_vae(args, command)
     except SpurgenError as exc:
         print(f"error: {exc}", file=sys.stderr)

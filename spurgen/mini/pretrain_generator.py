@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from spurgen.errors import SpurgenError
-from spurgen.io import sha256_file
+from spurgen.io import output_folder, sha256_file
 from spurgen.losses.diffusion import denoising_target
 from spurgen.mini import corpus
 from spurgen.mini.generator import build_mini_text_encoder, build_mini_unet
@@ -437,7 +437,8 @@ def _main(argv: list[str] | None) -> int:
     command = "python -m spurgen.mini.pretrain_generator " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
+        load_frozen_vae(args.vae)  # a wrong --vae costs one line and leaves no empty --out behind
+        output_folder(args.out)
         record, shipped = run(args, command)
     except SpurgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
