@@ -211,6 +211,31 @@ def test_bad_input_rows(tmp_path, capsys):
         run_cli([*RUN, f"hydra.run.dir={tmp_path}/afile/run"]) if (tmp_path / "afile").touch() is None else 0
     )
     assert code == 2 and "not writable" in capsys.readouterr().err
+    code = run_cli(["-m", *RUN, "lambda_sfsl=0,1", f"hydra.sweep.dir={tmp_path}/afile/sweep"])
+    assert code == 2 and "choose another with hydra.sweep.dir=" in capsys.readouterr().err
+
+
+def test_every_command_refuses_an_output_folder_it_cannot_create(tmp_path, capsys):
+    """Hydra would make its folder, or a stage its out_dir, and fail with a traceback: one line and exit 2,
+    naming the key, for each command (a file stands where a folder should be)."""
+    from spurgen.cli import evaluate, export, generate, report
+
+    blocked = tmp_path / "afile"
+    blocked.write_text("a file")
+    bad = blocked / "out"
+    cases = [
+        (generate.main, [f"pipeline_dir={tmp_path}", f"out_dir={bad}"], "out_dir"),
+        (evaluate.main, [f"images_dir={tmp_path}", f"out_dir={bad}"], "out_dir"),
+        (export.main, [f"images_dir={tmp_path}", f"hydra.run.dir={bad}"], "hydra.run.dir"),
+        (report.main, [str(tmp_path), "--out", str(bad)], "--out"),
+    ]
+    for main, argv, key in cases:
+        if main is report.main:
+            (tmp_path / "run" / ".hydra").mkdir(parents=True)  # a sweep folder with one (unfinished) run
+            (tmp_path / "run" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and f"{bad}" in err and key in err, err
 
 
 def test_small_references_are_upscaled_with_a_warning(tmp_path):

@@ -4,6 +4,7 @@ the stand-alone stages, users' config folders (SPURGEN_CONFIG_PATH, spurgen/cli/
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,11 +124,50 @@ def guarded(body: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     return task
 
 
+OUTPUT_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "out_dir", "resume")
+
+
+def check_output_dirs(argv: list[str]) -> str | None:
+    """Hydra creates the run folder (the sweep folder with -m) before any spurgen code runs and fails with a
+    traceback when it cannot, and a stage writing to an `out_dir` it cannot create would fail the same way
+    later. So check each output folder the command line names (or the working directory, under which Hydra's
+    defaults lie) first: the problem, or None."""
+    if any(a.startswith(("-h", "--help", "--cfg", "--info", "--hydra-help")) for a in argv):
+        return None
+    multirun = "-m" in argv or "--multirun" in argv
+    named: dict[str, str] = {}
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") in OUTPUT_KEYS and value:
+            named[key.lstrip("+~")] = value
+    unused = "hydra.run.dir" if multirun else "hydra.sweep.dir"
+    wanted = [(k, v) for k, v in named.items() if k != unused]
+    if not any(
+        k != "out_dir" for k, _ in wanted
+    ):  # Hydra's default folder, relative to the working directory
+        wanted.append(("hydra.sweep.dir" if multirun else "hydra.run.dir", "."))
+    for key, value in wanted:
+        if "${" in value:  # an interpolation: only Hydra can resolve it
+            continue
+        target = Path(value).expanduser().absolute()
+        probe = target
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK):
+            return f"output folder {target} is not writable (at {probe}); choose another with {key}=<folder>"
+    return None
+
+
 def run_main(hydra_entry: Callable[[], Any], prog: str | None, argv: list[str] | None) -> int:
     """Call a @hydra.main function with argv as its command line (prog as argv[0], None: keep today's);
     return the exit code."""
     saved = sys.argv
     sys.argv = [prog or (saved[0] if saved else "spurgen"), *(saved[1:] if argv is None else argv)]
+    problem = check_output_dirs(sys.argv[1:])
+    if problem:
+        sys.argv = saved
+        print(f"spurgen: error: {problem}", file=sys.stderr)
+        return SpurgenError.exit_code
     try:
         user_config_dirs()  # a missing SPURGEN_CONFIG_PATH folder: one line before Hydra starts
         hydra_entry()

@@ -6,7 +6,6 @@ spurgen run -m class=hummingbird,koala lambda_sfsl=0,0.1,1
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from spurgen.cli.common import run_main
+from spurgen.cli.common import check_output_dirs, run_main
 from spurgen.config import CONF_DIR, register_configs, register_resolvers
 from spurgen.distributed import is_global_zero
 from spurgen.errors import SpurgenError
@@ -78,28 +77,11 @@ def _remove_if_only_hydra_files(cfg: DictConfig) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _precheck_output_dir(argv: list[str]) -> str | None:
-    """Hydra creates the run folder before any of our code runs, and fails with a traceback when it
-    cannot: check the requested folder (or the working directory) first."""
-    if "-m" in argv or "--multirun" in argv or any(a.startswith(("-h", "--help", "--cfg")) for a in argv):
-        return None
-    wanted = [a.split("=", 1)[1] for a in argv if a.startswith(("hydra.run.dir=", "resume="))]
-    target = Path(wanted[-1]).expanduser() if wanted else Path.cwd() / "outputs"
-    probe = target
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        return (
-            f"output folder {target} is not writable (at {probe}); choose another with hydra.run.dir=<folder>"
-        )
-    return None
-
-
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run with command-line overrides (prog: argv[0] while it runs, None: unchanged); return the exit code
     (0 ok, 1 config error, 2 input error)."""
     args = sys.argv[1:] if argv is None else list(argv)
-    problem = _precheck_output_dir(args)
+    problem = check_output_dirs(args)  # before the sweep's checks: a folder Hydra cannot create
     if problem:
         print(f"spurgen: error: {problem}", file=sys.stderr)
         return SpurgenError.exit_code

@@ -577,11 +577,12 @@ def write_report(
     """Collect, aggregate and write report.md, report.csv and figures/ (into the sweep folder by default)."""
     import csv
 
+    from spurgen.io import output_folder
+
     sweep = collect(root)
-    out = Path(out_dir).expanduser() if out_dir else sweep.root
+    out = output_folder(out_dir or sweep.root, "--out")  # one line, before any figure is drawn
     rows = aggregate(sweep)
     figures = _figures(sweep, rows, out)
-    out.mkdir(parents=True, exist_ok=True)
     lines = csv_lines(rows)
     with open(out / "report.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
