@@ -541,6 +541,17 @@ def test_questions_come_from_a_config_file_and_bad_ones_name_the_key(tmp_path, c
     assert "questions[0].choices" in capsys.readouterr().err
 
 
+def test_a_port_out_of_range_or_in_use_is_one_line(tmp_path, capsys):
+    run = make_run(tmp_path, 1)
+    assert main([str(run), "--port", "99999"]) == 2
+    assert "--port must be in 0..65535, got 99999" in capsys.readouterr().err
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main([str(run), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_export_uploads_the_summary_to_wandb_offline(tmp_path):
     review = make_review(make_run(tmp_path, 2))

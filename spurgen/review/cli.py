@@ -76,6 +76,8 @@ def build_review(args: argparse.Namespace) -> Review:
     from spurgen.review.store import ReviewStore
 
     check_binding(args.host, args.token)
+    if not 0 <= args.port <= 65535:
+        raise SpurgenError(f"--port must be in 0..65535, got {args.port}")
     if args.min_reviewers < 1 or not 16 <= args.image_size <= 4096:
         raise SpurgenError("--min-reviewers must be >= 1 and --image-size in 16..4096")
     study = args.mode == "study"
@@ -97,12 +99,27 @@ def build_review(args: argparse.Namespace) -> Review:
     return Review(cfg, load_items(sets, store.salt, args.show_predictions), store)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Bind once before uvicorn does: a port in use (another review running?) is one line, not its log."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise SpurgenError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); is another review running? choose another "
+            "--port"
+        ) from None
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from spurgen.review.app import build_app
 
     review = build_review(args)
+    _check_port_free(args.host, args.port)
     url = f"http://{args.host}:{args.port}/" + (f"?token={args.token}" if args.token else "")
     print(f"spurgen review: {len(review.items)} images, answers in {review.store.path}; open {url}")
     try:
