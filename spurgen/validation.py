@@ -88,6 +88,23 @@ def check_training(cfg: DictConfig) -> None:
         raise ConfigError("feature_extractor.layer", "must be 'pool' or a module name")
 
 
+MODEL_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "noise_scheduler", "sample_scheduler")
+
+
+def check_model_path(cfg: DictConfig) -> None:
+    """A part read from model.path (model/<part>=pretrained) needs it set: model=local leaves it unset on
+    purpose, and without this check a run would need the user to notice which weights it loaded."""
+    model = cfg.get("model")
+    if model is None or "path" not in model or OmegaConf.select(cfg, "model.path") is not None:
+        return
+    reads = [p for p in MODEL_PARTS if p in model and OmegaConf.is_dict(model[p]) and "path" in model[p]]
+    if reads:
+        raise ConfigError(
+            "model.path",
+            f"is required ({', '.join(reads)} load from it): model.path=<diffusers folder or hub id>",
+        )
+
+
 def check_generate(gen: DictConfig) -> None:
     """The generate.* keys (run before training, and by the generate stage itself)."""
     for key in ("num_images", "num_inference_steps", "batch_size"):
@@ -186,6 +203,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     problems = Problems()
     problems.attempt(check_target, cfg)
     problems.attempt(check_training, cfg)
+    problems.attempt(check_model_path, cfg)
     for key in NONNEGATIVE:
         problems.attempt(_nonneg, cfg, key)
     for key in POSITIVE:

@@ -129,7 +129,11 @@ def test_cli_contract_keys_exist():
         (["class=imagenet", "target.index=1000", "target.concept=x"], "target.index"),
         (["class=imagenet"], "target.index"),
         (["trainer.max_stepz=3"], "trainer.max_stepz"),
-        (["trainer.max_steps=-5"], "trainer.max_steps"),  # Lightning's own stack trace before
+        (["trainer.max_steps=-5"], "trainer.max_steps"),
+        (
+            ["model=local", "lambda_sfsl=0"],
+            "model.path",
+        ),  # was: SD 1.5's hub id, silently  # Lightning's own stack trace before
         (["trainer.max_steps=2.5"], "trainer.max_steps"),
         (["trainer.max_steps=-1"], "trainer.max_steps"),  # no limit and no max_epochs: never ends
         (["data.identifier=two words"], "data.identifier"),
