@@ -450,7 +450,7 @@ def test_sweep_checks_every_job_before_it_starts_any(tmp_path, capsys):
 
 
 def test_planned_jobs_follow_hydras_basic_sweeper():
-    from spurgen.sweep import planned_jobs
+    from spurgen.cli.preflight import planned_jobs
 
     jobs = planned_jobs(["experiment=mini_lambda_grid", "seed=5"])  # the command line wins over the grid
     assert [j[:2] for j in jobs] == [[f"lambda_sfsl={v}", "seed=5"] for v in ("0", "0.01", "0.1", "1")]

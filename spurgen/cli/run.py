@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"spurgen: error: {problem}", file=sys.stderr)
         return SpurgenError.exit_code
     if "-m" in args or "--multirun" in args:  # check every job before the first one trains
-        from spurgen.sweep import preflight
+        from spurgen.cli.preflight import preflight
 
         bad = preflight([a for a in args if a not in ("-m", "--multirun")])
         if bad:
