@@ -46,6 +46,15 @@ def test_export_copies_images_voted_by_at_least_m_classifiers(tmp_path, capsys):
         meta["model_marks"] == {}
     )  # the tiny model declares none; the mini world its own (docs/mini_world.md)
 
+    # again into the same folder with a stricter vote: the images it no longer chooses go, a file of the
+    # user's stays, and the folder holds what the manifest lists
+    (out / "images" / "notes.txt").write_text("mine")
+    assert main([*argv, "min_classifiers=2"]) == 0
+    again = [json.loads(line)["file"] for line in (out / "manifest.jsonl").read_text().splitlines()]
+    kept = [p.name for p, v in zip(paths, votes, strict=True) if v >= 2]
+    assert again == [f"images/{n}" for n in kept] and len(kept) < len(expected)
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted([*kept, "notes.txt"])
+
     out3 = tmp_path / "dataset3"
     assert main([*argv[:-2], f"out_dir={out3}", h, "min_classifiers=3"]) == 0
     assert json.loads((out3 / "dataset.json").read_text())["num_exported"] == sum(v == 3 for v in votes)

@@ -38,6 +38,7 @@ def export(
     records = voted_records(plan, preds, min_classifiers)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    earlier = _exported_files(out_dir)  # a previous export here: its images not chosen now must go
     for rec in records:
         copy_atomic(Path(rec["source"]), out_dir / rec["file"])
     write_jsonl(out_dir / "manifest.jsonl", records)
@@ -54,7 +55,28 @@ def export(
         "num_exported": len(records),
     }
     write_json(out_dir / "dataset.json", summary)
+    for stale in earlier - {rec["file"] for rec in records}:
+        (out_dir / stale).unlink(missing_ok=True)
     return summary
+
+
+def _exported_files(out_dir: Path) -> set[str]:
+    """The files (relative to out_dir) an earlier export's manifest.jsonl lists; only those are ever removed,
+    so other files in the folder are left alone."""
+    import json
+
+    manifest = out_dir / "manifest.jsonl"
+    if not manifest.is_file():
+        return set()
+    files = set()
+    for line in manifest.read_text().splitlines():
+        try:
+            name = json.loads(line).get("file")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(name, str) and name.startswith("images/") and "/" not in name[len("images/") :]:
+            files.add(name)
+    return files
 
 
 def voted_records(plan: EvalPlan, preds: SetPredictions, min_classifiers: int) -> list[dict]:
