@@ -98,6 +98,30 @@ def copy_atomic(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+def manifest_files(out_dir: Path) -> set[str]:
+    """The images/<name> files an earlier manifest.jsonl in `out_dir` lists (a dataset folder that export or
+    review filter wrote); empty when there is none."""
+    manifest = Path(out_dir) / "manifest.jsonl"
+    if not manifest.is_file():
+        return set()
+    files = set()
+    for line in manifest.read_text().splitlines():
+        try:
+            name = json.loads(line).get("file")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(name, str) and name.startswith("images/") and "/" not in name[len("images/") :]:
+            files.add(name)
+    return files
+
+
+def remove_unlisted(out_dir: Path, earlier: set[str], now: set[str]) -> None:
+    """After a dataset folder's new manifest is written: remove the files the earlier manifest listed and the
+    new one does not (files it never listed, the user's own, stay), so the folder matches its manifest."""
+    for stale in earlier - now:
+        (Path(out_dir) / stale).unlink(missing_ok=True)
+
+
 def output_folder(path: str | Path, flag: str = "--out") -> Path:
     """`path` created (with parents) and shown to be writable, or a SpurgenError naming `flag`: commands call it
     before any heavy work, so a folder they cannot write costs one line, not a traceback after minutes."""

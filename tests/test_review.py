@@ -423,8 +423,11 @@ def test_filter_keeps_accepted_images_of_an_export_dataset_with_votes(tmp_path):
     assert rec["review"]["votes"] == 3 and rec["review"]["class_object"] == {"no": 3}
     assert sorted(p.name for p in (out / "images").iterdir()) == [a.path.name]
     assert json.loads((out / "dataset.json").read_text())["num_accepted"] == 1
+    (out / "images" / "mine.txt").write_text("a file of the user's")
     assert main(["filter", str(review.store.path), str(dataset), "--out", str(out), "--min-votes", "4"]) == 0
     assert (out / "manifest.jsonl").read_text() == ""
+    # the same --out again: the image no longer accepted is gone, the user's file stays
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["mine.txt"]
 
 
 def test_study_export_fraction_real_and_figure(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from spurgen.errors import SpurgenError
 from spurgen.eval.imagesets import read_manifest
-from spurgen.io import copy_atomic, write_json, write_jsonl
+from spurgen.io import copy_atomic, manifest_files, remove_unlisted, write_json, write_jsonl
 from spurgen.review.items import file_hash, safe_files
 from spurgen.review.results import accepted
 from spurgen.review.store import open_existing
@@ -77,6 +77,7 @@ def filter_folder(db: str | Path, folder: str | Path, out_dir: str | Path, min_v
         raise SpurgenError(f"{folder} is not a folder")
     votes = accepted_votes(db, min_votes)
     paths, manifest = _images_and_manifest(folder)
+    earlier = manifest_files(out_dir)  # a previous filter into out_dir: its images not accepted now must go
     records = []
     for path in paths:
         rec = votes.get(file_hash(path))
@@ -99,4 +100,5 @@ def filter_folder(db: str | Path, folder: str | Path, out_dir: str | Path, min_v
         "num_accepted": len(records),
     }
     write_json(out_dir / "dataset.json", summary)
+    remove_unlisted(out_dir, earlier, {rec["file"] for rec in records})
     return summary

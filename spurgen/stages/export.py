@@ -13,7 +13,7 @@ from spurgen.errors import SpurgenError
 from spurgen.eval.classifiers import build_classifiers, random_classifiers
 from spurgen.eval.plan import EvalPlan, plan_evaluation
 from spurgen.eval.predict import SetPredictions, pick_device, predict_set
-from spurgen.io import copy_atomic, write_json, write_jsonl
+from spurgen.io import copy_atomic, manifest_files, remove_unlisted, write_json, write_jsonl
 
 
 def export(
@@ -38,7 +38,7 @@ def export(
     records = voted_records(plan, preds, min_classifiers)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    earlier = _exported_files(out_dir)  # a previous export here: its images not chosen now must go
+    earlier = manifest_files(out_dir)  # a previous export here: its images not chosen now must go
     for rec in records:
         copy_atomic(Path(rec["source"]), out_dir / rec["file"])
     write_jsonl(out_dir / "manifest.jsonl", records)
@@ -55,28 +55,8 @@ def export(
         "num_exported": len(records),
     }
     write_json(out_dir / "dataset.json", summary)
-    for stale in earlier - {rec["file"] for rec in records}:
-        (out_dir / stale).unlink(missing_ok=True)
+    remove_unlisted(out_dir, earlier, {rec["file"] for rec in records})
     return summary
-
-
-def _exported_files(out_dir: Path) -> set[str]:
-    """The files (relative to out_dir) an earlier export's manifest.jsonl lists; only those are ever removed,
-    so other files in the folder are left alone."""
-    import json
-
-    manifest = out_dir / "manifest.jsonl"
-    if not manifest.is_file():
-        return set()
-    files = set()
-    for line in manifest.read_text().splitlines():
-        try:
-            name = json.loads(line).get("file")
-        except (json.JSONDecodeError, AttributeError):
-            continue
-        if isinstance(name, str) and name.startswith("images/") and "/" not in name[len("images/") :]:
-            files.add(name)
-    return files
 
 
 def voted_records(plan: EvalPlan, preds: SetPredictions, min_classifiers: int) -> list[dict]:
