@@ -142,9 +142,8 @@ def check_output_dirs(argv: list[str]) -> str | None:
             named[key.lstrip("+~")] = value
     unused = "hydra.run.dir" if multirun else "hydra.sweep.dir"
     wanted = [(k, v) for k, v in named.items() if k != unused]
-    if not any(
-        k != "out_dir" for k, _ in wanted
-    ):  # Hydra's default folder, relative to the working directory
+    # no Hydra folder named: its default lies under the working directory
+    if all(k == "out_dir" for k, _ in wanted):
         wanted.append(("hydra.sweep.dir" if multirun else "hydra.run.dir", "."))
     for key, value in wanted:
         if "${" in value:  # an interpolation: only Hydra can resolve it

@@ -62,15 +62,7 @@ class SDParts:
 
     def check_resolution(self, resolution: int, key: str) -> int:
         """`resolution`, or a ConfigError naming `key` when the parts cannot make images of that side."""
-        step = self.resolution_multiple
-        if resolution % step:
-            near = sorted({max(step, resolution // step * step), (resolution // step + 1) * step})
-            raise ConfigError(
-                key,
-                f"{resolution} px is not a multiple of {step}, which this model needs (VAE factor x UNet "
-                f"downsampling, and diffusers' 8); try {' or '.join(map(str, near))}",
-            )
-        return resolution
+        return check_resolution(resolution, self.vae, self.unet, key)
 
     @property
     def prediction_type(self) -> str:
@@ -83,6 +75,20 @@ def resolution_multiple(vae: nn.Module, unet: nn.Module) -> int:
 
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     return math.lcm(8, factor * 2 ** (len(unet.config.block_out_channels) - 1))
+
+
+def check_resolution(resolution: int, vae: nn.Module, unet: nn.Module, key: str) -> int:
+    """`resolution`, or a ConfigError naming `key` (with the nearest sizes that work) when it is not a multiple
+    of resolution_multiple(vae, unet)."""
+    step = resolution_multiple(vae, unet)
+    if resolution % step:
+        near = sorted({max(step, resolution // step * step), (resolution // step + 1) * step})
+        raise ConfigError(
+            key,
+            f"{resolution} px is not a multiple of {step}, which this model needs (VAE factor x UNet "
+            f"downsampling, and diffusers' 8); try {' or '.join(map(str, near))}",
+        )
+    return resolution
 
 
 def _mismatch(key_a: str, what_a: str, a: Any, key_b: str, what_b: str, b: Any) -> ConfigError:

@@ -22,10 +22,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from spurgen.config import METHOD_VERSION
-from spurgen.errors import ConfigError, SpurgenError
+from spurgen.errors import SpurgenError
 from spurgen.eval.imagesets import GENERATE_JSON, MANIFEST, read_manifest
 from spurgen.io import save_png_atomic, write_atomic, write_json
-from spurgen.models.parts import resolution_multiple
+from spurgen.models.parts import check_resolution
 from spurgen.pipeline import SampleSettings, make_pipeline, read_spurgen_json, sample
 from spurgen.prompts import apply_template, negative_prompt
 from spurgen.seeds import generation_seed
@@ -203,13 +203,7 @@ def load_generator(plan: GenerationPlan, gen: DictConfig, model_cfg: DictConfig 
     resolution = int(
         gen.resolution or plan.meta.get("resolution") or pipe.unet.config.sample_size * pipe.vae_scale_factor
     )
-    step = resolution_multiple(pipe.vae, pipe.unet)
-    if resolution % step:
-        raise ConfigError(
-            "generate.resolution",
-            f"{resolution} px is not a multiple of {step}, which this pipeline needs (VAE factor x UNet "
-            f"downsampling, and diffusers' 8)",
-        )
+    check_resolution(resolution, pipe.vae, pipe.unet, "generate.resolution")
     device, dtype = _pick_device(gen)
     pipe.to(device)
     if dtype != torch.float32:

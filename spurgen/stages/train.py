@@ -34,6 +34,7 @@ from spurgen.data.references import reference_folder, select_references
 from spurgen.distributed import RankBatchSampler, check_launch, module_rank_world
 from spurgen.errors import Problems, SpurgenError
 from spurgen.identity import identities
+from spurgen.io import output_folder
 from spurgen.loggers import RunLabels, scrub_secrets
 from spurgen.models.lora import add_lora, merge_lora
 from spurgen.models.parts import SDParts
@@ -118,16 +119,8 @@ def resolve_references(cfg: DictConfig) -> list[Path]:
 
 
 def check_writable(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".spurgen_write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise SpurgenError(
-            f"output folder {run_dir} is not writable ({exc.strerror}); choose another with "
-            "hydra.run.dir=<folder>"
-        ) from None
+    """The run folder exists and takes files (it may be a resumed run's, or one Hydra did not make)."""
+    output_folder(run_dir, "hydra.run.dir")
 
 
 def build_dataset(
