@@ -55,6 +55,20 @@ def test_bad_folders_and_files(tmp_path):
         load_rgb(tmp_path / "bad.png")
 
 
+def test_an_image_too_large_to_decode_is_one_clear_error(tmp_path, monkeypatch):
+    """PIL's decompression-bomb guard (an error past 2 x MAX_IMAGE_PIXELS) is a SpurgenError naming the file,
+    and the folder still lists it as an image (it is one), so evaluation says what is wrong with it."""
+    from PIL import Image
+
+    from spurgen.eval.imagesets import _readable
+
+    Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1600 pixels > 2 x 100
+    assert _readable(tmp_path / "big.png")
+    with pytest.raises(SpurgenError, match=r"cannot read image .*big.png: .*downscale it"):
+        load_rgb(tmp_path / "big.png")
+
+
 def test_reference_selection_is_deterministic_and_checked(tmp_path):
     write_images(tmp_path, 8)
     a = select_references(tmp_path, 3, seed=1)

@@ -32,6 +32,10 @@ def load_rgb(path: str | Path) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
+    except Image.DecompressionBombError as exc:
+        raise SpurgenError(
+            f"cannot read image {path}: {exc} (PIL refuses images this large: downscale it)"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise SpurgenError(f"cannot read image {path}: {exc}") from None
     if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):

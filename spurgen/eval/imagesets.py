@@ -83,6 +83,8 @@ def _readable(path: Path) -> bool:
     try:
         with Image.open(path):
             return True
+    except Image.DecompressionBombError:
+        return True  # an image, too large to decode: loading it says so (spurgen.data.images.load_rgb)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return False
 
