@@ -250,6 +250,13 @@ def test_small_references_are_upscaled_with_a_warning(tmp_path):
         )
 
 
+def test_prior_preservation_without_class_images_is_said(tmp_path):
+    """loss.lambda_prior > 0 with data.num_class_images=0 trains without prior preservation: the log says so."""
+    run = tmp_path / "run"
+    assert run_cli([*RUN, "trainer.max_steps=1", "data.num_class_images=0", f"hydra.run.dir={run}"]) == 0
+    assert "prior preservation is off: data.num_class_images=0" in (run / "run.log").read_text()
+
+
 @pytest.mark.slow
 def test_same_config_and_seed_give_same_everything(reference_run, tmp_path):
     run = tmp_path / "again"

@@ -128,6 +128,12 @@ def build_dataset(
 ) -> DreamBoothDataset:
     """Instance (reference) examples plus, with prior preservation, class images from the frozen model."""
     with_prior = cfg.loss.lambda_prior > 0 and cfg.data.num_class_images > 0
+    if cfg.loss.lambda_prior > 0 and not with_prior:
+        log.warning(
+            "prior preservation is off: data.num_class_images=0 leaves loss.lambda_prior=%s no class images "
+            "(set loss.lambda_prior=0 to say so, or data.num_class_images > 0)",
+            cfg.loss.lambda_prior,
+        )
     class_paths = []
     if with_prior:
         device, dtype = training_placement(  # the frozen model samples where and how it will train
