@@ -157,6 +157,20 @@ def reference_identity(cfg: DictConfig | dict) -> str:
     return _hash(_only(flat_config(cfg, ROW_IGNORED_KEYS), REFERENCE_KEYS))
 
 
+# What decides the weights training produces: a resumed run must continue with the same (trainer.* and the
+# generate/eval settings may change, e.g. trainer.max_steps to train longer).
+TRAINING_KEYS = (
+    "method_version", "model", "feature_extractor", "loss", "data", "train", "module", "target", "seed",
+    "lambda_sfsl",
+)  # fmt: skip
+
+
+def training_key(cfg: DictConfig | dict) -> dict[str, Any]:
+    """{dotted key: value} of everything that decides a run's trained weights (TRAINING_KEYS, less the keys
+    that cannot change them): what `resume=` must find unchanged."""
+    return _only(flat_config(cfg, LAUNCH_KEYS + NO_EFFECT_KEYS), TRAINING_KEYS)
+
+
 def identities(cfg: DictConfig | dict) -> dict[str, str]:
     """{"run", "baseline", "reference"}: written into run.json, pipeline/spurgen.json and eval/metrics.json."""
     return {

@@ -250,6 +250,27 @@ def test_small_references_are_upscaled_with_a_warning(tmp_path):
         )
 
 
+def test_resume_with_other_training_settings_is_refused_before_hydra_touches_the_run(tmp_path, capsys):
+    """resume= continues a run only with the settings it was trained with (training_key.json); a refusal
+    comes before Hydra rewrites the run's .hydra/config.yaml, so the finished run keeps its own record. More
+    steps (a trainer setting) are allowed."""
+    run = tmp_path / "run"
+    assert run_cli([*RUN, "trainer.max_steps=1", "lambda_sfsl=0.1", f"hydra.run.dir={run}"]) == 0
+    assert json.loads((run / "training_key.json").read_text())["lambda_sfsl"] == 0.1
+    saved = (run / ".hydra" / "config.yaml").read_bytes()
+    capsys.readouterr()
+    assert run_cli([*RUN, "trainer.max_steps=1", "lambda_sfsl=1", f"resume={run}"]) == 2
+    err = capsys.readouterr().err
+    assert "was trained with other settings (lambda_sfsl: 0.1 -> 1.0" in err and "Traceback" not in err
+    assert (run / ".hydra" / "config.yaml").read_bytes() == saved
+    assert (
+        run_cli([*RUN, "trainer.max_steps=1", "lambda_sfsl=0.1", "data.num_references=0", f"resume={run}"])
+        == 2
+    )
+    assert (run / ".hydra" / "config.yaml").read_bytes() == saved  # any refusal before Hydra starts
+    assert run_cli([*RUN, "trainer.max_steps=2", "lambda_sfsl=0.1", f"resume={run}"]) == 0  # train longer
+
+
 def test_prior_preservation_without_class_images_is_said(tmp_path):
     """loss.lambda_prior > 0 with data.num_class_images=0 trains without prior preservation: the log says so."""
     run = tmp_path / "run"

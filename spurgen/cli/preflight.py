@@ -3,6 +3,8 @@ would check itself before loading anything, so a mistake in job 7 stops the swee
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def planned_jobs(overrides: list[str]) -> list[list[str]] | None:
     """Each job's overrides as Hydra's basic sweeper will launch them (the sweep's `hydra.sweeper.params` from
@@ -67,3 +69,33 @@ def preflight(overrides: list[str]) -> list[str]:
         shown = ", ".join(where[:3]) + (f" and {len(where) - 3} more" if len(where) > 3 else "")
         lines.append(f"job{'s' if len(where) > 1 else ''} {shown}: {message}")
     return lines
+
+
+def check_resume(overrides: list[str]) -> str | None:
+    """With resume=<run folder>: the checks a run makes before it loads anything, and that the settings are
+    the ones the run was trained with, made before Hydra starts. Hydra rewrites the folder's .hydra/ config
+    as soon as it starts, so a resume refused any later would leave the finished run labelled with the
+    refused settings. The problem, or None."""
+    from hydra import compose, initialize_config_dir
+
+    from spurgen.config import CONF_DIR
+    from spurgen.errors import SpurgenError
+    from spurgen.validation import validate
+
+    if not any(a.startswith("resume=") for a in overrides) or any(a.startswith("-") for a in overrides):
+        return None
+    from spurgen.stages.train import check_inputs, resume_mismatch
+
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        if not cfg.resume:
+            return None
+        validate(cfg)
+        if "train" in cfg.stages:
+            check_inputs(cfg)
+        return resume_mismatch(cfg, Path(str(cfg.resume)).expanduser())
+    except SpurgenError as exc:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - what only the run itself can tell is left to it
+        return None

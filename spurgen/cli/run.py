@@ -85,6 +85,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if problem:
         print(f"spurgen: error: {problem}", file=sys.stderr)
         return SpurgenError.exit_code
+    if "-m" not in args and "--multirun" not in args:  # resume=: checked before Hydra rewrites its .hydra/
+        from spurgen.cli.preflight import check_resume
+
+        problem = check_resume(args)
+        if problem:
+            print(f"spurgen: error: {problem}", file=sys.stderr)
+            return SpurgenError.exit_code
     if "-m" in args or "--multirun" in args:  # check every job before the first one trains
         from spurgen.cli.preflight import preflight
 

@@ -33,8 +33,8 @@ from spurgen.data.prior import PriorSampling, ensure_class_images, training_plac
 from spurgen.data.references import reference_folder, select_references
 from spurgen.distributed import RankBatchSampler, check_launch, module_rank_world
 from spurgen.errors import Problems, SpurgenError
-from spurgen.identity import identities
-from spurgen.io import output_folder
+from spurgen.identity import identities, training_key
+from spurgen.io import output_folder, write_atomic
 from spurgen.loggers import RunLabels, scrub_secrets
 from spurgen.models.lora import add_lora, merge_lora
 from spurgen.models.parts import SDParts
@@ -176,10 +176,50 @@ def plan_training(cfg: DictConfig, run_dir: Path) -> TrainPlan:
     problems.attempt(check_launch, cfg.trainer)  # DDP inside a basic/joblib sweep cannot work
     references = check_inputs(cfg, problems)
     problems.raise_any()
+    check_same_training(cfg, run_dir)
     resume_from = newest_loadable_checkpoint(run_dir / "checkpoints") if cfg.resume else None
     if cfg.resume:
         log.info("resuming in %s from %s", run_dir, resume_from or "the start (no loadable checkpoint)")
     return TrainPlan(run_dir, references or [], resume_from, started)
+
+
+TRAINING_KEY_FILE = "training_key.json"  # in the run folder: what its weights were trained with
+
+
+def resume_mismatch(cfg: DictConfig, run_dir: Path) -> str | None:
+    """With resume=: how these settings differ from those run_dir was trained with (identity.training_key, in
+    run_dir/training_key.json), or None (the same, not resuming, or a run folder from before the file)."""
+    path = Path(run_dir) / TRAINING_KEY_FILE
+    if not cfg.resume or not path.is_file():
+        return None
+    key = json.loads(json.dumps(training_key(cfg), default=str))
+    before = json.loads(path.read_text())
+    changed = sorted(k for k in {*before, *key} if before.get(k, "<unset>") != key.get(k, "<unset>"))
+    if not changed:
+        return None
+    shown = "; ".join(f"{k}: {before.get(k, '<unset>')!r} -> {key.get(k, '<unset>')!r}" for k in changed[:4])
+    more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+    return (
+        f"resume={run_dir} was trained with other settings ({shown}{more}): resume with the run's own overrides, "
+        "or start a new run"
+    )
+
+
+def check_same_training(cfg: DictConfig, run_dir: Path) -> None:
+    """A resumed run continues only with the settings it was trained with: other overrides would make one run
+    of two experiments, its numbers labelled with the second. Trainer and generation settings may change (more
+    steps, other images)."""
+    problem = resume_mismatch(cfg, run_dir)
+    if problem:
+        raise SpurgenError(problem)
+
+
+def record_training_key(cfg: DictConfig, run_dir: Path) -> None:
+    """run_dir/training_key.json: the settings this run's weights are trained with (what resume= must find
+    unchanged). Written when training starts, so a run refused on its inputs leaves no folder behind."""
+    path = Path(run_dir) / TRAINING_KEY_FILE
+    if not (cfg.resume and path.is_file()):
+        write_atomic(path, json.dumps(training_key(cfg), indent=2, sort_keys=True, default=str) + "\n")
 
 
 def check_inputs(cfg: DictConfig, problems: Problems | None = None) -> list[Path] | None:
@@ -372,6 +412,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     identity = extractor_identity(cfg, extractor)
     module.run_config = resolved_config(cfg, parts, identity)
     trainer = build_trainer(cfg, plan.run_dir, module.run_config)
+    record_training_key(cfg, plan.run_dir)
     fit(trainer, module, build_loader(cfg, dataset, module), plan)
     meta = run_metadata(
         cfg, parts, resolution=resolution, prediction_type=parts.prediction_type, extractor=identity
