@@ -104,6 +104,13 @@ def test_resolution_the_model_cannot_make_fails_cleanly(tmp_path, capsys):
     assert not (tmp_path / "run" / "pipeline").exists() and not (tmp_path / "run" / "eval").exists()
 
 
+def test_sfsl_t_max_past_the_timesteps_fails_cleanly(tmp_path, capsys):
+    code = run_cli([*TINY, *FAST, "loss.sfsl.t_max=5000", f"hydra.run.dir={tmp_path}/run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and not (tmp_path / "run").exists()
+    assert "'loss.sfsl.t_max': 5000 is past the model's 1000 training timesteps" in err
+
+
 def test_real_model_missing_offline_says_what_and_where(tmp_path, capsys, image_folder):
     fast = [*FAST, "class=hummingbird"]  # a class without packaged references (nematode has the mini world's)
     code = run_cli([*fast, "model=sd15", f"hydra.run.dir={tmp_path}/run"])

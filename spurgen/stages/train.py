@@ -32,7 +32,7 @@ from spurgen.data.dataset import (
 from spurgen.data.prior import PriorSampling, ensure_class_images, training_placement, weights_fingerprint
 from spurgen.data.references import reference_folder, select_references
 from spurgen.distributed import RankBatchSampler, check_launch, module_rank_world
-from spurgen.errors import Problems, SpurgenError
+from spurgen.errors import ConfigError, Problems, SpurgenError
 from spurgen.identity import identities, training_key
 from spurgen.io import output_folder, write_atomic
 from spurgen.loggers import RunLabels, scrub_secrets
@@ -290,6 +290,19 @@ def build_objective(cfg: DictConfig, extractor, ref_images: torch.Tensor):
     return build(loss, sfsl=sfsl)
 
 
+def check_t_max(cfg: DictConfig, parts: SDParts) -> None:
+    """loss.sfsl.t_max past the model's training timesteps (t runs 0..T-1) is a typo more often than a choice:
+    the SFSL gate t <= t_max would be open at every step, as t_max = T - 1 says plainly."""
+    steps = int(parts.noise_scheduler.config.num_train_timesteps)
+    t_max = int(cfg.loss.sfsl.t_max)
+    if float(cfg.loss.lambda_sfsl) > 0 and t_max > steps:
+        raise ConfigError(
+            "loss.sfsl.t_max",
+            f"{t_max} is past the model's {steps} training timesteps (t is 0..{steps - 1}); "
+            f"loss.sfsl.t_max={steps - 1} applies the SFSL at every step",
+        )
+
+
 def build_module(cfg: DictConfig, parts: SDParts, extractor, ref_images: torch.Tensor) -> SpurgenModule:
     """The LightningModule from `cfg.module` (settings and optimiser partial), handed the parts and the
     objective; memory options and LoRA are applied to the parts first."""
@@ -403,6 +416,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     parts: SDParts = build(cfg.model)
     announce(parts)
     resolution = parts.check_resolution(int(cfg.data.resolution or parts.resolution), "data.resolution")
+    check_t_max(cfg, parts)
     log.info("references (%d): %s", len(plan.references), ", ".join(p.name for p in plan.references))
     ref_images = load_training_images(
         plan.references, resolution, cfg.data.center_crop
