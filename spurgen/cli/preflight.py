@@ -34,6 +34,19 @@ def planned_jobs(overrides: list[str]) -> list[list[str]] | None:
     return [list(job) for batch in batches for job in batch]
 
 
+def _composed_and_checked(compose, overrides: list[str]):
+    """The job's config, after the checks a run makes before it loads anything (validate, then the training
+    inputs: references, model folder, extractor file); raises SpurgenError on the first problem set."""
+    from spurgen.stages.train import check_inputs
+    from spurgen.validation import validate
+
+    cfg = compose("config", overrides=overrides)
+    validate(cfg)
+    if "train" in cfg.stages:
+        check_inputs(cfg)
+    return cfg
+
+
 def preflight(overrides: list[str]) -> list[str]:
     """Compose every job of a sweep and check it as a run would before building anything (validate, then the
     training inputs: references, model folder, extractor file): one line per problem with the jobs that have
@@ -42,23 +55,17 @@ def preflight(overrides: list[str]) -> list[str]:
 
     from spurgen.config import CONF_DIR
     from spurgen.errors import SpurgenError
-    from spurgen.validation import validate
 
     jobs = planned_jobs(overrides)
     if not jobs or len(jobs) < 2:
         return []  # one job: the run checks itself
-    from spurgen.stages.train import check_inputs
-
     keys = [[o.split("=", 1)[0] for o in job] for job in jobs]
     varying = {k for k in keys[0] if len({next(o for o in j if o.split("=", 1)[0] == k) for j in jobs}) > 1}
     problems: dict[str, list[str]] = {}  # message -> the jobs with it
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         for num, job in enumerate(jobs):
             try:
-                cfg = compose("config", overrides=job)
-                validate(cfg)
-                if "train" in cfg.stages:
-                    check_inputs(cfg)
+                _composed_and_checked(compose, job)
             except SpurgenError as exc:
                 label = " ".join(o for o in job if o.split("=", 1)[0] in varying) or " ".join(job)
                 problems.setdefault(str(exc), []).append(f"#{num} ({label})")
@@ -80,21 +87,15 @@ def check_resume(overrides: list[str]) -> str | None:
 
     from spurgen.config import CONF_DIR
     from spurgen.errors import SpurgenError
-    from spurgen.validation import validate
 
     if not any(a.startswith("resume=") for a in overrides) or any(a.startswith("-") for a in overrides):
         return None
-    from spurgen.stages.train import check_inputs, resume_mismatch
+    from spurgen.stages.train import resume_mismatch
 
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
-        if not cfg.resume:
-            return None
-        validate(cfg)
-        if "train" in cfg.stages:
-            check_inputs(cfg)
-        return resume_mismatch(cfg, Path(str(cfg.resume)).expanduser())
+            cfg = _composed_and_checked(compose, overrides)
+        return resume_mismatch(cfg, Path(str(cfg.resume)).expanduser()) if cfg.resume else None
     except SpurgenError as exc:
         return str(exc)
     except Exception:  # noqa: BLE001 - what only the run itself can tell is left to it

@@ -14,7 +14,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from spurgen.cli.common import check_output_dirs, run_main
+from spurgen.cli.common import run_main
 from spurgen.config import CONF_DIR, register_configs, register_resolvers
 from spurgen.distributed import is_global_zero
 from spurgen.errors import SpurgenError
@@ -81,23 +81,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run with command-line overrides (prog: argv[0] while it runs, None: unchanged); return the exit code
     (0 ok, 1 config error, 2 input error)."""
     args = sys.argv[1:] if argv is None else list(argv)
-    problem = check_output_dirs(args)  # before the sweep's checks: a folder Hydra cannot create
-    if problem:
-        print(f"spurgen: error: {problem}", file=sys.stderr)
-        return SpurgenError.exit_code
-    if "-m" not in args and "--multirun" not in args:  # resume=: checked before Hydra rewrites its .hydra/
-        from spurgen.cli.preflight import check_resume
+    from spurgen.cli import preflight  # before Hydra starts: it writes the run (or sweep) folder at once
 
-        problem = check_resume(args)
-        if problem:
-            print(f"spurgen: error: {problem}", file=sys.stderr)
-            return SpurgenError.exit_code
-    if "-m" in args or "--multirun" in args:  # check every job before the first one trains
-        from spurgen.cli.preflight import preflight
-
-        bad = preflight([a for a in args if a not in ("-m", "--multirun")])
+    if "-m" in args or "--multirun" in args:  # every job checked before the first one trains
+        bad = preflight.preflight([a for a in args if a not in ("-m", "--multirun")])
         if bad:
             print("spurgen: error: sweep jobs would fail, so none was started:", file=sys.stderr)
             print("\n".join(f"  {line}" for line in bad), file=sys.stderr)
+            return SpurgenError.exit_code
+    else:  # resume=: refused before Hydra rewrites the run's .hydra/ (output folders: run_main checks them)
+        problem = preflight.check_resume(args)
+        if problem:
+            print(f"spurgen: error: {problem}", file=sys.stderr)
             return SpurgenError.exit_code
     return run_main(_hydra_entry, prog, args)
