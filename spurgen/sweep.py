@@ -46,10 +46,11 @@ MAX_DIRNAME = 160
 def short_dirname(override_dirname: str) -> str:
     """A run's sub-folder name in a sweep: Hydra's override_dirname (`k=v,k=v`), unchanged when it is short;
     otherwise class, lambda_sfsl and seed first, cut to fit, plus a hash of the whole so names stay unique
-    (file names have at most 255 bytes)."""
+    (file names have at most 255 bytes). A value with a slash (model.path=/models/sd15) would nest folders, so
+    such a name has its slashes turned into `_` and gets the hash too."""
     import hashlib
 
-    if len(override_dirname) <= MAX_DIRNAME:
+    if len(override_dirname) <= MAX_DIRNAME and "/" not in override_dirname:
         return override_dirname
     items: list[str] = []
     for piece in override_dirname.split(","):  # a value may itself hold commas: glue such pieces back

@@ -304,6 +304,11 @@ def test_short_dirname_keeps_short_names_and_fits_long_ones():
         and name.startswith("class=koala,lambda_sfsl=1")
         and name != short_dirname(long + "y")
     )
+    # a path value must not nest folders, and two paths that differ only in their slashes stay apart
+    slashed = short_dirname("lambda_sfsl=0,model.path=/models/sd15")
+    assert "/" not in slashed and slashed.startswith("lambda_sfsl=0,model.path=_models_sd15-")
+    assert slashed != short_dirname("lambda_sfsl=0,model.path=_models_sd15")
+    assert short_dirname("lambda_sfsl=0,model.path=_models_sd15") == "lambda_sfsl=0,model.path=_models_sd15"
 
 
 def test_rank_batch_sampler_gives_ranks_disjoint_batches():
