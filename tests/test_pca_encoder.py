@@ -162,5 +162,8 @@ def test_the_pca_recipe_is_one_flag_and_flags_still_override_it():
     for key in ("lr", "encoder", "latent_channels", "norm_groups", "augment", "train_crop", "pca_logvar",
                 "equalise_channels", "perceptual_weight"):  # fmt: skip
         assert getattr(args, key) == PCA_RECIPE[key], key
-    shipped = parse_args(["--part", "vae"])
-    assert shipped.encoder == VaeTrainConfig.encoder == "learned" and shipped.latent_channels == 4
+    shipped = parse_args(["--part", "vae"])  # the shipped recipe is the default
+    assert all(getattr(shipped, key) == value for key, value in PCA_RECIPE.items())
+    assert not shipped.equalise_channels  # the shipped generator trained on the PCA scales
+    learned = parse_args(["--part", "vae", "--recipe", "learned"])
+    assert learned.encoder == VaeTrainConfig.encoder == "learned" and learned.latent_channels == 4

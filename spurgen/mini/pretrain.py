@@ -67,9 +67,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     recipe = argparse.ArgumentParser(prog="python -m spurgen.mini.pretrain", add_help=False)
     recipe.add_argument(
         "--recipe",
-        choices=["shipped", "pca"],
-        default="shipped",
-        help="start from the shipped recipe or the gate-passing PCA one (vae.PCA_RECIPE); flags override it",
+        choices=["pca", "learned"],
+        default="pca",
+        help="start from the shipped, gate-passing PCA recipe (vae.PCA_RECIPE) or VaeTrainConfig's learned "
+        "encoder (the one shipped before; docs/mini_world.md); flags override it",
     )
     defaults = PCA_RECIPE if recipe.parse_known_args(argv)[0].recipe == "pca" else {}
     parser = argparse.ArgumentParser(
