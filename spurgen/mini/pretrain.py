@@ -2,7 +2,8 @@
 
     python -m spurgen.mini.pretrain --part all --out spurgen/assets/mini
 
---part vae writes <out>/vae/ (a diffusers AutoencoderKL folder, fp16 safetensors); --part generator trains the
+--part vae writes <out>/vae/ (a diffusers AutoencoderKL folder; float32 safetensors for the default, shipped
+PCA recipe, fp16 for `--recipe learned`); --part generator trains the
 UNet and text encoder on that autoencoder (spurgen.mini.pretrain_generator, its default settings) and writes
 <out>/unet, text_encoder, tokenizer, scheduler and model_index.json, so <out> is a StableDiffusionPipeline
 folder; --part all does both in turn. Each part's record is merged into <out>/manifest.json: sha256 of each
