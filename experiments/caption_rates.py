@@ -15,7 +15,6 @@ of the mini world's experiment can be expected to show, whatever the generator's
 from __future__ import annotations
 
 import argparse
-import collections
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 
 from spurgen.errors import SpurgenError
 from spurgen.io import write_json
-from spurgen.mini import corpus, lite
+from spurgen.mini import corpus, lite, subjects
 from spurgen.threads import torch_threads
 
 
@@ -39,16 +38,16 @@ def rates(names: list[str], class_index: int, crops: int, seed: int, variants: l
                 f"lite{v}": round(float((lite.top1(m, x, v) == class_index).float().mean()), 4)
                 for v, m in models.items()
             }
-    by_caption = collections.defaultdict(list)  # over training photos only: what the generator learned
-    for name in (n for n in names if corpus.photo(n).split == "train"):
-        by_caption[corpus.caption(corpus.photo(name).subject)].append(name)
+    # over training photos only (what the generator learned), grouped as the generator probe groups them
+    by_caption = {cap: [n for n in members if n in per_photo] for cap, members in subjects.captions().items()}
+    by_caption = {cap: members for cap, members in by_caption.items() if members}
     per_caption = {
         cap: {
             k: round(sum(per_photo[n][k] for n in members) / len(members), 4) for k in per_photo[members[0]]
         }
-        for cap, members in sorted(by_caption.items())
+        for cap, members in by_caption.items()
     }
-    return {"photos": per_photo, "captions": per_caption, "caption_photos": dict(sorted(by_caption.items()))}
+    return {"photos": per_photo, "captions": per_caption, "caption_photos": by_caption}
 
 
 def main(argv: list[str] | None = None) -> int:
