@@ -1,6 +1,6 @@
 """Typed, validated configuration.
 
-YAML under spurgen/conf/ is what people edit; these dataclasses type it (registered in Hydra's ConfigStore as
+YAML under the top-level conf/ is what people edit; these dataclasses type it (registered in Hydra's ConfigStore as
 `spurgen_schema`), so a misspelled key or a value of the wrong type fails at composition, naming the key.
 `validate()` adds the checks types cannot express (ranges, a concept noun when training) and runs before
 any model is built.
@@ -24,8 +24,17 @@ from omegaconf import MISSING, OmegaConf
 # of unit-normalised features), and f runs on decoded images in float32 with autocast off, as on the references.
 METHOD_VERSION = "3"
 
-# The Hydra config tree ships inside the package (spurgen/conf), so an installed wheel composes runs too.
-CONF_DIR = str(Path(__file__).resolve().parent / "conf")
+
+
+def _conf_dir() -> str:
+    """The Hydra config tree: spurgen/conf in an installed wheel (pyproject.toml maps the top-level conf/ there),
+    else the checkout's top-level conf/ (an editable install or a source tree on sys.path)."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "conf"
+    return str(packaged if packaged.is_dir() else here.parent / "conf")
+
+
+CONF_DIR = _conf_dir()
 
 
 class Distance(str, Enum):

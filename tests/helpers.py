@@ -10,7 +10,7 @@ import torch
 from spurgen.module import SpurgenModule
 
 # The tiny random plumbing model and its class: the tests' runs and compositions name it (the default is the
-# mini world, spurgen/conf/model/mini.yaml, whose weights the tests do not build).
+# mini world, conf/model/mini.yaml, whose weights the tests do not build).
 TINY = ("model=tiny", "class=hummingbird")
 
 

@@ -18,7 +18,7 @@ from spurgen.config import CONF_DIR
 
 
 def write_class(root: Path, file: str, index: int, name: str) -> Path:
-    """A user's class file, laid out like spurgen/conf/class/<file>.yaml."""
+    """A user's class file, laid out like conf/class/<file>.yaml."""
     (root / "class").mkdir(parents=True, exist_ok=True)
     text = f"# @package target\nindex: {index}\nname: {name}\nconcept: bowl\n"
     (root / "class" / f"{file}.yaml").write_text(text)

@@ -31,7 +31,9 @@ def build_wheel(tmp: Path, env: dict[str, str]) -> Path:
     """`pip wheel --no-deps --no-build-isolation` of a copy of the sources: the checkout gets no build/ or
     egg-info (other runs may be building too) and files left in an old build/ cannot leak into the wheel."""
     src = tmp / "src"
-    shutil.copytree(PACKAGE, src / "spurgen", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(PACKAGE, src / "spurgen", ignore=ignore)
+    shutil.copytree(REPO / "conf", src / "conf", ignore=ignore)  # the top-level config tree
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
     pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index"]
@@ -61,9 +63,12 @@ def test_wheel_install_runs_outside_the_repository(tmp_path):
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     wheel = build_wheel(tmp_path, env)
     names = set(zipfile.ZipFile(wheel).namelist())
-    for folder, pattern in (("conf", "*.yaml"), ("assets", "*")):
-        wanted = {p.relative_to(REPO).as_posix() for p in (PACKAGE / folder).rglob(pattern) if p.is_file()}
+    conf = {f"spurgen/conf/{p.relative_to(REPO / 'conf').as_posix()}" for p in (REPO / "conf").rglob("*.yaml")}
+    assets = {p.relative_to(REPO).as_posix() for p in (PACKAGE / "assets").rglob("*") if p.is_file()}
+    modules = {p.relative_to(REPO).as_posix() for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
+    for wanted in (conf, assets, modules):  # every config file (mapped into the package), asset and module
         assert wanted and not (wanted - names), f"missing from the wheel: {sorted(wanted - names)}"
+    assert not any(n.startswith("conf/") for n in names), "conf/ must ship inside the package, as spurgen/conf"
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "spurgen = spurgen.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -40,7 +40,7 @@ def usage() -> str:
     lines += [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
     lines += [
         "",
-        "Users' config folders (laid out like spurgen/conf: class/, model/, experiment/ ...):",
+        "Users' config folders (laid out like conf/: class/, model/, experiment/ ...):",
         "  SPURGEN_CONFIG_PATH=dir1:dir2 (searched before the packaged configs), or Hydra's --config-dir DIR.",
     ]
     return "\n".join(lines)

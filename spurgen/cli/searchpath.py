@@ -1,4 +1,4 @@
-"""Users' own config folders: SPURGEN_CONFIG_PATH (os.pathsep-separated, laid out like spurgen/conf).
+"""Users' own config folders: SPURGEN_CONFIG_PATH (os.pathsep-separated, laid out like conf/).
 
 An installed spurgen cannot be written into, so a user's class/, model/, experiment/ ... files live in their own
 folders. A Hydra SearchPathPlugin, registered in-process with `Plugins.instance().register`, puts those folders
@@ -35,7 +35,7 @@ def user_config_dirs() -> list[Path]:
             continue
         path = Path(entry).expanduser().resolve()
         if not path.is_dir():
-            raise SpurgenError(f"{ENV_VAR}: {entry} is not a folder (one laid out like spurgen/conf)")
+            raise SpurgenError(f"{ENV_VAR}: {entry} is not a folder (one laid out like conf/)")
         dirs.append(path)
     return dirs
 
