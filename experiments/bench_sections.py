@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_setup import (
+
+from experiments.bench_setup import (
     APPROX_KEY,
     BASE_CACHED_KEY,
     EVERY_2_KEY,
@@ -332,7 +333,7 @@ def naive_predict(model, paths: list[Path]) -> None:
 
 
 def spurgen_eval_model(model):
-    """The classifier as spurgen.evaluate runs it: a copy placed with eval.channels_last (the default)."""
+    """The classifier as `spurgen evaluate` runs it: a copy placed with eval.channels_last (the default)."""
     import copy
 
     from spurgen.eval.predict import place
@@ -359,7 +360,7 @@ def gflop_per_image(model) -> float:
 
 
 def evaluation(size: str, timer: Timer, repeats: int, smoke: bool = False) -> dict:
-    """(c) spurgen.eval.predict.predict_set (batched, inference_mode, channels-last: what spurgen.evaluate
+    """(c) spurgen.eval.predict.predict_set (batched, inference_mode, channels-last: what `spurgen evaluate`
     runs) vs the naive loop (the model as built, one image at a time), per classifier; with the FLOP rate
     each reaches against this machine's matrix-multiply rate."""
     from spurgen.eval.predict import predict_set

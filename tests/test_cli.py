@@ -65,18 +65,48 @@ def test_dispatch_passes_the_rest_of_argv(capsys):
     assert "the following arguments are required: sweep_dir" in capsys.readouterr().err
 
 
-def test_console_script_ddp_ranks_rerun_the_module(monkeypatch):
+@pytest.mark.parametrize("main_spec", [None, "spurgen.__main__"])
+def test_dispatcher_ddp_ranks_rerun_the_module(monkeypatch, main_spec):
     """From the `spurgen` console script (__main__ has no spec) Lightning would start DDP rank 1 with
-    `python 'spurgen run' ...`; the dispatcher makes it `python -m spurgen.run ...`, and restores __main__."""
+    `python 'spurgen run' ...`, and from `python -m spurgen run` with `python -m spurgen.__main__ <overrides>`;
+    the dispatcher makes both `python -m spurgen.run ...`, and restores __main__."""
+    from importlib.util import find_spec
+
     from lightning.fabric.strategies.launchers.subprocess_script import _basic_subprocess_cmd
 
+    spec = find_spec(main_spec) if main_spec else None
     seen: list = []
-    monkeypatch.setattr(sys.modules["__main__"], "__spec__", None)
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", spec)
     monkeypatch.setattr("spurgen.cli.run.main", lambda argv, prog: seen.append(_basic_subprocess_cmd()) or 0)
     monkeypatch.setattr(sys, "argv", ["/venv/bin/spurgen", "run", "trainer=ddp"])
     assert spurgen.cli.main() == 0
     assert seen[0][1:3] == ["-m", "spurgen.run"]
-    assert sys.modules["__main__"].__spec__ is None
+    assert sys.modules["__main__"].__spec__ is spec
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", list(spurgen.cli.COMMANDS))
+def test_python_dash_m_spurgen_runs_each_command(command, tmp_path):
+    """`python -m spurgen <command>` is `spurgen <command>` (spurgen/__main__.py)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "spurgen", command, "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip()
+
+
+def test_no_command_shims_at_the_top_of_the_package():
+    """Commands are `spurgen <command>` / `python -m spurgen <command>` (spurgen/__main__.py); the one module per
+    command at the top of the package is run.py (`python -m spurgen.run`)."""
+    package = Path(spurgen.cli.__file__).parents[1]
+    top = {p.stem for p in package.glob("*.py")}
+    assert top & set(spurgen.cli.COMMANDS) == {"run"}
+    runnable = {p.name for p in package.glob("*.py") if "__main__" in p.read_text()}
+    assert runnable == {"run.py", "__main__.py"}
 
 
 def test_user_class_from_config_path(tmp_path, monkeypatch, capsys):
@@ -99,9 +129,9 @@ def test_user_class_from_config_path(tmp_path, monkeypatch, capsys):
 
 def test_config_path_is_used_by_every_hydra_entry_point(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(ENV_VAR, str(write_class(tmp_path / "conf", "my_class", 7, "goldfish")))
-    from spurgen.evaluate import main as evaluate
-    from spurgen.export import main as export
-    from spurgen.generate import main as generate
+    from spurgen.cli.evaluate import main as evaluate
+    from spurgen.cli.export import main as export
+    from spurgen.cli.generate import main as generate
 
     for main, args in ((generate, []), (evaluate, ["images_dir=x"]), (export, ["images_dir=x"])):
         assert main(["class=my_class", *args, "--cfg", "job"]) == 0
@@ -111,7 +141,7 @@ def test_config_path_is_used_by_every_hydra_entry_point(tmp_path, monkeypatch, c
 def test_missing_config_path_folder_is_one_line(tmp_path, monkeypatch, capsys):
     missing = tmp_path / "no_such_folder"
     monkeypatch.setenv(ENV_VAR, os.pathsep.join([str(tmp_path), str(missing)]))
-    from spurgen.generate import main as generate
+    from spurgen.cli.generate import main as generate
     from spurgen.run import main
 
     for entry in (main, generate):

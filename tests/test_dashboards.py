@@ -375,7 +375,7 @@ def test_filter_text_quotes_values():
 
 # -- the commands ----------------------------------------------------------------------------------------------
 def test_report_dashboard_dry_run_writes_the_full_spec(fake_sweep, capsys):  # noqa: F811
-    from spurgen.report import main
+    from spurgen.cli.report import main
 
     assert main([str(fake_sweep), "--dashboard", "--dry-run"]) == 0
     out = capsys.readouterr().out

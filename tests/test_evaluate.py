@@ -1,4 +1,4 @@
-"""spurgen.evaluate on tiny random timm classifiers: outputs, schema, shared decoding, bad input."""
+"""`spurgen evaluate` on tiny random timm classifiers: outputs, schema, shared decoding, bad input."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from spurgen.cli.evaluate import main
 from spurgen.config import METHOD_VERSION
-from spurgen.evaluate import main
 from tests.conftest import write_images
 
 TEMPLATES = ["{prompt}", "{prompt} on the beach"]
@@ -19,7 +19,7 @@ TINY = ["tiny_effnet", "tiny_byobnet", "tiny_vit"]
 
 
 def make_generated(folder: Path, n: int = 6, class_index: int = 94) -> Path:
-    """A folder shaped like spurgen.generate's output (random pixels)."""
+    """A folder shaped like `spurgen generate`'s output (random pixels)."""
     paths = write_images(folder, n, size=32)
     lines = []
     for i, p in enumerate(paths):

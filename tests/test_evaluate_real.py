@@ -34,7 +34,7 @@ def write_lite0_safetensors(path: Path) -> Path:
 def test_coffee_and_chelsea_with_real_efficientnet_lite0(tmp_path):
     from PIL import Image
 
-    from spurgen.evaluate import main
+    from spurgen.cli.evaluate import main
 
     weights = write_lite0_safetensors(tmp_path / "efficientnet_lite0.safetensors")
     images = tmp_path / "photos"

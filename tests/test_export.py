@@ -1,10 +1,10 @@
-"""spurgen.export: the images predicted as the target by at least m classifiers, with a manifest."""
+"""`spurgen export`: the images predicted as the target by at least m classifiers, with a manifest."""
 
 from __future__ import annotations
 
 import json
 
-from spurgen.export import main
+from spurgen.cli.export import main
 from tests.test_evaluate import TINY, make_generated, tiny_classifiers
 
 

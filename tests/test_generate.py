@@ -1,4 +1,4 @@
-"""spurgen.generate: per-image seeds, manifest, atomic writes, rerun skips, black images, baseline, bad input."""
+"""`spurgen generate`: per-image seeds, manifest, atomic writes, rerun skips, black images, baseline, bad input."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from spurgen.cli.generate import main
 from spurgen.config import GenerateConfig
-from spurgen.generate import main
 from spurgen.seeds import generation_seed
 
 META = {

@@ -580,7 +580,7 @@ def test_export_uploads_the_summary_to_wandb_offline(tmp_path):
 def test_spurgen_export_review_keeps_only_accepted_images_with_votes(tmp_path, capsys):
     """`spurgen export review=<db>`: of the images the classifiers vote for, only those reviewers accepted are
     kept; images with no votes are left out; the manifest carries the votes."""
-    from spurgen.export import main as export_main
+    from spurgen.cli.export import main as export_main
     from tests.test_evaluate import make_generated
 
     images = make_generated(tmp_path / "generated", n=4)

@@ -91,7 +91,7 @@ def test_rows_pool_the_seeds_images_into_one_wilson_interval(fake_sweep):
 
 
 def test_report_lists_broken_and_missing_runs_and_separates_versions(fake_sweep):
-    from spurgen.report import main
+    from spurgen.cli.report import main
 
     assert main([str(fake_sweep)]) == 0
     md = (fake_sweep / "report.md").read_text()
@@ -118,7 +118,7 @@ def test_report_lists_broken_and_missing_runs_and_separates_versions(fake_sweep)
 
 
 def test_report_pushes_table_and_figures_to_wandb_offline(fake_sweep, monkeypatch):
-    from spurgen.report import main
+    from spurgen.cli.report import main
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert main([str(fake_sweep), "--wandb"]) == 0
@@ -130,7 +130,7 @@ def test_report_pushes_table_and_figures_to_wandb_offline(fake_sweep, monkeypatc
 
 
 def test_report_bad_input_one_line_exit_2(tmp_path, capsys):
-    from spurgen.report import main
+    from spurgen.cli.report import main
 
     assert main([str(tmp_path / "nope")]) == 2
     (tmp_path / "empty").mkdir()
@@ -374,7 +374,7 @@ def test_tiny_multirun_joblib_then_report(tmp_path):
     assert any(r.name.startswith("class=koala,lambda_sfsl=1") for r in runs)  # named by its overrides
     assert sum((r / "baseline").is_dir() for r in runs) == 2  # once per class, in the lambda_sfsl=0 runs
 
-    from spurgen.report import main
+    from spurgen.cli.report import main
 
     assert main([str(sweep)]) == 0
     rows = list(__import__("csv").DictReader(open(sweep / "report.csv")))

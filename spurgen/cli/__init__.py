@@ -1,7 +1,8 @@
 """The `spurgen` command: `spurgen <command> [args...]` hands the rest of the command line to that command.
 
-Each command is also a module: `spurgen run ...` is `python -m spurgen.run ...`. The modules are imported only
-when their command is chosen, so `spurgen --help` answers at once.
+`python -m spurgen <command> ...` (spurgen/__main__.py) is the same, and `python -m spurgen.run ...` is
+`spurgen run ...`. The commands' modules are imported only when their command is chosen, so `spurgen --help`
+answers at once.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-# command -> one line of help; its code is spurgen/cli/<command>.py (main(argv, prog) -> exit code), and
-# spurgen/<command>.py is the shim that `python -m spurgen.<command>` runs
+# command -> one line of help; its code is spurgen/cli/<command>.py (main(argv, prog) -> exit code)
 COMMANDS: dict[str, str] = {
     "run": "train -> generate -> evaluate one run, or a sweep with -m (Hydra)",
     "generate": "images from a fine-tuned pipeline or the base model",
@@ -28,6 +28,9 @@ MODULES = {
     "review": "spurgen.review.cli",
     "dashboard": "spurgen.dashboards.command",
 }  # commands whose code is not spurgen/cli/<command>.py
+# command -> the module that `python -m <module> <args>` runs it with: Lightning's DDP launcher starts ranks 1..
+# that way, and only `run` trains
+RELAUNCH = {"run": "spurgen.run"}
 
 
 def usage() -> str:
@@ -35,7 +38,7 @@ def usage() -> str:
     lines = [
         "usage: spurgen <command> [args...]",
         "",
-        "commands (each takes the arguments of `python -m spurgen.<command>`; `spurgen <command> --help`):",
+        "commands (also `python -m spurgen <command> [args...]`; `spurgen <command> --help`):",
     ]
     lines += [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
     lines += [
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name, rest = args[0], args[1:]
     module = importlib.import_module(MODULES.get(name, f"spurgen.cli.{name}"))
-    with _main_module_as(f"spurgen.{name}"):
+    with _main_module_as(RELAUNCH.get(name)):
         return module.main(rest, prog=f"spurgen {name}")
 
 
@@ -74,19 +77,25 @@ def _version() -> str:
 
 
 @contextmanager
-def _main_module_as(shim: str) -> Iterator[None]:
-    """While a command runs from the `spurgen` console script, make __main__ look like `python -m <shim>`.
+def _main_module_as(module: str | None) -> Iterator[None]:
+    """While a command runs from the dispatcher (the `spurgen` console script or `python -m spurgen`), make
+    __main__ look like `python -m <module>` (None: leave it).
 
     Lightning's DDP launcher starts ranks 1.. with `python -m <__main__.__spec__.name> <argv[1:]>`, or, when the
-    program has no spec (a console script), with `python <argv[0]> ...`, and argv[0] is 'spurgen run' here.
-    Only a spec-less __main__ is changed, and it is restored afterwards.
+    program has no spec (a console script), with `python <argv[0]> ...`. From the dispatcher neither works:
+    argv[0] is 'spurgen run' while the command runs (cli/common.py run_main), and `python -m spurgen` would
+    take the first override for the command's name. Only the dispatcher's __main__ is changed, and it is
+    restored afterwards.
     """
     entry = sys.modules.get("__main__")
-    changed = entry is not None and getattr(entry, "__spec__", None) is None
+    before = getattr(entry, "__spec__", None)
+    changed = (
+        module is not None and entry is not None and (before is None or before.name == "spurgen.__main__")
+    )
     if changed:
-        entry.__spec__ = importlib.util.find_spec(shim)
+        entry.__spec__ = importlib.util.find_spec(module)
     try:
         yield
     finally:
         if changed:
-            entry.__spec__ = None
+            entry.__spec__ = before

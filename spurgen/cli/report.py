@@ -12,7 +12,7 @@ import sys
 from spurgen.errors import SpurgenError
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m spurgen.report") -> int:
+def main(argv: list[str] | None = None, prog: str = "spurgen report") -> int:
     """Write the report of a sweep folder; return the exit code (0 ok, 2 bad input)."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", help="a Hydra multirun folder (one sub-folder per run)")

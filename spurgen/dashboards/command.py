@@ -1,7 +1,7 @@
 """W&B dashboard of a sweep: a saved workspace view and a report, or dashboard.json offline.
 
 `spurgen dashboard <sweep folder | W&B group | dashboard.json> [--entity E] [--project P] [--out DIR]
-[--dry-run]` (or `python -m spurgen.dashboard`; `spurgen report <sweep> --dashboard`).
+[--dry-run]` (or `python -m spurgen dashboard`; `spurgen report <sweep> --dashboard`).
 
 Writes the dashboard's specification (dashboard.json, spurgen/dashboards/spec.py) next to the sweep report;
 online (W&B credentials and network, no --dry-run) it also saves the W&B workspace view and report and prints
@@ -137,7 +137,7 @@ def create(req: Request, paths: dict[str, Path] | None = None) -> list[str]:
         return lines + [f"W&B did not accept the dashboard ({first[:200]})"] + later(loaded)
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m spurgen.dashboard") -> int:
+def main(argv: list[str] | None = None, prog: str = "spurgen dashboard") -> int:
     """Build the dashboard of a sweep; return the exit code (0 ok, 2 bad input)."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("source", help="a sweep folder, a W&B group name, or a dashboard.json written before")
