@@ -25,7 +25,7 @@ from spurgen.dashboards.spec import (
 )
 from spurgen.dashboards.wandb_objects import create_charts, filter_text, report, workspace
 from spurgen.errors import SpurgenError
-from spurgen.stages.report import collect, write_report
+from spurgen.report import collect, write_report
 from tests.conftest import FAST, run_cli
 from tests.helpers import TINY
 from tests.test_sweeps import _mixed_run, fake_sweep  # noqa: F401 - the report tests' fixture

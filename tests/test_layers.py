@@ -17,8 +17,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("config", "validation", "distributed", "loggers"),
     ("data", "models", "losses", "eval", "optim", "pipeline", "mini"),
     ("module", "callbacks", "checkpointing", "identity"),
-    ("stages", "dashboards", "review"),
-    ("cli", "run", "generate", "evaluate", "export", "report", "dashboard", "__init__", "__main__"),
+    ("stages", "report", "dashboards", "review"),
+    ("cli", "run", "__init__", "__main__"),
 ]
 
 

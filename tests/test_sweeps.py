@@ -78,7 +78,7 @@ def fake_sweep(tmp_path) -> Path:
 def test_rows_pool_the_seeds_images_into_one_wilson_interval(fake_sweep):
     """lambda 0, version 1: seeds 0 and 1 with 2 and 4 of 10 images -> 6 of 20, Wilson's interval of 6/20."""
     from spurgen.eval.metrics import wilson_interval
-    from spurgen.stages.report import aggregate, collect
+    from spurgen.report import aggregate, collect
 
     rows = aggregate(collect(fake_sweep))
     row = next(
@@ -176,7 +176,7 @@ def test_report_never_counts_unlike_runs_as_seeds(tmp_path):
     eight tables, each averaging exactly its own two seeds."""
     from itertools import product
 
-    from spurgen.stages.report import write_report
+    from spurgen.report import write_report
 
     root = tmp_path / "mixed"
     expected = {}
@@ -217,7 +217,7 @@ def test_report_never_counts_unlike_runs_as_seeds(tmp_path):
 
 def test_report_lists_a_second_differing_baseline(tmp_path):
     """Two runs of one seed whose baselines should agree but do not: both are named, one is used."""
-    from spurgen.stages.report import write_report
+    from spurgen.report import write_report
 
     root = tmp_path / "twice"
     _mixed_run(root, "A", 300, "hummingbird", 0, 0)
@@ -239,7 +239,7 @@ def test_report_splits_runs_whose_base_weights_differ(tmp_path):
     """One config, seeds 0-3; seeds 2 and 3 started from regenerated weights (the same model.path, so the
     same config identity): two tables of two seeds each, headed by the weights, baselines kept apart. Runs
     of one identity that agree on their weights keep the identity as it is."""
-    from spurgen.stages.report import collect, write_report
+    from spurgen.report import collect, write_report
 
     root = tmp_path / "regen"
     for seed, rate in enumerate((0.2, 0.4, 0.6, 0.8)):

@@ -1,7 +1,7 @@
 """Report of a sweep: `spurgen report <sweep_dir> [--out DIR] [--wandb] [--dashboard [--dry-run]]`.
 
 Reads every run's eval/metrics.json and .hydra/config.yaml under the sweep folder and writes report.md,
-report.csv and figures/ (spurgen/stages/report.py). Exit codes: 0 ok, 2 bad input (one-line message).
+report.csv and figures/ (spurgen/report/). Exit codes: 0 ok, 2 bad input (one-line message).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None, prog: str = "spurgen report") -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2): an exit code, as the Hydra commands give
         return exc.code if isinstance(exc.code, int) else 2
-    from spurgen.stages.report import write_report
+    from spurgen.report import write_report
 
     try:
         paths = write_report(args.sweep_dir, args.out, args.wandb)

@@ -64,7 +64,7 @@ def load(req: Request, live: bool, paths: dict[str, Path] | None = None) -> Load
         folder = Path(spec.source) if Path(spec.source).is_dir() else None
         return Loaded(spec, src, folder, src.parent)
     if src.is_dir():
-        from spurgen.stages.report import write_report
+        from spurgen.report import write_report
 
         paths = paths or write_report(src, req.out, False)
         out = paths["report.md"].parent
@@ -103,7 +103,7 @@ def save(loaded: Loaded) -> list[str]:
     api = wandb_api()
     entity = loaded.spec.entity or api.default_entity
     if loaded.folder is not None and not _has_report_run(api, loaded.spec, entity):
-        from spurgen.stages.report import write_report
+        from spurgen.report import write_report
 
         write_report(loaded.folder, loaded.out, True)
     notes = create_charts(loaded.spec, api, entity)  # the presets the report's line panels draw with

@@ -1,6 +1,6 @@
 """A sweep's runs -> its `DashboardSpec`: which panels, metric keys, groups and filters.
 
-The runs come from a local sweep folder (spurgen/stages/report.py `collect`) or from W&B
+The runs come from a local sweep folder (spurgen/report/collect.py `collect`) or from W&B
 (spurgen/dashboards/source.py); either way they are `Run`s of the sweep report, so the dashboard's tables are
 the report's tables: one per method version x class x run identity (spurgen/identity.py). W&B groups runs by
 config keys only and does not know the identity hash, so the dashboard groups and filters by the config keys
@@ -31,7 +31,7 @@ from spurgen.dashboards.spec import (
     WorkspaceSpec,
     metric,
 )
-from spurgen.stages.report import Run, table_title
+from spurgen.report import Run, table_title
 
 LAMBDA = "config.lambda_sfsl"
 UNSET = "<unset>"

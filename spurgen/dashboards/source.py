@@ -13,7 +13,7 @@ import yaml
 from spurgen.dashboards.plan import build_spec
 from spurgen.dashboards.spec import REPORT_TABLE_KEY, DashboardSpec
 from spurgen.errors import SpurgenError
-from spurgen.stages.report import Run, _training_group, aggregate, collect, csv_lines
+from spurgen.report import Run, aggregate, collect, csv_lines, training_group
 
 DEFAULT_PROJECT = "spurgen"  # spurgen/config.py LoggerConfig.project; push_wandb logs the report run there
 REPORT_FILES = ("report.md", "report.csv")
@@ -43,7 +43,7 @@ def folder_spec(
     where = {
         "entity": entity or logger.get("entity"),
         "project": project or logger.get("project") or DEFAULT_PROJECT,
-        "group": logger.get("group") or _training_group(sweep.root),
+        "group": logger.get("group") or training_group(sweep.root),
         "source": str(sweep.root),
     }
     return build_spec(sweep.runs, where, csv_lines(aggregate(sweep)), figure_keys(paths))

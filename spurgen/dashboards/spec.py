@@ -3,7 +3,7 @@
 Both W&B objects (the saved workspace view and the report, spurgen/dashboards/wandb_objects.py) are built from
 one `DashboardSpec`, so the JSON written offline is exactly what an online run would create. Metric keys are
 those the logging code writes (spurgen/module.py `train/...`, spurgen/eval/summary.py `flat_metrics`,
-spurgen/callbacks.py `samples/...`, spurgen/eval/outputs.py `eval/...`, spurgen/stages/report.py `report/...`);
+spurgen/callbacks.py `samples/...`, spurgen/eval/outputs.py `eval/...`, spurgen/report/wandb_run.py `report/...`);
 tests/test_dashboards.py checks them against what a tiny `logger=wandb` run logs.
 """
 
@@ -20,7 +20,7 @@ SPEC_FILE = "dashboard.json"  # written next to report.md
 # The metric keys the dashboard plots, as the logging code names them.
 TRAIN_LOSSES = ("train/loss", "train/loss_instance", "train/loss_prior", "train/loss_sfsl")  # module.py
 IMAGE_KEYS = ("samples/instance_prompt", "eval/generated_vs_reference")  # callbacks.py, eval/outputs.py
-REPORT_TABLE_KEY = "report/table"  # stages/report.py push_wandb
+REPORT_TABLE_KEY = "report/table"  # spurgen/report/wandb_run.py push_wandb
 CONSISTENCY = ("consistency_all", "consistency_at_least_half")
 # set -> key prefix (spurgen/eval/summary.py SET_PREFIX)
 PREFIX = {"images": "eval", "reference": "eval_reference", "baseline": "eval_baseline"}
@@ -139,7 +139,7 @@ class DashboardSpec:
     tables: list[TableSpec]
     workspace: WorkspaceSpec
     report: ReportSpec
-    report_table: list[dict]  # the sweep report's report.csv lines (spurgen/stages/report.py csv_lines)
+    report_table: list[dict]  # the sweep report's report.csv lines (spurgen/report/csv_rows.py csv_lines)
     figures: list[str]  # the sweep report's figures as the report run logged them (`report/...` keys)
     # W&B custom chart presets the vs_lambda panels draw with: name -> Vega-Lite spec (charts.py); saving the
     # dashboard creates them in the entity first
