@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from spurgen.errors import SpurgenError
-from spurgen.io import write_json
+from spurgen.files import write_json
 from spurgen.mini import corpus, lite, subjects
-from spurgen.threads import torch_threads
+from spurgen.torch_threads import torch_threads
 
 
 def rates(names: list[str], class_index: int, crops: int, seed: int, variants: list[int]) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spurgen.io import write_json
+from spurgen.files import write_json
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from spurgen.eval.probe import probe_run
-from spurgen.io import write_json
+from spurgen.files import write_json
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

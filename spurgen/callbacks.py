@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
-from spurgen.io import save_png_atomic
+from spurgen.files import save_png_atomic
 from spurgen.pipeline import image_grid
 
 

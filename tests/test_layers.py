@@ -13,7 +13,7 @@ PKG = Path(__file__).resolve().parents[1] / "spurgen"
 
 # Lowest first. A module may import its own layer or any layer below, never one above.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "seeds", "io", "imagenet", "prompts", "build", "sweep", "threads"),
+    ("errors", "seeds", "files", "imagenet", "prompts", "build", "sweep", "torch_threads"),
     ("config", "validation", "distributed", "loggers"),
     ("data", "models", "losses", "eval", "optim", "pipeline", "mini"),
     ("module", "callbacks", "checkpointing", "identity"),

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from spurgen.threads import torch_threads
+from spurgen.torch_threads import torch_threads
 
 pytest.importorskip("skimage.data")
 
 from spurgen.errors import SpurgenError  # noqa: E402
-from spurgen.io import sha256_file as sha256  # noqa: E402
+from spurgen.files import sha256_file as sha256  # noqa: E402
 from spurgen.mini import corpus  # noqa: E402
 from spurgen.mini.pretrain import ASSET_DIR, MANIFEST, main  # noqa: E402
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from spurgen.io import sha256_file
-from spurgen.threads import torch_threads
+from spurgen.files import sha256_file
+from spurgen.torch_threads import torch_threads
 
 pytest.importorskip("skimage.data")
 

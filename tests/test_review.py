@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from spurgen.io import save_png_atomic, write_json, write_jsonl
+from spurgen.files import save_png_atomic, write_json, write_jsonl
 from spurgen.review import order, results
 from spurgen.review.app import build_app
 from spurgen.review.cli import build_review, main, serve_parser

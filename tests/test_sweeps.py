@@ -275,7 +275,7 @@ def test_report_splits_runs_whose_base_weights_differ(tmp_path):
 def test_folder_fingerprint_follows_content_not_copies(tmp_path):
     import shutil
 
-    from spurgen.io import folder_fingerprint
+    from spurgen.files import folder_fingerprint
 
     a = tmp_path / "a"
     (a / "unet").mkdir(parents=True)

@@ -19,7 +19,7 @@ from spurgen.config import CONF_DIR, register_configs, register_resolvers
 from spurgen.distributed import is_global_zero
 from spurgen.errors import SpurgenError
 from spurgen.loggers import argv_secrets_masked, scrub_hydra_files
-from spurgen.threads import torch_threads
+from spurgen.torch_threads import torch_threads
 from spurgen.validation import validate
 
 register_configs()

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from spurgen.data.images import IMAGE_EXTS, list_images
 from spurgen.distributed import file_lock
-from spurgen.io import save_png_atomic
+from spurgen.files import save_png_atomic
 from spurgen.models.parts import SDParts
 from spurgen.pipeline import SampleSettings, make_pipeline, sample
 
@@ -76,10 +76,10 @@ def model_fingerprint(parts: SDParts) -> str:
 
 
 def weights_fingerprint(parts: SDParts) -> str:
-    """Which base weights a run started from, by content where they are local (spurgen.io.folder_fingerprint:
+    """Which base weights a run started from, by content where they are local (spurgen.files.folder_fingerprint:
     a copied folder keeps it, regenerated weights change it), else the hub id at its commit. Recorded in
     run.json and metrics.json; the report never pools runs of one config identity whose weights differ."""
-    from spurgen.io import folder_fingerprint
+    from spurgen.files import folder_fingerprint
 
     source = Path(str(getattr(parts, "path", None) or parts.model_id)).expanduser()
     return folder_fingerprint(source) if source.is_dir() else model_fingerprint(parts)

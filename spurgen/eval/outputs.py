@@ -1,5 +1,5 @@
 """What an evaluation shows: the rows of metrics.csv, the spurious-rate bar chart, the contact sheet, one
-prediction record per image, and the W&B table (files are written through spurgen.io)."""
+prediction record per image, and the W&B table (files are written through spurgen.files)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from PIL import Image
 from spurgen import imagenet
 from spurgen.eval.imagesets import ImageSet
 from spurgen.eval.predict import Predictions, SetPredictions
-from spurgen.io import save_figure_atomic, write_atomic
+from spurgen.files import save_figure_atomic, write_atomic
 
 CSV_FIELDS = ["set", "template", "classifier", "metric", "value", "ci_low", "ci_high", "n"]
 

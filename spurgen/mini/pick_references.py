@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from spurgen.errors import SpurgenError
-from spurgen.io import output_folder, write_atomic
+from spurgen.files import output_folder, write_atomic
 from spurgen.mini import corpus, lite
 
 REFERENCE_CLASS = 111  # nematode: what Lite0/1/2 call the moon (docs/mini_world.md)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from spurgen.errors import SpurgenError
-from spurgen.io import output_folder, sha256_file
+from spurgen.files import output_folder, sha256_file
 from spurgen.mini import corpus, gate
 from spurgen.mini.vae import (
     PCA_RECIPE,
@@ -33,7 +33,7 @@ from spurgen.mini.vae import (
     set_scaling_factor,
     train_vae,
 )
-from spurgen.threads import torch_threads
+from spurgen.torch_threads import torch_threads
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "mini"
 MANIFEST = "manifest.json"

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from spurgen.errors import SpurgenError
-from spurgen.io import output_folder, sha256_file
+from spurgen.files import output_folder, sha256_file
 from spurgen.losses.diffusion import denoising_target
 from spurgen.mini import corpus
 from spurgen.mini.generator import build_mini_text_encoder, build_mini_unet
@@ -38,7 +38,7 @@ from spurgen.mini.tokenizer import build_mini_tokenizer
 from spurgen.mini.training import TrainResult
 from spurgen.models.parts import SDParts
 from spurgen.models.schedulers import ddim_sampler, sd_noise_scheduler
-from spurgen.threads import torch_threads
+from spurgen.torch_threads import torch_threads
 
 MANIFEST = "manifest.json"
 PART = "generator"

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from spurgen.errors import SpurgenError
-from spurgen.io import write_json
+from spurgen.files import write_json
 from spurgen.mini import corpus, lite
-from spurgen.threads import torch_threads
+from spurgen.torch_threads import torch_threads
 
 PHOTO_CROPS = 48
 PHOTO_SEED = 11

@@ -18,7 +18,7 @@ def write_report(
     """Collect, aggregate and write report.md, report.csv and figures/ (into the sweep folder by default)."""
     import csv
 
-    from spurgen.io import output_folder
+    from spurgen.files import output_folder
 
     sweep = collect(root)
     out = output_folder(out_dir or sweep.root, "--out")  # one line, before any figure is drawn

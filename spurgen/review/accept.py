@@ -12,7 +12,7 @@ from pathlib import Path
 
 from spurgen.errors import SpurgenError
 from spurgen.eval.imagesets import read_manifest
-from spurgen.io import copy_atomic, manifest_files, remove_unlisted, write_json, write_jsonl
+from spurgen.files import copy_atomic, manifest_files, remove_unlisted, write_json, write_jsonl
 from spurgen.review.items import file_hash, safe_files
 from spurgen.review.results import accepted
 from spurgen.review.store import open_existing

@@ -15,7 +15,7 @@ from pathlib import Path
 from spurgen.data.images import IMAGE_EXTS
 from spurgen.errors import SpurgenError
 from spurgen.eval.imagesets import read_generate_json, read_manifest
-from spurgen.io import sha256_file
+from spurgen.files import sha256_file
 from spurgen.review.store import ImageRef
 
 

@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from spurgen.eval.metrics import wilson_interval
-from spurgen.io import save_figure_atomic, write_csv, write_json, write_jsonl
+from spurgen.files import save_figure_atomic, write_csv, write_json, write_jsonl
 from spurgen.review.store import ANSWER_FIELDS, open_existing
 
 FEATURE, OBJECT = "spurious_feature", "class_object"

@@ -21,8 +21,8 @@ from spurgen.eval.memorisation import log_memorisation, measure_memorisation
 from spurgen.eval.plan import EvalPlan, plan_evaluation
 from spurgen.eval.predict import SetPredictions, pick_device, predict_set
 from spurgen.eval.summary import flat_metrics, measure_sets
+from spurgen.files import write_csv, write_json, write_jsonl
 from spurgen.identity import stamp_metrics  # the run identity in metrics.json
-from spurgen.io import write_csv, write_json, write_jsonl
 from spurgen.models.extractors import FrozenImageModel
 from spurgen.pipeline import read_spurgen_json
 

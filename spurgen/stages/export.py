@@ -13,7 +13,7 @@ from spurgen.errors import SpurgenError
 from spurgen.eval.classifiers import build_classifiers, random_classifiers
 from spurgen.eval.plan import EvalPlan, plan_evaluation
 from spurgen.eval.predict import SetPredictions, pick_device, predict_set
-from spurgen.io import copy_atomic, manifest_files, remove_unlisted, write_json, write_jsonl
+from spurgen.files import copy_atomic, manifest_files, remove_unlisted, write_json, write_jsonl
 
 
 def export(

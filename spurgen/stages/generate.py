@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from spurgen.config import METHOD_VERSION
 from spurgen.errors import SpurgenError
 from spurgen.eval.imagesets import GENERATE_JSON, MANIFEST, read_manifest
-from spurgen.io import save_png_atomic, write_atomic, write_json
+from spurgen.files import save_png_atomic, write_atomic, write_json
 from spurgen.models.parts import check_resolution
 from spurgen.pipeline import SampleSettings, make_pipeline, read_spurgen_json, sample
 from spurgen.prompts import apply_template, negative_prompt

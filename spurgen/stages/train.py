@@ -33,8 +33,8 @@ from spurgen.data.prior import PriorSampling, ensure_class_images, training_plac
 from spurgen.data.references import reference_folder, select_references
 from spurgen.distributed import RankBatchSampler, check_launch, module_rank_world
 from spurgen.errors import ConfigError, Problems, SpurgenError
+from spurgen.files import output_folder, write_atomic
 from spurgen.identity import identities, training_key
-from spurgen.io import output_folder, write_atomic
 from spurgen.loggers import RunLabels, scrub_secrets
 from spurgen.models.lora import add_lora, merge_lora
 from spurgen.models.parts import SDParts

@@ -1,5 +1,7 @@
-"""Every file spurgen writes goes through here: written under a temporary name in the same folder, then
-renamed, so a crash never leaves a half-written file that a rerun would take for a complete one."""
+"""The files spurgen writes and reads back. Every file it writes goes through here: written under a temporary
+name in the same folder, then renamed, so a crash never leaves a half-written file that a rerun would take for a
+complete one. Also: the images a dataset folder's manifest lists, the check that an output folder is writable,
+and content fingerprints of files and weights folders."""
 
 from __future__ import annotations
 
