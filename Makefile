@@ -44,10 +44,10 @@ bench-gpu:  ## SD 1.5's architecture at 512² in bf16 on a CUDA GPU (writes docs
 	$(PY) experiments/bench_gpu.py --out docs/benchmarks
 
 mini-weights:  ## recreate the mini world's shipped weights (spurgen/assets/mini; about an hour on 2 CPU cores)
-	$(PY) -m spurgen.mini.pretrain --part all --out spurgen/assets/mini --figure docs/mini_autoencoder.png
+	$(PY) -m experiments.mini_world.pretrain --part all --out spurgen/assets/mini --figure docs/mini_autoencoder.png
 
 mini-references:  ## re-pick the mini world's reference crops (spurgen/assets/mini/references)
-	$(PY) -m spurgen.mini.pick_references --out spurgen/assets/mini/references
+	$(PY) -m experiments.mini_world.pick_references --out spurgen/assets/mini/references
 
 clean:  ## remove run outputs and caches
 	rm -rf outputs multirun .pytest_cache

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_setup beside this file (forkserver children)
-import bench_sections as sections  # noqa: E402
-from bench_report import write_report  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `experiments` importable when run as a file (and in the forkserver children)
+from experiments import bench_sections as sections  # noqa: E402
+from experiments.bench_report import write_report  # noqa: E402
 
 
 def interleaved(

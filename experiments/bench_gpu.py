@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_setup import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `experiments` importable when run as a file
+from experiments.bench_setup import (  # noqa: E402
     FAST,
     LOW_MEMORY,
     Setting,
@@ -33,10 +33,9 @@ from bench_setup import (  # noqa: E402
     make_module,
     spurgen_step,
 )
-
+from experiments.proportional import build_proportional_extractor, build_proportional_sd  # noqa: E402
 from spurgen.models.extractors import build_tiny_extractor  # noqa: E402
 from spurgen.models.parts import SDParts  # noqa: E402
-from spurgen.models.proportional import build_proportional_extractor, build_proportional_sd  # noqa: E402
 from spurgen.models.tiny import build_tiny_sd  # noqa: E402
 from spurgen.optim import make_optimizer  # noqa: E402
 

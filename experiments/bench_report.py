@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bench_setup import BASE_CACHED_KEY, FAST_CACHED_KEY, FAST_KEY
+from experiments.bench_setup import BASE_CACHED_KEY, FAST_CACHED_KEY, FAST_KEY
 
 REAL_UNET_S, REAL_VAE_S = (
     9.5,

@@ -16,11 +16,11 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from experiments.proportional import build_proportional_extractor, build_proportional_sd
 from spurgen.data.dataset import collate, tokenize
 from spurgen.losses import SpurgenObjective, SpuriousFeatureSimilarityLoss, denoising_target, predict_z0
 from spurgen.models.extractors import FrozenImageModel, build_tiny_extractor
 from spurgen.models.parts import SDParts
-from spurgen.models.proportional import build_proportional_extractor, build_proportional_sd
 from spurgen.models.tiny import build_tiny_sd
 from spurgen.module import ModuleSettings, SpurgenModule
 from spurgen.optim import make_optimizer

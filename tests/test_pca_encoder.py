@@ -1,14 +1,14 @@
-"""The PCA encoder (spurgen.mini.pca_encoder): an AutoencoderKL encoder whose weights compute principal
-components of 4x4 patches, checked against the projection computed directly."""
+"""The PCA encoder (experiments/mini_world/pca_encoder.py): an AutoencoderKL encoder whose weights compute
+principal components of 4x4 patches, checked against the projection computed directly."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from experiments.mini_world import pca_encoder
+from experiments.mini_world.vae import VaeTrainConfig, build_mini_vae, fit_patch_pca, train_vae
 from spurgen.errors import SpurgenError
-from spurgen.mini import pca_encoder
-from spurgen.mini.vae import VaeTrainConfig, build_mini_vae, fit_patch_pca, train_vae
 
 
 def _images(n: int, seed: int) -> torch.Tensor:
@@ -65,7 +65,7 @@ def test_the_encoder_computes_the_projection_on_images_it_was_not_fitted_on(comp
 def test_the_encoder_survives_a_save_and_reload_in_float32(tmp_path):
     from diffusers import AutoencoderKL
 
-    from spurgen.mini.pretrain import save_vae
+    from experiments.mini_world.pretrain import save_vae
 
     pca = pca_encoder.fit(_images(16, 0), 12)
     vae = pca_encoder.install(build_mini_vae(latent_channels=12, norm_groups=1), pca)
@@ -111,7 +111,7 @@ def test_the_command_trains_a_pca_autoencoder_and_stores_it_in_float32(tmp_path)
 
     from safetensors import safe_open
 
-    from spurgen.mini.pretrain import MANIFEST, main
+    from experiments.mini_world.pretrain import MANIFEST, main
 
     rc = main(["--part", "vae", "--out", str(tmp_path), "--steps", "1", "--batch", "1", "--no-gate",
                "--encoder", "pca", "--norm-groups", "1", "--latent-channels", "12", "--perceptual-weight", "0"])  # fmt: skip
@@ -123,7 +123,7 @@ def test_the_command_trains_a_pca_autoencoder_and_stores_it_in_float32(tmp_path)
 
 
 def test_the_command_refuses_a_pca_encoder_with_several_groups(capsys):
-    from spurgen.mini.pretrain import main
+    from experiments.mini_world.pretrain import main
 
     with pytest.raises(SystemExit) as info:
         main(["--part", "vae", "--encoder", "pca", "--norm-groups", "8"])
@@ -133,7 +133,7 @@ def test_the_command_refuses_a_pca_encoder_with_several_groups(capsys):
 def test_equalising_latent_channels_is_exact_and_gives_unit_stds():
     """quant_conv divides each latent channel by its std, post_quant_conv multiplies it back: D(E(x)) is
     unchanged, the channels come out with unit std on the crops measured, and the posterior std scales too."""
-    from spurgen.mini.vae import _scaling_crops, equalise_latent_channels, reconstruct
+    from experiments.mini_world.vae import _scaling_crops, equalise_latent_channels, reconstruct
 
     pca = pca_encoder.fit(_images(16, 0), 12)
     vae = pca_encoder.install(build_mini_vae(latent_channels=12, norm_groups=1), pca, logvar=-6.0).eval()
@@ -154,8 +154,8 @@ def test_equalising_latent_channels_is_exact_and_gives_unit_stds():
 
 
 def test_the_pca_recipe_is_one_flag_and_flags_still_override_it():
-    from spurgen.mini.pretrain import parse_args
-    from spurgen.mini.vae import PCA_RECIPE
+    from experiments.mini_world.pretrain import parse_args
+    from experiments.mini_world.vae import PCA_RECIPE
 
     args = parse_args(["--part", "vae", "--recipe", "pca", "--steps", "5"])
     assert args.steps == 5 and args.photo_splits == PCA_RECIPE["photo_splits"]

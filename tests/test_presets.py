@@ -14,10 +14,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from spurgen.build import build
-from spurgen.config import CONF_DIR, register_configs, register_resolvers
+from spurgen.config import CONF_DIR, asset_path, register_configs, register_resolvers
 from spurgen.errors import ConfigError
 from spurgen.validation import validate
 
+from .conftest import REPO
 from .helpers import TINY
 
 register_configs()
@@ -74,7 +75,7 @@ def test_every_model_preset_builds_its_parts(name, sd_folder, madry_file):
         assert parts.marks == {} and parts.banner is None
     elif name in MINI:  # the shipped, trained mini pipeline folder, marked in every metadata file
         assert not parts.is_tiny_random and parts.resolution == 64 and len(parts.tokenizer) < 1000
-        assert Path(parts.model_id) == Path(CONF_DIR).parent / "assets" / "mini"
+        assert Path(parts.model_id) == Path(asset_path("mini")) and Path(parts.model_id).parts[-2:] == ("assets", "mini")
         assert parts.marks["model_is_mini"] is True and parts.marks["mini_corpus"]["train_photos"] > 0
         assert "MINI WORLD" in parts.banner
     else:
@@ -122,8 +123,13 @@ def test_every_experiment_builds_what_it_says(name, sd_folder, madry_file):
         assert classifiers and all(c.is_random for c in classifiers.values())
 
 
-def test_one_part_swaps_alone():
-    """model/vae=... changes the VAE and nothing else: every other part keeps its weights."""
+def test_one_part_swaps_alone(monkeypatch):
+    """model/vae=... changes the VAE and nothing else: every other part keeps its weights. The VAE swapped in
+    is the benchmarks' (experiments/conf, on the search path through SPURGEN_CONFIG_PATH)."""
+    from spurgen.cli.searchpath import register_search_path
+
+    register_search_path()
+    monkeypatch.setenv("SPURGEN_CONFIG_PATH", str(REPO / "experiments" / "conf"))
     base = build(load(*TINY).model)
     parts = build(load(*TINY, "model/vae=proportional", "model.vae.resolution=32").model)
     assert (

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
-from spurgen.mini import corpus
+from experiments.mini_world import corpus
 from spurgen.models.tiny import BOS, EOS, _bytes_to_unicode
 
 MAX_LENGTH = 32  # tokens per prompt, BOS and EOS included; the text encoder's positions

@@ -1,6 +1,6 @@
 """Do a mini generator's captions give images the classifier sees as their subject? (docs/mini_world.md)
 
-    python -m spurgen.mini.subjects --pipeline spurgen/assets/mini --out docs/benchmarks/generator_probe/shipped.json
+    python -m experiments.mini_world.subjects --pipeline spurgen/assets/mini --out docs/benchmarks/generator_probe/shipped.json
 
 For each caption of the corpus's training photos, `per_caption` images are generated (DDIM 20 steps, guidance
 4, seed 0: model=mini's generation settings) and labelled by EfficientNet-Lite0. An image is a
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from experiments.mini_world import corpus, lite
 from spurgen.errors import SpurgenError
 from spurgen.files import write_json
-from spurgen.mini import corpus, lite
 from spurgen.torch_threads import torch_threads
 
 PHOTO_CROPS = 48
@@ -79,7 +79,7 @@ def load_pipeline(folder: Path):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m spurgen.mini.subjects", description=__doc__.splitlines()[0]
+        prog="python -m experiments.mini_world.subjects", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--pipeline", type=Path, required=True, help="a mini StableDiffusionPipeline folder")
     parser.add_argument("--out", type=Path, default=None, help="also write the result as JSON")

@@ -1,6 +1,6 @@
 """Pick the mini world's spurious pair and its reference crops (issue 13), and say how they were picked:
 
-    python -m spurgen.mini.pick_references --out spurgen/assets/mini/references
+    python -m experiments.mini_world.pick_references --out spurgen/assets/mini/references
 
 1. Every photo that no part was pre-trained on (the corpus's heldout and reference splits) is labelled by
    EfficientNet-Lite0/1/2 (centre square at 64 px, each model's own resize): a spurious pair is a photo
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from experiments.mini_world import corpus, lite
 from spurgen.errors import SpurgenError
 from spurgen.files import output_folder, write_atomic
-from spurgen.mini import corpus, lite
 
 REFERENCE_CLASS = 111  # nematode: what Lite0/1/2 call the moon (docs/mini_world.md)
 POOL = 96
@@ -93,7 +93,7 @@ def pick(models: dict, photo: str, target: int, args: argparse.Namespace) -> lis
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m spurgen.mini.pick_references", description=__doc__.splitlines()[0]
+        prog="python -m experiments.mini_world.pick_references", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--out", type=Path, required=True, help="folder; the crops go to <out>/<photo>/")
     parser.add_argument("--photo", default=corpus.REFERENCE_PHOTO)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     for n, c in enumerate(chosen):
         Image.fromarray(c.pop("image")).save(folder / f"{args.photo}_{n:02d}.png")
     record = {
-        "command": "python -m spurgen.mini.pick_references "
+        "command": "python -m experiments.mini_world.pick_references "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "photo": args.photo,
         "target": args.target,

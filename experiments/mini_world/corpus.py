@@ -11,7 +11,8 @@ The split keeps the experiment honest (issue 12):
 - `train`: the photos whose crops pre-train the mini parts.
 - `autoencoder`: colour photos from Debian desktop-background packages that only the autoencoder trains on
   (never captioned, never seen by the UNet or text encoder). spurgen ships 256-px copies of them in
-  spurgen/assets/mini/photos/ (`python -m spurgen.mini.debian_photos` recreates them from the packages).
+  spurgen/assets/mini/photos/ (`python -m experiments.mini_world.debian_photos` recreates them from the
+  packages).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 
+from experiments.mini_world import ASSET_DIR
 from spurgen.errors import SpurgenError
 
 Split = Literal["train", "autoencoder", "heldout", "reference"]
@@ -32,7 +34,7 @@ SCALES = (1.0, 0.6, 0.35)  # crop side as a fraction of the photo's short side
 SKIMAGE = "scikit-image 0.26 (skimage/data)"
 MPL = "matplotlib (mpl-data/sample_data)"
 SHIPPED = "spurgen (spurgen/assets/mini/photos: 256-px copies)"
-PHOTO_DIR = Path(__file__).resolve().parent.parent / "assets" / "mini" / "photos"
+PHOTO_DIR = ASSET_DIR / "photos"
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
 """Recreate the mini world's weights with one command (issue 12, docs/mini_world.md):
 
-    python -m spurgen.mini.pretrain --part all --out spurgen/assets/mini
+    python -m experiments.mini_world.pretrain --part all --out spurgen/assets/mini
 
 --part vae writes <out>/vae/ (a diffusers AutoencoderKL folder; float32 safetensors for the default, shipped
-PCA recipe, fp16 for `--recipe learned`); --part generator trains the
-UNet and text encoder on that autoencoder (spurgen.mini.pretrain_generator, its default settings) and writes
-<out>/unet, text_encoder, tokenizer, scheduler and model_index.json, so <out> is a StableDiffusionPipeline
-folder; --part all does both in turn. Each part's record is merged into <out>/manifest.json: sha256 of each
-file, the command, seed, steps, wall time, first and final losses, and for the autoencoder PSNR and the gate.
+PCA recipe, fp16 for `--recipe learned`); --part generator trains the UNet and text encoder on that
+autoencoder (experiments.mini_world.pretrain_generator, its default settings) and writes <out>/unet,
+text_encoder, tokenizer, scheduler and model_index.json, so <out> is a StableDiffusionPipeline folder; --part
+all does both in turn. Each part's record is merged into <out>/manifest.json: sha256 of each file, the command,
+seed, steps, wall time, first and final losses, and for the autoencoder PSNR and the gate.
 Training uses one CPU thread so that the manifest's first losses replay exactly.
 """
 
@@ -23,20 +23,20 @@ from pathlib import Path
 
 import torch
 
-from spurgen.errors import SpurgenError
-from spurgen.files import output_folder, sha256_file
-from spurgen.mini import corpus, gate
-from spurgen.mini.vae import (
+from experiments.mini_world import ASSET_DIR, corpus, gate
+from experiments.mini_world.vae import (
     PCA_RECIPE,
     VaeTrainConfig,
     equalise_latent_channels,
     set_scaling_factor,
     train_vae,
 )
+from spurgen.errors import SpurgenError
+from spurgen.files import output_folder, sha256_file
 from spurgen.torch_threads import torch_threads
 
-ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "mini"
 MANIFEST = "manifest.json"
+PROG = "python -m experiments.mini_world.pretrain"
 
 
 BOOL = {"action": argparse.BooleanOptionalAction}
@@ -65,7 +65,7 @@ VAE_FLAGS = (
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    recipe = argparse.ArgumentParser(prog="python -m spurgen.mini.pretrain", add_help=False)
+    recipe = argparse.ArgumentParser(prog=PROG, add_help=False)
     recipe.add_argument(
         "--recipe",
         choices=["pca", "learned"],
@@ -74,9 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "encoder (the one shipped before; docs/mini_world.md); flags override it",
     )
     defaults = PCA_RECIPE if recipe.parse_known_args(argv)[0].recipe == "pca" else {}
-    parser = argparse.ArgumentParser(
-        prog="python -m spurgen.mini.pretrain", description=__doc__.splitlines()[0], parents=[recipe]
-    )
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0], parents=[recipe])
     parser.add_argument(
         "--part", choices=["vae", "generator", "all"], required=True, help="which mini part to train"
     )
@@ -119,7 +117,7 @@ def _checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpa
     if not -30 <= args.pca_logvar <= 20:  # the range diffusers clamps a posterior's log-variance to
         parser.error(f"--pca-logvar must be within [-30, 20], not {args.pca_logvar}")
     if args.encoder == "pca" and args.norm_groups != 1:
-        parser.error("--encoder pca needs --norm-groups 1 (spurgen.mini.pca_encoder)")
+        parser.error("--encoder pca needs --norm-groups 1 (experiments.mini_world.pca_encoder)")
     return args
 
 
@@ -205,13 +203,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
-    command = "python -m spurgen.mini.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = f"{PROG} " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     if args.part in ("vae", "all"):
         rc = _vae_part(args, command, start)
         if rc or args.part == "vae":
             return rc
-    from spurgen.mini import pretrain_generator
+    from experiments.mini_world import pretrain_generator
 
     steps = [] if args.generator_steps is None else ["--steps", str(args.generator_steps)]
     return pretrain_generator.main(

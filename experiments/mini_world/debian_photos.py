@@ -1,10 +1,10 @@
-"""Recreate the autoencoder's colour photos (split `autoencoder` of spurgen.mini.corpus) from their Debian
-packages: each photo shrunk (Lanczos) to a short side of 256 px and saved as JPEG quality 92 into
+"""Recreate the autoencoder's colour photos (split `autoencoder` of experiments.mini_world.corpus) from
+their Debian packages: each photo shrunk (Lanczos) to a short side of 256 px and saved as JPEG quality 92 into
 spurgen/assets/mini/photos/, with a NOTICE naming each file's source and licence.
 
     apt-get download mate-backgrounds plasma-workspace-wallpapers
     dpkg -x mate-backgrounds_*.deb pkgs && dpkg -x plasma-workspace-wallpapers_*.deb pkgs
-    python -m spurgen.mini.debian_photos --root pkgs
+    python -m experiments.mini_world.debian_photos --root pkgs
 
 --root is a folder the packages were extracted into (or / where they are installed).
 """
@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from spurgen.mini import corpus
+from experiments.mini_world import corpus
 
 SHORT_SIDE = 256  # 64-px crops at the smallest scale (0.35) still come from 90 px of photo
 QUALITY = 92
@@ -38,7 +38,7 @@ def shrink(src: Path, dst: Path) -> None:
 def notice() -> str:
     lines = [
         "Photos in this folder: 256-px copies of Debian desktop backgrounds, used only to train the mini",
-        "autoencoder (spurgen/mini/corpus.py, split `autoencoder`). Each keeps its own licence:",
+        "autoencoder (experiments/mini_world/corpus.py, split `autoencoder`). Each keeps its own licence:",
         "",
     ]
     for p in corpus.photos("autoencoder"):
@@ -55,7 +55,7 @@ def notice() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m spurgen.mini.debian_photos", description=__doc__.splitlines()[0]
+        prog="python -m experiments.mini_world.debian_photos", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--root", type=Path, default=Path("/"), help="where the packages were extracted")
     parser.add_argument("--out", type=Path, default=corpus.PHOTO_DIR)

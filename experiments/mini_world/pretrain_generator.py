@@ -1,6 +1,6 @@
 """Pre-train the mini text-to-image model (issue 12 item 3): plain text-to-image training, no DreamBooth.
 
-    python -m spurgen.mini.pretrain_generator --vae spurgen/assets/mini/vae --out spurgen/assets/mini --steps N
+    python -m experiments.mini_world.pretrain_generator --vae spurgen/assets/mini/vae --out spurgen/assets/mini --steps N
 
 Each step draws (caption, 64-px crop) pairs from the corpus's train split, encodes the crops with the frozen
 autoencoder (z = E(x)·s, METHOD.md's notation), noises them on SD 1.x's schedule and trains the UNet and the
@@ -29,19 +29,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from experiments.mini_world import corpus
+from experiments.mini_world.generator import build_mini_text_encoder, build_mini_unet
+from experiments.mini_world.tokenizer import build_mini_tokenizer
+from experiments.mini_world.training import TrainResult
 from spurgen.errors import SpurgenError
 from spurgen.files import output_folder, sha256_file
 from spurgen.losses.diffusion import denoising_target
-from spurgen.mini import corpus
-from spurgen.mini.generator import build_mini_text_encoder, build_mini_unet
-from spurgen.mini.tokenizer import build_mini_tokenizer
-from spurgen.mini.training import TrainResult
 from spurgen.models.parts import SDParts
 from spurgen.models.schedulers import ddim_sampler, sd_noise_scheduler
 from spurgen.torch_threads import torch_threads
 
 MANIFEST = "manifest.json"
 PART = "generator"
+PROG = "python -m experiments.mini_world.pretrain_generator"
 STREAM = 2  # crop seeds are [seed, STREAM, step]: a stream of its own, apart from the autoencoder's crops
 
 
@@ -343,9 +344,7 @@ def sample_grid(parts: SDParts, prompts: list[str], path: Path, per_prompt: int 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m spurgen.mini.pretrain_generator", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--vae", type=Path, required=True, help="diffusers AutoencoderKL folder (frozen)")
     parser.add_argument("--out", type=Path, required=True, help="folder of the part folders and manifest")
     parser.add_argument("--steps", type=int, default=GenTrainConfig.steps)
@@ -434,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python -m spurgen.mini.pretrain_generator " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = f"{PROG} " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     try:
         load_frozen_vae(args.vae)  # a wrong --vae costs one line and leaves no empty --out behind

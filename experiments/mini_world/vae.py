@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch import nn
 
+from experiments.mini_world import corpus, lite, pca_encoder
+from experiments.mini_world.training import TrainResult
 from spurgen.errors import SpurgenError
-from spurgen.mini import corpus, lite, pca_encoder
-from spurgen.mini.training import TrainResult
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class VaeTrainConfig:
     adversarial_start: int = 0
     adversarial_lr: float = 2e-4
     # "learned": trained jointly with the decoder; "pca": principal components of 4x4 patches fitted on
-    # pca_crops crops in closed form, then frozen, so only the decoder learns (spurgen.mini.pca_encoder)
+    # pca_crops crops in closed form, then frozen, so only the decoder learns (mini_world/pca_encoder.py)
     encoder: str = "learned"
     pca_crops: int = 400
     pca_logvar: float = -6.0  # the PCA posterior's log-variance: std 0.05, noise the decoder learns to bear

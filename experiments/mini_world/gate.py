@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from experiments.mini_world import corpus, lite
+from experiments.mini_world.vae import psnr, reconstruct
 from spurgen.errors import SpurgenError
-from spurgen.mini import corpus, lite
-from spurgen.mini.vae import psnr, reconstruct
 
 GATE = 0.8
 VIEWS = 12  # views per held-out photo: the centre square and VIEWS - 1 seeded random crops

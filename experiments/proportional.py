@@ -105,7 +105,8 @@ def build_proportional_sd(  # noqa: PLR0913 - one keyword per size setting of th
     prediction_type: str = "epsilon",
     init_seed: int = 0,
 ) -> SDParts:
-    """SD 1.5-shaped random parts in one call (benchmarks; runs compose them from model=proportional).
+    """SD 1.5-shaped random parts in one call (benchmarks; a run composes them from experiments/conf,
+    model=proportional).
 
     vae_width_scale (default: width_scale) lets the decoder keep its real cost relative to the UNet: at small
     widths the UNet's many small ops cost more than their FLOPs, so on a CPU x0.25 UNet : x0.5 VAE is
