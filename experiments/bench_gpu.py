@@ -157,7 +157,7 @@ def measure_step(rig: Rig, setting: Setting) -> dict:
     parts, device = rig.parts, rig.device
     module = make_module(parts, rig.extractor, setting, rig.resolution).to(device)
     params = [p for m in (parts.unet, parts.text_encoder) for p in m.parameters() if p.requires_grad]
-    opt = make_optimizer([{"params": params}], "adamw", lr=1e-6, weight_decay=1e-2)
+    opt = make_optimizer([{"params": params}], "adamw", 1e-2, (0.9, 0.999), 1e-8, lr=1e-6)
     step = spurgen_step(module, opt, rig.batch, bf16=False)
 
     def run() -> None:

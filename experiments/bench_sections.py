@@ -63,7 +63,7 @@ def _optimizer(parts) -> torch.optim.Optimizer:
     from spurgen.optim import make_optimizer
 
     params = [p for m in (parts.unet, parts.text_encoder) for p in m.parameters() if p.requires_grad]
-    return make_optimizer([{"params": params}], "adamw", lr=1e-6, weight_decay=1e-2)
+    return make_optimizer([{"params": params}], "adamw", 1e-2, (0.9, 0.999), 1e-8, lr=1e-6)
 
 
 def cost_ratios(size: str, timer: Timer, repeats: int) -> dict:

@@ -171,8 +171,15 @@ def make_module(
     module = SpurgenModule(
         parts,
         objective,
-        partial(make_optimizer, name="adamw"),
-        ModuleSettings(lr_unet=1e-6, lr_text_encoder=1e-6, cache_latents=setting.cache_latents),
+        partial(make_optimizer, name="adamw", weight_decay=1e-2, betas=(0.9, 0.999), eps=1e-8),
+        ModuleSettings(
+            lr_unet=1e-6,
+            lr_text_encoder=1e-6,
+            train_text_encoder=True,
+            seed=0,
+            on_nonfinite="stop",
+            cache_latents=setting.cache_latents,
+        ),
     )
     if sfsl is not None:
         sfsl.prepare_target()  # m once, outside any timed step (the module does it at fit start)

@@ -1,9 +1,10 @@
-"""Typed, validated configuration.
+"""Typed configuration.
 
-YAML under the top-level conf/ is what people edit; these dataclasses type it (registered in Hydra's ConfigStore as
-`spurgen_schema`), so a misspelled key or a value of the wrong type fails at composition, naming the key.
-`validate()` adds the checks types cannot express (ranges, a concept noun when training) and runs before
-any model is built.
+YAML under the top-level conf/ is what people edit; these dataclasses type it (registered in Hydra's ConfigStore
+as `spurgen_schema`), so a misspelled key or a value of the wrong type fails at composition, naming the key.
+Each default is written once: a group with a YAML file (data/, train/, loss/) holds its values there and its
+dataclass declares only the types (MISSING); the other nodes (generate, eval settings, logger) keep their
+defaults here. spurgen/validation.py adds the checks types cannot express and runs before anything is built.
 """
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 
 # Bump whenever a default of the objective changes (METHOD.md: results from different definitions are never
-# mixed silently). Written into pipeline/spurgen.json, metadata and metrics of every run.
-# Version 2: distance=mse is the MSE of unnormalised features to m_raw = mean_r phi(x_ref_r) (it was the MSE
-# of unit-normalised features), and f runs on decoded images in float32 with autocast off, as on the references.
+# mixed silently); docs/CHANGELOG.md says what each version changed. Written into pipeline/spurgen.json, the
+# metadata and the metrics of every run.
 METHOD_VERSION = "3"
-
 
 
 def _conf_dir() -> str:
@@ -67,71 +66,79 @@ class TargetConfig:
 class SFSLConfig:
     """Open choices of L_SFSL (METHOD.md, 'Open choices')."""
 
-    _target_: str = "spurgen.losses.SpuriousFeatureSimilarityLoss"
-    distance: Distance = Distance.cosine
-    reference: ReferenceTarget = ReferenceTarget.mean
-    t_max: int = 500  # only instance samples with t <= t_max get the term
-    decode_size: int | None = None  # null: decode at full resolution, then resize for f
-    every_n_steps: int = 1
-    decoder_checkpointing: bool = False  # recompute decoder activations in backward (memory, same value)
+    _target_: str = MISSING
+    distance: Distance = MISSING
+    reference: ReferenceTarget = MISSING
+    t_max: int = MISSING  # only instance samples with t <= t_max get the term
+    decode_size: int | None = MISSING  # null: decode at full resolution, then resize for f
+    every_n_steps: int = MISSING
+    decoder_checkpointing: bool = MISSING  # recompute decoder activations in backward (memory, same value)
     decode_at_extractor_size: bool = (
-        False  # decode z0_hat resized to f's input size / 8 (overrides decode_size)
+        MISSING  # decode z0_hat resized to f's input size / 8 (overrides decode_size)
     )
-    mean_free: bool = True  # L_SFSL's gradient leaves each channel's mean of the model output alone (v3)
+    mean_free: bool = MISSING  # L_SFSL's gradient leaves each channel's mean of the model output alone (v3)
 
 
 @dataclass
 class LossConfig:
-    _target_: str = "spurgen.losses.SpurgenObjective"
-    lambda_prior: float = 1.0
-    lambda_sfsl: float = "${lambda_sfsl}"  # type: ignore[assignment]
+    _target_: str = MISSING
+    lambda_prior: float = MISSING
+    lambda_sfsl: float = MISSING  # ${lambda_sfsl}
     sfsl: SFSLConfig = field(default_factory=SFSLConfig)
 
 
 @dataclass
 class DataConfig:
-    reference_dir: str | None = None  # a plain folder of reference images
-    spurious_imagenet_dir: str | None = None  # a Spurious ImageNet images/ folder (class index + component)
-    demo_references: bool = False  # allow the packaged demo images when no folder is given (tiny model only)
-    num_references: int = 5
-    reference_seed: int = 0  # picks the references (not the training seed: METHOD.md, "Seeds mean one thing")
-    num_class_images: int = 100
-    resolution: int | None = None  # null: from the model config
-    identifier: str = "sks"  # the unique identifier token [V]
-    instance_prompt: str = "a photo of a ${data.identifier} ${target.concept}"
-    class_prompt: str = "a photo of a ${target.concept}"
-    class_images_dir: str | None = None  # null: the cache (SPURGEN_CACHE or ~/.cache/spurgen)
-    class_image_steps: int = 50
-    class_image_guidance: float = 7.5
-    class_image_batch_size: int = 4
-    batch_size: int = 1  # instance images per step (as many prior images are added)
-    num_workers: int = 0
-    center_crop: bool = True
+    reference_dir: str | None = MISSING  # a plain folder of reference images
+    spurious_imagenet_dir: str | None = (
+        MISSING  # a Spurious ImageNet images/ folder (class index + component)
+    )
+    demo_references: bool = (
+        MISSING  # allow the packaged demo images when no folder is given (tiny model only)
+    )
+    num_references: int = MISSING
+    reference_seed: int = (
+        MISSING  # picks the references (not the training seed: METHOD.md, "Seeds mean one thing")
+    )
+    num_class_images: int = MISSING
+    resolution: int | None = MISSING  # null: from the model config
+    identifier: str = MISSING  # the unique identifier token [V]
+    instance_prompt: str = MISSING
+    class_prompt: str = MISSING
+    class_images_dir: str | None = MISSING  # null: the cache (SPURGEN_CACHE or ~/.cache/spurgen)
+    class_image_steps: int = MISSING
+    class_image_guidance: float = MISSING
+    class_image_batch_size: int = MISSING
+    batch_size: int = MISSING  # instance images per step (as many prior images are added)
+    num_workers: int = MISSING
+    center_crop: bool = MISSING
 
 
 @dataclass
 class TrainConfig:
-    lr_unet: float = 5e-6
-    lr_text_encoder: float = 5e-6
-    weight_decay: float = 1e-2
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    train_text_encoder: bool = True
-    checkpoint_every_n_steps: int = 200
-    keep_last_n: int = 2
-    sample_every_n_steps: int = 200  # 0 disables intermediate validation samples
-    num_samples: int = 4
-    sample_steps: int = 25
-    sample_guidance: float = 7.5
-    gradient_checkpointing: bool = False
-    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes, CUDA only)
-    lora_rank: int = 0  # 0: full fine-tuning; > 0: LoRA (peft) of this rank, merged before pipeline/ is saved
-    lora_alpha: float | None = None  # null: = lora_rank
-    lora_dropout: float = 0.0
-    on_nonfinite: str = "stop"  # stop (message naming the term and step) | skip (skip the step, count it)
-    cache_latents: bool = True  # encode each training image with the frozen VAE once, not every step
-    allow_random_extractor: bool = False  # a real generator with a random extractor is refused unless true
+    lr_unet: float = MISSING
+    lr_text_encoder: float = MISSING
+    weight_decay: float = MISSING
+    adam_beta1: float = MISSING
+    adam_beta2: float = MISSING
+    adam_eps: float = MISSING
+    train_text_encoder: bool = MISSING
+    checkpoint_every_n_steps: int = MISSING
+    keep_last_n: int = MISSING
+    sample_every_n_steps: int = MISSING  # 0 disables intermediate validation samples
+    num_samples: int = MISSING
+    sample_steps: int = MISSING
+    sample_guidance: float = MISSING
+    gradient_checkpointing: bool = MISSING
+    optimizer: str = MISSING  # adamw | adamw8bit (bitsandbytes, CUDA only)
+    lora_rank: int = (
+        MISSING  # 0: full fine-tuning; > 0: LoRA (peft) of this rank, merged before pipeline/ is saved
+    )
+    lora_alpha: float | None = MISSING  # null: = lora_rank
+    lora_dropout: float = MISSING
+    on_nonfinite: str = MISSING  # stop (message naming the term and step) | skip (skip the step, count it)
+    cache_latents: bool = MISSING  # encode each training image with the frozen VAE once, not every step
+    allow_random_extractor: bool = MISSING  # a real generator with a random extractor is refused unless true
 
 
 @dataclass

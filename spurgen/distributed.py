@@ -10,17 +10,11 @@
 from __future__ import annotations
 
 import fcntl
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-
-from spurgen.errors import SpurgenError
-
-# set by a launcher (torchrun, SLURM/submitit): every rank was started by it, not by Lightning's re-run
-EXTERNAL_LAUNCH_ENV = ("SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "WORLD_SIZE")
 
 
 def global_rank() -> int:
@@ -45,33 +39,6 @@ def file_lock(path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _multi_device(trainer_cfg) -> bool:
-    strategy = str(trainer_cfg.get("strategy", "auto"))
-    devices = trainer_cfg.get("devices", 1)
-    many = (
-        devices in (-1, "auto", "-1")
-        or (isinstance(devices, int) and devices > 1)
-        or isinstance(devices, list)
-    )
-    return "ddp" in strategy and "spawn" not in strategy and many
-
-
-def check_launch(trainer_cfg) -> None:
-    """DDP inside a Hydra multirun job with the basic/joblib launcher cannot work: Lightning re-runs the
-    command line (the whole sweep) for each extra device. Fail early and say what works instead."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return
-    if _multi_device(trainer_cfg) and not any(k in os.environ for k in EXTERNAL_LAUNCH_ENV):
-        raise SpurgenError(
-            "trainer.strategy=ddp with several devices inside a sweep (-m) needs one launcher job per run with "
-            "its own ranks: use hydra/launcher=submitit_slurm (tasks_per_node = devices), or run each config "
-            "without -m (docs/sweeps.md)"
-        )
 
 
 class RankBatchSampler(torch.utils.data.Sampler[list[int]]):

@@ -23,21 +23,16 @@ class NonFiniteLossError(SpurgenError):
 
 @dataclass
 class ModuleSettings:
-    """What the module decides itself; the optimiser's own settings live in its partial (spurgen/optim.py)."""
+    """What the module decides itself (conf/module/default.yaml binds each to its train.* key, where the
+    defaults are written and spurgen/validation.py checks them); the optimiser's own settings live in its
+    partial (spurgen/optim.py)."""
 
-    lr_unet: float = 5e-6
-    lr_text_encoder: float = 5e-6
-    train_text_encoder: bool = True
-    seed: int = 0
-    on_nonfinite: str = "stop"  # stop: raise naming the term and step | skip: skip the step, count it
-    cache_latents: bool = False  # encode each keyed training image once (train.cache_latents)
-
-    def __post_init__(self) -> None:
-        if self.on_nonfinite not in ("stop", "skip"):
-            raise ValueError(f"on_nonfinite must be stop or skip, got {self.on_nonfinite!r}")
-        for name in ("lr_unet", "lr_text_encoder"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+    lr_unet: float
+    lr_text_encoder: float
+    train_text_encoder: bool
+    seed: int
+    on_nonfinite: str  # stop: raise naming the term and step | skip: skip the step, count it
+    cache_latents: bool  # encode each keyed training image once (train.cache_latents)
 
 
 class SpurgenModule(L.LightningModule):
@@ -55,7 +50,7 @@ class SpurgenModule(L.LightningModule):
         parts: SDParts,
         objective: SpurgenObjective,
         optimizer: OptimizerFactory,
-        settings: ModuleSettings | None = None,
+        settings: ModuleSettings,
     ):
         super().__init__()
         self.parts = parts  # the bundle as built (model id, is_tiny_random, resolution); its modules are registered below
@@ -64,7 +59,7 @@ class SpurgenModule(L.LightningModule):
         self.sample_scheduler = parts.sample_scheduler or parts.noise_scheduler
         self.objective = objective
         self.optimizer_factory = optimizer
-        self.settings = settings or ModuleSettings()
+        self.settings = settings
         self.seed = int(self.settings.seed)
         self.batches_seen = 0  # drives the per-batch generator and the data order; saved in checkpoints
         self.skipped_nonfinite = 0

@@ -1,32 +1,9 @@
-"""The optimiser: AdamW, or bitsandbytes' 8-bit AdamW (train.optimizer=adamw8bit) for small GPUs."""
+"""The optimiser: AdamW, or bitsandbytes' 8-bit AdamW (train.optimizer=adamw8bit) for small GPUs.
+spurgen/validation.py checks at start-up that the chosen one can run here."""
 
 from __future__ import annotations
 
 import torch
-
-from spurgen.errors import ConfigError, SpurgenError
-
-OPTIMIZERS = ("adamw", "adamw8bit")
-
-
-def check_optimizer(name: str) -> None:
-    """Fail at start-up, in plain words, when the optimiser cannot run here."""
-    if name not in OPTIMIZERS:
-        raise ConfigError("train.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
-    if name != "adamw8bit":
-        return
-    if not torch.cuda.is_available():
-        raise SpurgenError(
-            "train.optimizer=adamw8bit (bitsandbytes' 8-bit AdamW) needs a CUDA GPU and none is available; "
-            "use train.optimizer=adamw (the trainer=gpu_24gb / gpu_16gb presets are for GPU machines)"
-        )
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as exc:
-        raise SpurgenError(
-            "train.optimizer=adamw8bit needs bitsandbytes, which is not installed: pip install bitsandbytes "
-            "(or use train.optimizer=adamw)"
-        ) from exc
 
 
 def can_fuse(groups: list[dict]) -> bool:
@@ -43,11 +20,11 @@ def can_fuse(groups: list[dict]) -> bool:
 
 def make_optimizer(  # noqa: PLR0913 - the optimiser's config keys, bound by Hydra (_partial_: true)
     groups: list[dict],
-    name: str = "adamw",
+    name: str,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float,
     fused: bool | None = None,
-    weight_decay: float = 1e-2,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
     **kwargs,
 ) -> torch.optim.Optimizer:
     """AdamW over the parameter groups, in 32-bit or bitsandbytes 8-bit form.
@@ -59,7 +36,6 @@ def make_optimizer(  # noqa: PLR0913 - the optimiser's config keys, bound by Hyd
     under fp16 autocast with a GradScaler and gradient clipping, which Lightning does not allow for an
     optimiser that unscales internally. Extra keywords (e.g. lr) go to the optimiser.
     """
-    check_optimizer(name)
     kwargs |= {
         "weight_decay": float(weight_decay),
         "betas": tuple(float(b) for b in betas),

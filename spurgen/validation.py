@@ -1,21 +1,34 @@
 """Every check of a composed config, in one place. Types are checked by the schema (spurgen/config.py) when
-Hydra composes; this module checks what types cannot (ranges, choices, keys a stage needs) before anything is
-built, and reports every problem it finds in one message, each naming its key.
+Hydra composes; this module checks what types cannot (ranges, choices, keys a stage needs) and the inputs the
+config names (reference images, a local model folder, an extractor's weights file), and reports every problem
+it finds in one message, each naming its key.
+
+`validate` and `check_inputs` run before anything heavy is imported (torch, Lightning, diffusers), so a
+mistake is refused in about a second. The few checks that need a built part take the number they need
+(`check_t_max` the model's training timesteps, `check_resolution` the sides its VAE and UNet can make).
 """
 
 from __future__ import annotations
 
-import inspect
+import importlib.util
+import json
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from spurgen import imagenet
-from spurgen.errors import ConfigError, Problems
+from spurgen.config import asset_path
+from spurgen.data.references import reference_folder, select_references
+from spurgen.errors import ConfigError, Problems, SpurgenError
+from spurgen.identity import training_key
+from spurgen.models.sd import check_source
 from spurgen.seeds import GENERATION_STRIDE
 
 KNOWN_STAGES = ("train", "generate", "evaluate")
+ON_NONFINITE = ("stop", "skip")
 OPTIMIZERS = ("adamw", "adamw8bit")
 GENERATE_DTYPES = ("auto", "float32", "float16", "bfloat16")
 CROPS = ("none", "model")
@@ -145,26 +158,73 @@ def check_eval(ev: DictConfig) -> None:
         check_builder(f"eval.classifiers.{name}", node)
 
 
-def check_builder(key: str, node: Any) -> None:
-    """A `_target_` node whose target imports (without building anything)."""
-    from hydra.utils import get_method
+def eval_problems(ev: DictConfig) -> Problems:
+    """check_eval's problems, collected for a stage that reports them with its own input checks."""
+    problems = Problems()
+    problems.attempt(check_eval, ev)
+    return problems
 
+
+def check_builder(key: str, node: Any) -> None:
+    """A `_target_` node whose target exists (without building anything, and without importing a module that
+    is not loaded yet: a spurgen builder is looked up in its source, so the check stays cheap)."""
     target = node.get("_target_") if isinstance(node, DictConfig | dict) else None
     if not target:
         raise ConfigError(key, "needs a _target_ builder, e.g. spurgen.models.loaders.load_timm")
+    if not _defined(str(target)):
+        raise ConfigError(key, f"_target_ {target!r} is not an importable function")
+
+
+def _defined(target: str) -> bool:
+    """Whether `module.name` names something: read from the module's source for spurgen's own modules not
+    imported yet (a top-level def, class, assignment or import), else by importing it (hydra's get_method)."""
+    import ast
+    import sys
+
+    module, _, name = target.rpartition(".")
+    if module.startswith("spurgen.") and module not in sys.modules:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not str(spec.origin).endswith(".py"):
+            return False
+        tree = ast.parse(Path(spec.origin).read_text())
+        names: set[str] = set()
+        for stmt in tree.body:
+            if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.add(stmt.name)
+            elif isinstance(stmt, ast.Assign | ast.AnnAssign):
+                targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+                names.update(t.id for t in targets if isinstance(t, ast.Name))
+            elif isinstance(stmt, ast.Import | ast.ImportFrom):
+                names.update((a.asname or a.name).split(".")[0] for a in stmt.names)
+        return name in names
+    from hydra.utils import get_method
+
     try:
         get_method(target)
     except Exception:  # noqa: BLE001 - Hydra raises ImportError / ValueError alike
-        raise ConfigError(key, f"_target_ {target!r} is not an importable function") from None
+        return False
+    return True
+
+
+TRAINER = "lightning.Trainer"  # conf/trainer/default.yaml's _target_
 
 
 def check_trainer_keys(cfg: DictConfig) -> None:
-    """trainer.<key> must be a lightning.Trainer argument that spurgen does not set itself."""
-    import lightning
-
-    allowed = set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"}
+    """trainer.<key> must be a lightning.Trainer argument that spurgen does not set itself. The arguments are
+    read from lightning's source file, not its import (ten seconds), so the check answers at once."""
+    target = cfg.trainer.get("_target_")
+    if target not in (TRAINER, "lightning.pytorch.Trainer"):
+        raise ConfigError(
+            "trainer._target_", f"must be {TRAINER} (conf/trainer/default.yaml), got {target!r}"
+        )
+    allowed = trainer_arguments()
     managed = {"logger", "callbacks", "default_root_dir"}  # from their own config groups
     for key in cfg.trainer:
+        if key in ("_target_", "_partial_"):
+            continue
         if key in managed:
             raise ConfigError(
                 f"trainer.{key}", "is set by spurgen (use logger=..., callbacks.*, hydra.run.dir=...)"
@@ -186,12 +246,25 @@ def check_trainer_steps(cfg: DictConfig) -> None:
         raise ConfigError("trainer.max_steps", "-1 (no limit) needs trainer.max_epochs to end training")
 
 
+def trainer_arguments() -> set[str]:
+    """lightning.Trainer's keyword arguments, read from its source with ast (no import of lightning)."""
+    import ast
+
+    spec = importlib.util.find_spec("lightning")  # a submodule's spec would import its packages
+    source = Path(next(iter(spec.submodule_search_locations))) / "pytorch" / "trainer" / "trainer.py"
+    tree = ast.parse(source.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
+    init = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    args = init.args
+    return {a.arg for a in [*args.args, *args.kwonlyargs]} - {"self"}
+
+
 def _check_choices(cfg: DictConfig) -> None:
     for stage in cfg.stages:
         if stage not in KNOWN_STAGES:
             raise ConfigError("stages", f"unknown stage {stage!r}; known: {', '.join(KNOWN_STAGES)}")
     _choice("train.optimizer", cfg.train.optimizer, OPTIMIZERS)
-    _choice("train.on_nonfinite", cfg.train.on_nonfinite, ("stop", "skip"))
+    _choice("train.on_nonfinite", cfg.train.on_nonfinite, ON_NONFINITE)
     _choice("logger.kind", cfg.logger.kind, LOGGERS)
 
 
@@ -217,5 +290,170 @@ def validate(cfg: DictConfig) -> DictConfig:
         problems.attempt(check_eval, cfg.eval)
     problems.attempt(check_trainer_keys, cfg)
     problems.attempt(check_trainer_steps, cfg)
+    problems.attempt(check_optimizer, cfg.train.optimizer)
     problems.raise_any()
     return cfg
+
+
+# --- the inputs a run's config names: checked before anything heavy is imported -----------------------------
+
+
+def resolve_references(cfg: DictConfig) -> list[Path]:
+    """Which reference files this run trains on (the folder exists and holds enough images)."""
+    folder = reference_folder(
+        cfg.data.reference_dir,
+        cfg.data.spurious_imagenet_dir,
+        int(cfg.target.index),
+        cfg.target.component,
+        # the class file's own references, then the packaged demo images (tiny models only)
+        cfg.target.get("reference_dir")
+        or (asset_path("demo_references") if cfg.data.demo_references else None),
+    )
+    names = list(cfg.target.reference_files) if cfg.target.reference_files else None
+    return select_references(folder, int(cfg.data.num_references), int(cfg.data.reference_seed), names)
+
+
+def check_extractor_file(cfg: DictConfig) -> None:
+    """With lambda_sfsl > 0, a weights file the extractor names must exist (no hub fallback)."""
+    weights = OmegaConf.select(cfg, "feature_extractor.weights", throw_on_missing=False)
+    if (
+        float(cfg.loss.lambda_sfsl) <= 0
+        or not isinstance(weights, str)
+        or Path(weights).expanduser().is_file()
+    ):
+        return
+    name = cfg.feature_extractor.get("name") or cfg.feature_extractor.get("_target_")
+    raise SpurgenError(
+        f"feature_extractor.weights: {weights} not found for the SFSL extractor {name!r}; put the file there or "
+        "set feature_extractor.weights=/path/to/file (lambda_sfsl=0 trains without an extractor)"
+    )
+
+
+def check_inputs(cfg: DictConfig, problems: Problems | None = None) -> list[Path] | None:
+    """The checks of a training run's inputs that need no run folder and load nothing (reference files, a
+    local model folder, the extractor's weights file, a sweep's launcher); a sweep runs them for every job
+    before it starts any. Adds each problem to `problems`, or raises them all at once when none is given.
+    Returns the references."""
+    own = problems is None
+    problems = Problems() if own else problems
+    references = problems.attempt(resolve_references, cfg)
+    problems.attempt(check_source, cfg.model.get("path"))  # a local SD folder exists and is complete
+    problems.attempt(check_extractor_file, cfg)
+    problems.attempt(check_launch, cfg.trainer)  # DDP inside a basic/joblib sweep cannot work
+    if own:
+        problems.raise_any()
+    return references
+
+
+def check_optimizer(name: str) -> None:
+    """train.optimizer=adamw8bit needs a CUDA GPU and bitsandbytes."""
+    if name != "adamw8bit":
+        return
+    import torch  # only for this choice: the plain AdamW check imports nothing
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "train.optimizer",
+            "adamw8bit (bitsandbytes' 8-bit AdamW) needs a CUDA GPU and none is available; use "
+            "train.optimizer=adamw (the trainer=gpu_24gb / gpu_16gb presets are for GPU machines)",
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(
+            "train.optimizer",
+            "adamw8bit needs bitsandbytes, which is not installed: pip install bitsandbytes "
+            "(or use train.optimizer=adamw)",
+        )
+
+
+# set by a launcher (torchrun, SLURM/submitit): every rank was started by it, not by Lightning's re-run
+EXTERNAL_LAUNCH_ENV = ("SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "WORLD_SIZE")
+
+
+def _multi_device(trainer_cfg) -> bool:
+    strategy = str(trainer_cfg.get("strategy", "auto"))
+    devices = trainer_cfg.get("devices", 1)
+    many = (
+        devices in (-1, "auto", "-1")
+        or (isinstance(devices, int) and devices > 1)
+        or isinstance(devices, list)
+    )
+    return "ddp" in strategy and "spawn" not in strategy and many
+
+
+def check_launch(trainer_cfg) -> None:
+    """DDP inside a Hydra multirun job with the basic/joblib launcher cannot work: Lightning re-runs the
+    command line (the whole sweep) for each extra device. Fail early and say what works instead."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    if _multi_device(trainer_cfg) and not any(k in os.environ for k in EXTERNAL_LAUNCH_ENV):
+        raise SpurgenError(
+            "trainer.strategy=ddp with several devices inside a sweep (-m) needs one launcher job per run with "
+            "its own ranks: use hydra/launcher=submitit_slurm (tasks_per_node = devices), or run each config "
+            "without -m (docs/sweeps.md)"
+        )
+
+
+# --- resume=: the run continues with the settings it was trained with -------------------------------------
+
+
+TRAINING_KEY_FILE = "training_key.json"  # in the run folder: what its weights were trained with
+
+
+def resume_mismatch(cfg: DictConfig, run_dir: Path) -> str | None:
+    """With resume=: how these settings differ from those run_dir was trained with (identity.training_key, in
+    run_dir/training_key.json), or None (the same, not resuming, or a run folder from before the file)."""
+    path = Path(run_dir) / TRAINING_KEY_FILE
+    if not cfg.resume or not path.is_file():
+        return None
+    key = json.loads(json.dumps(training_key(cfg), default=str))
+    before = json.loads(path.read_text())
+    changed = sorted(k for k in {*before, *key} if before.get(k, "<unset>") != key.get(k, "<unset>"))
+    if not changed:
+        return None
+    shown = "; ".join(f"{k}: {before.get(k, '<unset>')!r} -> {key.get(k, '<unset>')!r}" for k in changed[:4])
+    more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+    return (
+        f"resume={run_dir} was trained with other settings ({shown}{more}): resume with the run's own overrides, "
+        "or start a new run"
+    )
+
+
+def check_same_training(cfg: DictConfig, run_dir: Path) -> None:
+    """A resumed run continues only with the settings it was trained with: other overrides would make one run
+    of two experiments, its numbers labelled with the second. Trainer and generation settings may change (more
+    steps, other images)."""
+    problem = resume_mismatch(cfg, run_dir)
+    if problem:
+        raise SpurgenError(problem)
+
+
+# --- checks that need one number from a built part ------------------------------------------------------------
+
+
+def check_t_max(cfg: DictConfig, num_train_timesteps: int) -> None:
+    """loss.sfsl.t_max past the model's training timesteps (t runs 0..T-1) is a typo more often than a choice:
+    the SFSL gate t <= t_max would be open at every step, as t_max = T - 1 says plainly."""
+    t_max = int(cfg.loss.sfsl.t_max)
+    if float(cfg.loss.lambda_sfsl) > 0 and t_max > num_train_timesteps:
+        raise ConfigError(
+            "loss.sfsl.t_max",
+            f"{t_max} is past the model's {num_train_timesteps} training timesteps (t is "
+            f"0..{num_train_timesteps - 1}); loss.sfsl.t_max={num_train_timesteps - 1} applies the SFSL at "
+            "every step",
+        )
+
+
+def check_resolution(resolution: int, step: int, key: str) -> int:
+    """`resolution`, or a ConfigError naming `key` (with the nearest sizes that work) when it is not a multiple
+    of `step`, the sides the model's VAE and UNet can make (spurgen.models.parts.resolution_multiple)."""
+    if resolution % step:
+        near = sorted({max(step, resolution // step * step), (resolution // step + 1) * step})
+        raise ConfigError(
+            key,
+            f"{resolution} px is not a multiple of {step}, which this model needs (VAE factor x UNet "
+            f"downsampling, and diffusers' 8); try {' or '.join(map(str, near))}",
+        )
+    return resolution

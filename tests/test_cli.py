@@ -183,3 +183,38 @@ def test_python_dash_m_shim_runs_the_hydra_app(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert target_of(proc.stdout) == {"index": "9", "name": "goldfish"}
+
+
+REFUSAL_BUDGET_S = 3.0  # a config mistake is refused within this wall time (2-core CI machine)
+MISTAKES = [
+    (["lamda_sfsl=0.1"], "lamda_sfsl"),  # a misspelled key
+    (["class=nematoad"], "nematoad"),  # an unknown class
+    (["lambda_sfsl=-1"], "lambda_sfsl"),  # a negative weight
+    (["trainer.max_steps=many"], "max_steps"),  # a bad type
+    (["data.reference_dir=/no/such/folder"], "/no/such/folder"),  # a missing reference folder
+]
+
+
+@pytest.mark.parametrize(("argv", "needle"), MISTAKES, ids=[m[1] for m in MISTAKES])
+def test_config_mistakes_are_refused_in_seconds(argv, needle, tmp_path):
+    """`python -m spurgen.run <mistake>`: one message naming the mistake, a non-zero exit and no run folder,
+    before torch, Lightning or diffusers are imported, so within the budget."""
+    import time
+
+    code = "import sys, runpy; sys.argv = ['spurgen.run', *sys.argv[1:]]; runpy.run_module('spurgen.run', run_name='__main__')"
+    probe = "import atexit, sys; atexit.register(lambda: print('HEAVY', sorted(m for m in ('torch', 'lightning', 'diffusers') if m in sys.modules), file=sys.stderr))"
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", f"{probe}\n{code}", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    wall = time.perf_counter() - started
+    print(f"{' '.join(argv)}: refused in {wall:.2f} s (budget {REFUSAL_BUDGET_S} s)")
+    assert proc.returncode != 0 and needle in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "HEAVY []" in proc.stderr, proc.stderr  # nothing heavy was imported before the refusal
+    assert not list(tmp_path.iterdir()), list(tmp_path.rglob("*"))  # no run folder left behind
+    assert wall <= REFUSAL_BUDGET_S, f"refused in {wall:.2f} s, over the {REFUSAL_BUDGET_S} s budget"

@@ -76,8 +76,66 @@ def test_every_model_composes(name):
     assert cfg.model._target_
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_model_presets_describe_a_model_only(name):
+    """A model preset sets its parts, marks and banner and picks its extractor and classifiers; the run settings
+    (data counts, learning rates, steps, generation) are the experiment's, so they are the same whatever model
+    is chosen without one."""
+    preset = OmegaConf.load(Path(CONF_DIR) / "model" / f"{name}.yaml")
+    assert set(preset) <= {"defaults", "model"}, sorted(preset)
+    plain = ["~experiment", "class=hummingbird"]
+    path = ["model.path=/models/x"] if name == "local" else []
+    cfg, tiny = load(*plain, f"model={name}", *path), load(*plain, "model=tiny")
+    for key in ("data", "train", "trainer", "generate", "loss", "module", "callbacks", "stages"):
+        assert cfg[key] == tiny[key], key
+    assert cfg.feature_extractor._target_ and cfg.eval.classifiers
+
+
+def test_no_experiment_composes_to_the_general_defaults():
+    """`~experiment` leaves the groups' own defaults: what an experiment overrides is visible against them."""
+    cfg = load("~experiment", "model=tiny", "class=hummingbird")
+    train = OmegaConf.load(Path(CONF_DIR) / "train" / "default.yaml")
+    assert cfg.train == train and cfg.trainer.max_steps == 1000
+    mini = OmegaConf.load(Path(CONF_DIR) / "experiment" / "mini.yaml")
+    assert load().trainer.max_steps == mini.trainer.max_steps == 500
+
+
+@pytest.mark.parametrize("group", ["data", "train", "loss"])
+def test_each_default_is_written_once(group):
+    """A group with a YAML file holds the values; its schema dataclass declares the types only (MISSING), so no
+    default is written twice. Every schema key has its value in the YAML file."""
+    from spurgen.config import SpurgenConfig
+
+    schema = OmegaConf.structured(SpurgenConfig)[group]
+    yaml_node = OmegaConf.load(Path(CONF_DIR) / group / "default.yaml")
+    yaml_node.pop("defaults", None)
+
+    def leaves(node, prefix=""):
+        for key in node:
+            child = node._get_node(key)
+            if OmegaConf.is_dict(child) and not child._is_missing():
+                yield from leaves(child, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", child
+
+    written_twice = [k for k, n in leaves(schema) if not n._is_missing()]
+    assert not written_twice, f"{group}: defaults in both spurgen/config.py and conf/{group}/default.yaml"
+    raw = OmegaConf.to_container(yaml_node, resolve=False)
+
+    def present(key: str) -> bool:
+        node = raw
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    missing = [k for k, _ in leaves(schema) if not present(k)]
+    assert not missing, f"conf/{group}/default.yaml lacks {missing}"
+
+
 def test_real_model_presets_are_dreambooth_like():
-    cfg = load("model=sd15")
+    cfg = load("experiment=sd15_sfsl")
     assert cfg.model.path == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert cfg.train.lr_unet == pytest.approx(5e-6)
     assert 800 <= cfg.trainer.max_steps <= 1200
@@ -137,6 +195,9 @@ def test_cli_contract_keys_exist():
         (["trainer.max_steps=2.5"], "trainer.max_steps"),
         (["trainer.max_steps=-1"], "trainer.max_steps"),  # no limit and no max_epochs: never ends
         (["data.identifier=two words"], "data.identifier"),
+        (["train.on_nonfinite=ignore"], "train.on_nonfinite"),
+        (["train.lr_unet=-1e-5"], "train.lr_unet"),
+        (["trainer._target_=lightning.Fabric"], "trainer._target_"),
     ],
 )
 def test_invalid_values_name_the_key(overrides, key):

@@ -242,7 +242,7 @@ def test_references_follow_reference_seed_not_the_training_seed():
     from hydra import compose, initialize_config_dir
 
     from spurgen.config import CONF_DIR, register_configs, register_resolvers
-    from spurgen.stages.train import resolve_references
+    from spurgen.validation import resolve_references
 
     register_configs()
     register_resolvers()

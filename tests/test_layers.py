@@ -14,9 +14,9 @@ PKG = Path(__file__).resolve().parents[1] / "spurgen"
 # Lowest first. A module may import its own layer or any layer below, never one above.
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "seeds", "files", "imagenet", "prompts", "build", "sweep", "torch_threads"),
-    ("config", "validation", "distributed", "loggers"),
+    ("config", "distributed", "loggers"),
     ("data", "models", "losses", "eval", "optim", "pipeline"),
-    ("module", "callbacks", "checkpointing", "identity"),
+    ("module", "callbacks", "checkpointing", "identity", "validation"),
     ("stages", "report", "dashboards", "review"),
     ("cli", "run", "__init__", "__main__"),
 ]

@@ -281,8 +281,9 @@ def test_resolution_multiple(vae_blocks, unet_blocks, multiple):
 
 def test_check_resolution_names_the_key_and_the_nearest_sizes(tiny_parts):
     from spurgen.errors import ConfigError
+    from spurgen.validation import check_resolution
 
     assert tiny_parts.resolution_multiple == 8
-    assert tiny_parts.check_resolution(40, "data.resolution") == 40
+    assert check_resolution(40, tiny_parts.resolution_multiple, "data.resolution") == 40
     with pytest.raises(ConfigError, match=r"'generate.resolution': 4 px .* multiple of 8.*; try 8$"):
-        tiny_parts.check_resolution(4, "generate.resolution")
+        check_resolution(4, tiny_parts.resolution_multiple, "generate.resolution")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from functools import partial
 
 import lightning as L
 import pytest
@@ -14,9 +13,8 @@ from spurgen.data.dataset import DreamBoothDataset, collate, tokenize
 from spurgen.losses import SpurgenObjective, SpuriousFeatureSimilarityLoss
 from spurgen.models.extractors import build_tiny_extractor
 from spurgen.models.tiny import build_tiny_sd
-from spurgen.module import ModuleSettings, SpurgenModule
-from spurgen.optim import make_optimizer
-from tests.helpers import fixed_timesteps
+from spurgen.module import SpurgenModule
+from tests.helpers import fixed_timesteps, module_settings, optimizer_factory
 
 REFS = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))  # (R, 3, H, W) in [0, 1]
 
@@ -32,8 +30,8 @@ def make_module(
     module = SpurgenModule(
         parts,
         SpurgenObjective(1.0, lambda_sfsl, sfsl),
-        partial(make_optimizer, name="adamw"),
-        ModuleSettings(lr_unet=lr, lr_text_encoder=lr, seed=seed, **settings),
+        optimizer_factory(),
+        module_settings(lr_unet=lr, lr_text_encoder=lr, seed=seed, **settings),
     )
     return module, parts
 
@@ -253,9 +251,9 @@ def test_optimizer_is_fused_where_it_runs():
     from spurgen.optim import can_fuse
 
     w = torch.nn.Parameter(torch.randn(4, 3))
-    opt = make_optimizer([{"params": [w]}], "adamw", lr=1e-3)
+    opt = optimizer_factory()([{"params": [w]}], lr=1e-3)
     assert opt.defaults["fused"] is True and can_fuse([{"params": [w]}])
-    assert make_optimizer([{"params": [w]}], "adamw", fused=False, lr=1e-3).defaults["fused"] is False
+    assert optimizer_factory()([{"params": [w]}], fused=False, lr=1e-3).defaults["fused"] is False
     ref = torch.nn.Parameter(w.detach().clone())
     opt_ref = torch.optim.AdamW([ref], lr=1e-3)
     for _ in range(3):
@@ -331,13 +329,13 @@ def test_optimizer_partial_from_config_binds_its_settings():
         }
     )
     parts = build_tiny_sd()
-    module = SpurgenModule(parts, SpurgenObjective(1.0, 0.0), factory, ModuleSettings(2e-4, 3e-5))
+    module = SpurgenModule(
+        parts, SpurgenObjective(1.0, 0.0), factory, module_settings(lr_unet=2e-4, lr_text_encoder=3e-5)
+    )
     opt = module.configure_optimizers()
     assert [g["lr"] for g in opt.param_groups] == [2e-4, 3e-5]
     assert opt.defaults["betas"] == (0.8, 0.99) and opt.defaults["weight_decay"] == 0.05
     assert opt.defaults["eps"] == 1e-6
-    with pytest.raises(ValueError, match="on_nonfinite"):
-        ModuleSettings(on_nonfinite="ignore")
 
 
 def test_reference_target_is_recomputed_identically_at_fit_start():

@@ -75,7 +75,10 @@ def test_every_model_preset_builds_its_parts(name, sd_folder, madry_file):
         assert parts.marks == {} and parts.banner is None
     elif name in MINI:  # the shipped, trained mini pipeline folder, marked in every metadata file
         assert not parts.is_tiny_random and parts.resolution == 64 and len(parts.tokenizer) < 1000
-        assert Path(parts.model_id) == Path(asset_path("mini")) and Path(parts.model_id).parts[-2:] == ("assets", "mini")
+        assert Path(parts.model_id) == Path(asset_path("mini")) and Path(parts.model_id).parts[-2:] == (
+            "assets",
+            "mini",
+        )
         assert parts.marks["model_is_mini"] is True and parts.marks["mini_corpus"]["train_photos"] > 0
         assert "MINI WORLD" in parts.banner
     else:

@@ -35,9 +35,6 @@ class GenerateApp:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     target: TargetConfig | None = None  # class=<name>: the negative prompt of a foreign pipeline
     model: Any = None  # the base model for generate.baseline=true (model=sd15 / model=tiny)
-    data: Any = None  # model presets also set data/train/trainer keys; unused here
-    train: Any = None
-    trainer: Any = None
     eval: Any = None  # model presets also pick the classifier set and the extractor; unused here
     feature_extractor: Any = None
     method_version: str = METHOD_VERSION

@@ -37,8 +37,7 @@ def planned_jobs(overrides: list[str]) -> list[list[str]] | None:
 def _composed_and_checked(compose, overrides: list[str]):
     """The job's config, after the checks a run makes before it loads anything (validate, then the training
     inputs: references, model folder, extractor file); raises SpurgenError on the first problem set."""
-    from spurgen.stages.train import check_inputs
-    from spurgen.validation import validate
+    from spurgen.validation import check_inputs, validate
 
     cfg = compose("config", overrides=overrides)
     validate(cfg)
@@ -90,7 +89,7 @@ def check_resume(overrides: list[str]) -> str | None:
 
     if not any(a.startswith("resume=") for a in overrides) or any(a.startswith("-") for a in overrides):
         return None
-    from spurgen.stages.train import resume_mismatch
+    from spurgen.validation import resume_mismatch
 
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

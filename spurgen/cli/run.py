@@ -2,6 +2,9 @@
 
 spurgen run class=sulphur_butterfly lambda_sfsl=0.1          (or python -m spurgen.run ...)
 spurgen run -m class=hummingbird,koala lambda_sfsl=0,0.1,1
+
+Only Hydra, OmegaConf and spurgen's config and validation modules are imported before the config is checked:
+torch, Lightning and diffusers load after it, so a mistake is refused in about a second (tests/test_cli.py).
 """
 
 from __future__ import annotations
@@ -11,16 +14,12 @@ import sys
 from pathlib import Path
 
 import hydra
-import lightning as L
 from omegaconf import DictConfig
 
 from spurgen.cli.common import run_main
 from spurgen.config import CONF_DIR, register_configs, register_resolvers
-from spurgen.distributed import is_global_zero
 from spurgen.errors import SpurgenError
-from spurgen.loggers import argv_secrets_masked, scrub_hydra_files
-from spurgen.torch_threads import torch_threads
-from spurgen.validation import validate
+from spurgen.validation import check_inputs, validate
 
 register_configs()
 register_resolvers()
@@ -31,6 +30,11 @@ _last_result: dict = {}
 def _hydra_entry(cfg: DictConfig) -> float | None:
     try:
         validate(cfg)
+        if "train" in cfg.stages:
+            check_inputs(cfg)  # references, model folder, extractor file: before anything heavy loads
+        from spurgen.loggers import argv_secrets_masked, scrub_hydra_files
+        from spurgen.torch_threads import torch_threads
+
         scrub_hydra_files(Path(cfg.run_dir))
         with argv_secrets_masked(), torch_threads(cfg.threads):  # loggers record the parsed command line
             result = run_stages(cfg, Path(cfg.run_dir))
@@ -45,6 +49,10 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
 
 def run_stages(cfg: DictConfig, run_dir: Path) -> dict:
     """Seed, then train -> generate -> evaluate (those listed in cfg.stages)."""
+    import lightning as L
+
+    from spurgen.distributed import is_global_zero
+
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     result: dict = {}
     if "train" in cfg.stages:
@@ -75,6 +83,20 @@ def _remove_if_only_hydra_files(cfg: DictConfig) -> None:
         return
     if {p.name for p in run_dir.iterdir()} <= {".hydra", "run.log"}:
         shutil.rmtree(run_dir, ignore_errors=True)
+        _remove_empty_parents(run_dir)
+
+
+def _remove_empty_parents(run_dir: Path) -> None:
+    """The folders Hydra made above the run (outputs/<class>/lambda_<l>/seed_<s>/), while they are empty and
+    inside the working directory."""
+    here = Path.cwd().resolve()
+    folder = run_dir.resolve().parent
+    while folder != here and folder.is_relative_to(here):
+        try:
+            folder.rmdir()  # only an empty folder
+        except OSError:
+            return
+        folder = folder.parent
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -24,7 +24,6 @@ from spurgen.eval.imagesets import (
     read_generate_json,
     reference_pool,
 )
-from spurgen.validation import check_eval
 
 NO_TARGET = "no target class: give class=<name> (a conf/class file) or class=imagenet target.index=<i>"
 
@@ -61,13 +60,14 @@ def plan_evaluation(
     target: int | None,
     component: int | None = None,
     extra_sets: dict[str, str | Path | None] | None = None,
+    problems: Problems | None = None,
 ) -> EvalPlan:
     """Check everything cheap and list the sets: images_dir, then eval.reference_dir / eval.baseline_dir
     (or, when those are unset, the `reference` / `baseline` folders in extra_sets), and
     eval.imagenet_val_dir (with a Spurious ImageNet reference, also the class's other components, which the
-    official spurious score pools). Raises one SpurgenError naming every problem found."""
-    problems = Problems()
-    problems.attempt(check_eval, ev)
+    official spurious score pools). Raises one SpurgenError naming every problem found, with those already in
+    `problems` (the stage's check of the eval.* keys, spurgen/validation.py)."""
+    problems = problems if problems is not None else Problems()
     index = problems.attempt(check_target, target)
     sets = {"images": problems.attempt(load_folder, "images", images_dir)}
     extra = extra_sets or {}

@@ -9,12 +9,14 @@ a message naming both config keys.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
-from torch import nn
 
 from spurgen.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported by the parts themselves: importing this module stays cheap
+    from torch import nn
 
 
 @dataclass
@@ -60,10 +62,6 @@ class SDParts:
         (diffusers' pipelines refuse other sizes); 64 for SD 1.5, 16 for the mini model."""
         return resolution_multiple(self.vae, self.unet)
 
-    def check_resolution(self, resolution: int, key: str) -> int:
-        """`resolution`, or a ConfigError naming `key` when the parts cannot make images of that side."""
-        return check_resolution(resolution, self.vae, self.unet, key)
-
     @property
     def prediction_type(self) -> str:
         return self.noise_scheduler.config.prediction_type
@@ -75,20 +73,6 @@ def resolution_multiple(vae: nn.Module, unet: nn.Module) -> int:
 
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     return math.lcm(8, factor * 2 ** (len(unet.config.block_out_channels) - 1))
-
-
-def check_resolution(resolution: int, vae: nn.Module, unet: nn.Module, key: str) -> int:
-    """`resolution`, or a ConfigError naming `key` (with the nearest sizes that work) when it is not a multiple
-    of resolution_multiple(vae, unet)."""
-    step = resolution_multiple(vae, unet)
-    if resolution % step:
-        near = sorted({max(step, resolution // step * step), (resolution // step + 1) * step})
-        raise ConfigError(
-            key,
-            f"{resolution} px is not a multiple of {step}, which this model needs (VAE factor x UNet "
-            f"downsampling, and diffusers' 8); try {' or '.join(map(str, near))}",
-        )
-    return resolution
 
 
 def _mismatch(key_a: str, what_a: str, a: Any, key_b: str, what_b: str, b: Any) -> ConfigError:

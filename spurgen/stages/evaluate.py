@@ -25,6 +25,7 @@ from spurgen.files import write_csv, write_json, write_jsonl
 from spurgen.identity import stamp_metrics  # the run identity in metrics.json
 from spurgen.models.extractors import FrozenImageModel
 from spurgen.pipeline import read_spurgen_json
+from spurgen.validation import eval_problems
 
 log = logging.getLogger("spurgen")
 WANDB_THUMBNAILS = 8  # images per set in the W&B generated-vs-reference grid
@@ -41,7 +42,7 @@ def evaluate(
     """Evaluate images_dir (plus the eval.reference_dir / baseline_dir / imagenet_val_dir sets when given);
     write metrics.json, metrics.csv, spurious_rate.png, contact_sheet.html, predictions.jsonl into out_dir.
     target_index None (no class known) is reported together with any other input problem."""
-    plan = plan_evaluation(eval_cfg, images_dir, target_index, component)
+    plan = plan_evaluation(eval_cfg, images_dir, target_index, component, problems=eval_problems(eval_cfg))
     return run_plan(plan, eval_cfg, Path(out_dir), logger_cfg)
 
 
@@ -196,6 +197,11 @@ def run_stage(cfg: DictConfig, run_dir: Path) -> dict:
         "baseline": baseline if (baseline / "manifest.jsonl").exists() else None,
     }
     plan = plan_evaluation(
-        cfg.eval, run_dir / "generated", int(cfg.target.index), cfg.target.component, extra
+        cfg.eval,
+        run_dir / "generated",
+        int(cfg.target.index),
+        cfg.target.component,
+        extra,
+        problems=eval_problems(cfg.eval),
     )
     return stamp_metrics(cfg, run_dir, run_plan(plan, cfg.eval, run_dir / "eval", cfg.logger, run_dir))

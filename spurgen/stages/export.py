@@ -14,6 +14,7 @@ from spurgen.eval.classifiers import build_classifiers, random_classifiers
 from spurgen.eval.plan import EvalPlan, plan_evaluation
 from spurgen.eval.predict import SetPredictions, pick_device, predict_set
 from spurgen.files import copy_atomic, manifest_files, remove_unlisted, write_json, write_jsonl
+from spurgen.validation import eval_problems
 
 
 def export(
@@ -25,7 +26,7 @@ def export(
 ) -> dict:
     """Copy into out_dir/images the images at least `min_classifiers` classifiers predict as `target`;
     write out_dir/manifest.jsonl and out_dir/dataset.json. Inputs are checked before any model is built."""
-    plan = plan_evaluation(eval_cfg, images_dir, target)
+    plan = plan_evaluation(eval_cfg, images_dir, target, problems=eval_problems(eval_cfg))
     if not 1 <= min_classifiers <= len(plan.classifiers):
         raise SpurgenError(
             f"min_classifiers must be in 1..{len(plan.classifiers)} (the number of classifiers), "

@@ -25,11 +25,11 @@ from spurgen.config import METHOD_VERSION
 from spurgen.errors import SpurgenError
 from spurgen.eval.imagesets import GENERATE_JSON, MANIFEST, read_manifest
 from spurgen.files import save_png_atomic, write_atomic, write_json
-from spurgen.models.parts import check_resolution
+from spurgen.models.parts import resolution_multiple
 from spurgen.pipeline import SampleSettings, make_pipeline, read_spurgen_json, sample
 from spurgen.prompts import apply_template, negative_prompt
 from spurgen.seeds import generation_seed
-from spurgen.validation import check_generate
+from spurgen.validation import check_generate, check_resolution
 
 log = logging.getLogger("spurgen")
 # A manifest record whose values for these keys match the plan's is complete: the rerun skips its image.
@@ -203,7 +203,7 @@ def load_generator(plan: GenerationPlan, gen: DictConfig, model_cfg: DictConfig 
     resolution = int(
         gen.resolution or plan.meta.get("resolution") or pipe.unet.config.sample_size * pipe.vae_scale_factor
     )
-    check_resolution(resolution, pipe.vae, pipe.unet, "generate.resolution")
+    check_resolution(resolution, resolution_multiple(pipe.vae, pipe.unet), "generate.resolution")
     device, dtype = _pick_device(gen)
     pipe.to(device)
     if dtype != torch.float32:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from spurgen.build import build
 from spurgen.checkpointing import AtomicCheckpointIO, GracefulInterrupt, newest_loadable_checkpoint
-from spurgen.config import METHOD_VERSION, asset_path
+from spurgen.config import METHOD_VERSION
 from spurgen.data.dataset import (
     DreamBoothDataset,
     StepBatchSampler,
@@ -30,19 +30,23 @@ from spurgen.data.dataset import (
     tokenize,
 )
 from spurgen.data.prior import PriorSampling, ensure_class_images, training_placement, weights_fingerprint
-from spurgen.data.references import reference_folder, select_references
-from spurgen.distributed import RankBatchSampler, check_launch, module_rank_world
-from spurgen.errors import ConfigError, Problems, SpurgenError
+from spurgen.distributed import RankBatchSampler, module_rank_world
+from spurgen.errors import Problems, SpurgenError
 from spurgen.files import output_folder, write_atomic
 from spurgen.identity import identities, training_key
 from spurgen.loggers import RunLabels, scrub_secrets
 from spurgen.models.lora import add_lora, merge_lora
 from spurgen.models.parts import SDParts
-from spurgen.models.sd import check_source
 from spurgen.module import SpurgenModule
-from spurgen.optim import check_optimizer
 from spurgen.pipeline import save_pipeline
 from spurgen.prompts import negative_prompt
+from spurgen.validation import (
+    TRAINING_KEY_FILE,
+    check_inputs,
+    check_resolution,
+    check_same_training,
+    check_t_max,
+)
 
 log = logging.getLogger("spurgen")
 
@@ -103,21 +107,6 @@ def run_metadata(cfg: DictConfig, parts: SDParts | None, **extra) -> dict:
     }
 
 
-def resolve_references(cfg: DictConfig) -> list[Path]:
-    """Cheap, before any model is built: which reference files this run trains on."""
-    folder = reference_folder(
-        cfg.data.reference_dir,
-        cfg.data.spurious_imagenet_dir,
-        int(cfg.target.index),
-        cfg.target.component,
-        # the class file's own references, then the packaged demo images (tiny models only)
-        cfg.target.get("reference_dir")
-        or (asset_path("demo_references") if cfg.data.demo_references else None),
-    )
-    names = list(cfg.target.reference_files) if cfg.target.reference_files else None
-    return select_references(folder, int(cfg.data.num_references), int(cfg.data.reference_seed), names)
-
-
 def check_writable(run_dir: Path) -> None:
     """The run folder exists and takes files (it may be a resumed run's, or one Hydra did not make)."""
     output_folder(run_dir, "hydra.run.dir")
@@ -167,13 +156,13 @@ def build_dataset(
 
 
 def plan_training(cfg: DictConfig, run_dir: Path) -> TrainPlan:
-    """Cheap checks before anything heavy is loaded (output folder, launcher, optimiser, reference files,
-    the checkpoint to resume from); every problem found is reported in one message."""
+    """Cheap checks before anything heavy is loaded (output folder, then spurgen/validation.py's check_inputs:
+    reference files, model folder, extractor file, launcher; the checkpoint to resume from); every problem
+    found is reported in one message."""
     started = time.time()
     run_dir = Path(run_dir)
     problems = Problems()
     problems.attempt(check_writable, run_dir)
-    problems.attempt(check_launch, cfg.trainer)  # DDP inside a basic/joblib sweep cannot work
     references = check_inputs(cfg, problems)
     problems.raise_any()
     check_same_training(cfg, run_dir)
@@ -183,74 +172,12 @@ def plan_training(cfg: DictConfig, run_dir: Path) -> TrainPlan:
     return TrainPlan(run_dir, references or [], resume_from, started)
 
 
-TRAINING_KEY_FILE = "training_key.json"  # in the run folder: what its weights were trained with
-
-
-def resume_mismatch(cfg: DictConfig, run_dir: Path) -> str | None:
-    """With resume=: how these settings differ from those run_dir was trained with (identity.training_key, in
-    run_dir/training_key.json), or None (the same, not resuming, or a run folder from before the file)."""
-    path = Path(run_dir) / TRAINING_KEY_FILE
-    if not cfg.resume or not path.is_file():
-        return None
-    key = json.loads(json.dumps(training_key(cfg), default=str))
-    before = json.loads(path.read_text())
-    changed = sorted(k for k in {*before, *key} if before.get(k, "<unset>") != key.get(k, "<unset>"))
-    if not changed:
-        return None
-    shown = "; ".join(f"{k}: {before.get(k, '<unset>')!r} -> {key.get(k, '<unset>')!r}" for k in changed[:4])
-    more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
-    return (
-        f"resume={run_dir} was trained with other settings ({shown}{more}): resume with the run's own overrides, "
-        "or start a new run"
-    )
-
-
-def check_same_training(cfg: DictConfig, run_dir: Path) -> None:
-    """A resumed run continues only with the settings it was trained with: other overrides would make one run
-    of two experiments, its numbers labelled with the second. Trainer and generation settings may change (more
-    steps, other images)."""
-    problem = resume_mismatch(cfg, run_dir)
-    if problem:
-        raise SpurgenError(problem)
-
-
 def record_training_key(cfg: DictConfig, run_dir: Path) -> None:
     """run_dir/training_key.json: the settings this run's weights are trained with (what resume= must find
     unchanged). Written when training starts, so a run refused on its inputs leaves no folder behind."""
     path = Path(run_dir) / TRAINING_KEY_FILE
     if not (cfg.resume and path.is_file()):
         write_atomic(path, json.dumps(training_key(cfg), indent=2, sort_keys=True, default=str) + "\n")
-
-
-def check_inputs(cfg: DictConfig, problems: Problems | None = None) -> list[Path] | None:
-    """The checks of a run's inputs that need no run folder and load nothing (optimiser, reference files, a
-    local model folder, the extractor's weights file); a sweep runs them for every job before it starts any.
-    Adds each problem to `problems`, or raises them all at once when none is given. Returns the references."""
-    own = problems is None
-    problems = Problems() if own else problems
-    problems.attempt(check_optimizer, cfg.train.optimizer)  # adamw8bit without CUDA/bitsandbytes
-    references = problems.attempt(resolve_references, cfg)
-    problems.attempt(check_source, cfg.model.get("path"))  # a local SD folder exists and is complete
-    problems.attempt(check_extractor_file, cfg)
-    if own:
-        problems.raise_any()
-    return references
-
-
-def check_extractor_file(cfg: DictConfig) -> None:
-    """Cheap: with lambda_sfsl > 0, a weights file the extractor names must exist (no hub fallback)."""
-    weights = OmegaConf.select(cfg, "feature_extractor.weights", throw_on_missing=False)
-    if (
-        float(cfg.loss.lambda_sfsl) <= 0
-        or not isinstance(weights, str)
-        or Path(weights).expanduser().is_file()
-    ):
-        return
-    name = cfg.feature_extractor.get("name") or cfg.feature_extractor.get("_target_")
-    raise SpurgenError(
-        f"feature_extractor.weights: {weights} not found for the SFSL extractor {name!r}; put the file there or "
-        "set feature_extractor.weights=/path/to/file (lambda_sfsl=0 trains without an extractor)"
-    )
 
 
 def build_extractor(cfg: DictConfig):
@@ -288,19 +215,6 @@ def build_objective(cfg: DictConfig, extractor, ref_images: torch.Tensor):
     loss = OmegaConf.to_container(cfg.loss, resolve=True)
     loss.pop("sfsl")  # the typed sfsl node cannot hold the built object: pass it in instead
     return build(loss, sfsl=sfsl)
-
-
-def check_t_max(cfg: DictConfig, parts: SDParts) -> None:
-    """loss.sfsl.t_max past the model's training timesteps (t runs 0..T-1) is a typo more often than a choice:
-    the SFSL gate t <= t_max would be open at every step, as t_max = T - 1 says plainly."""
-    steps = int(parts.noise_scheduler.config.num_train_timesteps)
-    t_max = int(cfg.loss.sfsl.t_max)
-    if float(cfg.loss.lambda_sfsl) > 0 and t_max > steps:
-        raise ConfigError(
-            "loss.sfsl.t_max",
-            f"{t_max} is past the model's {steps} training timesteps (t is 0..{steps - 1}); "
-            f"loss.sfsl.t_max={steps - 1} applies the SFSL at every step",
-        )
 
 
 def build_module(cfg: DictConfig, parts: SDParts, extractor, ref_images: torch.Tensor) -> SpurgenModule:
@@ -354,12 +268,13 @@ def run_labels(cfg: DictConfig) -> RunLabels:
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, run_config: dict) -> L.Trainer:
-    """`cfg.trainer` (any lightning.Trainer argument) with the callbacks and the logger from their groups."""
+    """The Trainer from `cfg.trainer` (`_target_: lightning.Trainer`, any of its arguments), handed the
+    callbacks and the logger built from their own groups."""
     logger = build(cfg.logger)(run_dir, run_config, run_labels(cfg))
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    plugins = [*(kwargs.pop("plugins", None) or []), AtomicCheckpointIO()]
-    return L.Trainer(
-        **kwargs,
+    node = OmegaConf.to_container(cfg.trainer, resolve=True)
+    plugins = [*(node.pop("plugins", None) or []), AtomicCheckpointIO()]
+    make_trainer = build(node, _partial_=True)  # built objects are passed to the call, not through Hydra
+    return make_trainer(
         logger=logger,
         callbacks=build_callbacks(cfg),
         default_root_dir=str(run_dir),
@@ -415,8 +330,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     extractor = build_extractor(cfg)
     parts: SDParts = build(cfg.model)
     announce(parts)
-    resolution = parts.check_resolution(int(cfg.data.resolution or parts.resolution), "data.resolution")
-    check_t_max(cfg, parts)
+    resolution = check_resolution(
+        int(cfg.data.resolution or parts.resolution), parts.resolution_multiple, "data.resolution"
+    )
+    check_t_max(cfg, int(parts.noise_scheduler.config.num_train_timesteps))
     log.info("references (%d): %s", len(plan.references), ", ".join(p.name for p in plan.references))
     ref_images = load_training_images(
         plan.references, resolution, cfg.data.center_crop
