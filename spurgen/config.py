@@ -191,7 +191,7 @@ class EvalConfig:
     # name -> a `_target_` node building a FrozenImageModel (spurgen/models/loaders.py), e.g.
     # resnet50: {_target_: spurgen.models.loaders.load_timm, arch: resnet50, weights: null}
     classifiers: dict[str, Any] = field(default_factory=dict)
-    classifier_set: str | None = None  # removed (eval=<name> selects the group): any value is an error
+    classifier_set: str | None = None  # not a setting (eval=<name> selects the group): any value is refused
     reference_dir: str | None = None  # a plain folder or a Spurious ImageNet images/ folder
     baseline_dir: str | None = None  # images from the un-fine-tuned model (generate.baseline=true)
     imagenet_val_dir: str | None = None  # ImageNet validation images of the target class

@@ -1,4 +1,4 @@
-"""W&B dashboards for comparing a sweep's runs, as code (issue 14).
+"""W&B dashboards for comparing a sweep's runs, as code.
 
 One definition, spurgen's own panel specification (spec.py: plain dataclasses that read and write JSON), is
 built from a sweep (plan.py, source.py) and turned into both W&B objects with wandb-workspaces

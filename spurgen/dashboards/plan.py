@@ -43,9 +43,9 @@ SCALE_NOTE = {
 
 
 def scale_of(run: Run) -> str:
-    """ "tiny random" (random weights), "mini world" (the model preset's marks say model_is_mini, or, for runs
-    made before marks existed, a model part from spurgen's mini world: a `model.*` value that names `mini`),
-    or "" for a real model."""
+    """ "tiny random" (random weights), "mini world" (the model preset's marks say model_is_mini, or, failing
+    that, as in a run whose saved config has no marks, a model part from spurgen's mini world: a `model.*`
+    value that names `mini`), or "" for a real model."""
     if run.tiny:
         return "tiny random"
     if run.config.get("model.marks.model_is_mini") is True:

@@ -1,4 +1,4 @@
-"""Memorisation check: how close each image comes to its nearest reference image (issue 13).
+"""Memorisation check: how close each image comes to its nearest reference image.
 
 Two distances per image, each reported as a distribution over the set (n, mean, median, p05, p95, min, max):
 

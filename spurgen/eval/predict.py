@@ -153,8 +153,9 @@ def pick_device(requested: str) -> torch.device:
 def place(models: Sequence[FrozenImageModel], device: torch.device, channels_last: bool) -> None:
     """Move to the device; channels_last=True stores convolution weights (and, in predict_set, inputs)
     channels-last, which oneDNN and cuDNN run faster (timed on 2 CPU cores: a full-width ResNet-50 at batch 8
-    went from 121 to 98 ms per image, the narrow proportional one from 52 to 36 ms per 16 images; BENCHMARKS.md
-    has the end-to-end evaluation numbers). Values agree with the default layout to float rounding."""
+    takes 98 ms per image channels-last against 121 ms in the default layout, the narrow proportional one 36
+    against 52 ms per 16 images; BENCHMARKS.md has the end-to-end evaluation numbers). Values agree with the
+    default layout to float rounding."""
     for m in models:
         m.to(device)
         if channels_last:

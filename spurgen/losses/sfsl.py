@@ -119,10 +119,11 @@ class SpuriousFeatureSimilarityLoss(nn.Module):
 
     Options (the loss.sfsl config node): distance (cosine | mse), reference (mean | nearest | paired), the
     t_max gate, decode_size, every_n_steps; decoder_checkpointing is a memory option that leaves the value
-    unchanged; mean_free (on by default since method version 3) leaves the value unchanged but removes the
+    unchanged; mean_free (on by default: method version 3) leaves the value unchanged but removes the
     gradient on each channel's spatial mean of the model output: with METHOD.md's plain gradient the SFSL
-    taught eps_hat a per-channel bias that raises one-step similarity but that the sampler integrates over its
-    steps into a colour drift, lowering the generated images' similarity (docs/mini_world.md, measured).
+    teaches eps_hat a per-channel bias that raises one-step similarity but that the sampler integrates over its
+    steps into a colour drift, lowering the generated images' similarity (measured in the mini world:
+    docs/mini_world.md, "The SFSL fault and its fix").
     distance=mse compares unnormalised features, mean_d (phi(x0_hat)_d - m_raw,d)^2 with
     m_raw = mean_r phi(x_ref_r), so lambda_sfsl's scale differs from the cosine's (it follows ||phi||^2).
     reference=nearest takes, per sample, the reference closest under the distance in use (highest cosine, or
