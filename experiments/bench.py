@@ -1,4 +1,4 @@
-"""spurgen's benchmark suite (issue 6): `make bench` writes BENCHMARKS.md.
+"""spurgen's benchmark suite: `make bench` writes BENCHMARKS.md.
 
     python experiments/bench.py                      # both sizes, 20 repeats (about 10 minutes on 2 cores)
     python experiments/bench.py --smoke --out /tmp/b  # one repeat, tiny only (the test)

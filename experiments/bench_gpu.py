@@ -1,4 +1,4 @@
-"""SD 1.5's architecture (random weights) on a GPU: the real-size numbers of issue 6, item 3, in one script.
+"""SD 1.5's architecture (random weights) on a GPU: the real-size numbers, in one script.
 
     python experiments/bench_gpu.py --out /tmp/gpu                          # SD 1.5 at 512², bf16, CUDA
     python experiments/bench_gpu.py --size tiny --device cpu --fp32 --out /tmp/g   # the smoke test

@@ -1,4 +1,4 @@
-"""BENCHMARKS.md from the numbers of experiments/bench.py (tables, targets of issue 6, the machine)."""
+"""BENCHMARKS.md from the numbers of experiments/bench.py (tables, performance targets, the machine)."""
 
 from __future__ import annotations
 
@@ -260,7 +260,7 @@ def _overhead_and_eval_targets(r: dict, speedups: dict[str, tuple[float, float]]
 
 
 def _size_section(name: str, r: dict, repeats: int) -> tuple[list[str], list[str]]:
-    """One size's tables, and its lines under the issue's targets (the proportional size only)."""
+    """One size's tables, and its lines under the performance targets (the proportional size only)."""
     lines = [f"\n## Size: {name}\n", *_costs_table(r["costs"]), *_step_table(r["step"], repeats)]
     lines += _run_table(r["run"]) + _term_table(r["term"]) + _framework_table(r)
     eval_lines, speedups = _eval_table(r["eval"])

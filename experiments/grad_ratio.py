@@ -1,4 +1,4 @@
-"""How hard does the SFSL pull against the instance loss? ||lambda * grad L_SFSL|| / ||grad L_inst|| (issue 13).
+"""How hard does the SFSL pull against the instance loss? ||lambda * grad L_SFSL|| / ||grad L_inst||.
 
     python experiments/grad_ratio.py [config overrides ...] --batches 16 --lambdas 0,0.01,0.1,1,10 \
         --out docs/benchmarks/grad_ratio_mini.json

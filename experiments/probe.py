@@ -1,4 +1,4 @@
-"""What the SFSL optimises, measured directly on a trained pipeline (issue 13, docs/mini_world.md).
+"""What the SFSL optimises, measured directly on a trained pipeline (docs/mini_world.md).
 
 L_SFSL (METHOD.md) acts on x0_hat, the model's one-step prediction of the clean image from a noised
 instance latent. This probe noises the reference images at fixed timesteps with fixed noise, lets the UNet

@@ -1,16 +1,15 @@
-"""Does the SFSL raise similarity under its training extractor by more than seed-to-seed spread? (issue 13)
+"""Does the SFSL raise similarity under its training extractor by more than seed-to-seed spread?
 
-    python -m experiments.sfsl_effect --seeds 0,1,2,3,4 --lambdas 0,1 --out docs/benchmarks/sfsl_effect.json \
-        experiment=mini_quick
+    python -m experiments.sfsl_effect --seeds 0,1,2,3,4 --lambdas 0,1 --out /tmp/sfsl_effect.json \
+        trainer.max_steps=100 threads=1
 
 Runs `spurgen run` once per (lambda_sfsl, seed) with the given overrides (each run in its own folder under
 --work). Per run it measures what the SFSL optimises, cos(phi(x0_hat), m) of the trained model's one-step
 predictions of the noised references under the training extractor (experiments/probe.py), and, when the run
 evaluated, reads eval/metrics.json: the generated images' similarity under every classifier and their
 spurious rates. Prints per lambda the values per seed, mean and spread (max - min over seeds).
-tests/test_mini_world.py's margin comes from these numbers, measured with its own settings:
-
-    python -m experiments.sfsl_effect --seeds 0,1,2,3,4 --lambdas 0,1 stages=[train] trainer.max_steps=60
+tests/test_mini_world.py's margin comes from these numbers, measured with its own settings (its EFFECT
+overrides and threads=1; docs/mini_world.md, "The effect test and its seed spread", has the command).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The mini world's photo corpus: photos that installed packages ship, one caption per subject, and
 deterministic random crops (docs/mini_world.md has the table of sources and licences).
 
-The split keeps the experiment honest (issue 12):
+The split keeps the experiment honest:
 - `reference`: scikit-image's `moon`, the photo the default references come from. None of its crops is in
   any pre-training; its concept noun ("texture") is the caption of two other photos (brick, gravel), so
   the class prompt "a photo of a texture" means something the model learned elsewhere. Grass is "a lawn", not

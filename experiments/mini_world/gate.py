@@ -1,7 +1,7 @@
-"""The mini autoencoder's gate (issue 12): on photos no part was trained on, reconstructions keep each
-photo's ImageNet label at least 80% as often as the originals do. The gate is Lite0's (the classifier the
-issue requires); Lite1/2 are measured and reported beside it, with two mild degradations to read them
-against. PSNR is reported, and a figure shows originals above reconstructions."""
+"""The mini autoencoder's gate: on photos no part was trained on, reconstructions keep each photo's
+ImageNet label at least 80% as often as the originals do. The gate is Lite0's (the classifier the SFSL trains
+through, which never trains the autoencoder); Lite1/2 are measured and reported beside it, with two mild
+degradations to read them against. PSNR is reported, and a figure shows originals above reconstructions."""
 
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ def _rates(hits: torch.Tensor, idx: torch.Tensor | None = None) -> float:
 
 
 def label_agreement(vae, x: torch.Tensor, names: list[str], models: dict) -> dict:
-    """The gate, per classifier c (issue 12): reconstructions keep the photo's label at least GATE times
-    as often as the originals do, i.e. rate(c(D(E(x))) = label) >= GATE * rate(c(x) = label) over the views.
+    """The gate, per classifier c: reconstructions keep the photo's label at least GATE times as often as
+    the originals do, i.e. rate(c(D(E(x))) = label) >= GATE * rate(c(x) = label) over the views.
     Also the stricter agreement rate(c(D(E(x))) = c(x)), and PSNR (dB); overall and per photo."""
     return recon_agreement(reconstruct(vae, x), x, names, models)
 

@@ -1,6 +1,6 @@
 """The mini text-to-image model's parts before training: a UNet2DConditionModel on the mini autoencoder's
-16x16 latents and a CLIPTextModel over the mini tokenizer (issue 12 item 3). They keep Stable Diffusion's
-classes and block layout, so a trained pair loads with diffusers and transformers alone."""
+16x16 latents and a CLIPTextModel over the mini tokenizer. They keep Stable Diffusion's classes and block
+layout, so a trained pair loads with diffusers and transformers alone."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ UNET_CHANNELS = (32, 64, 128)
 TEXT_HIDDEN = 128  # = the UNet's cross_attention_dim
 TEXT_LAYERS = 4
 LATENT_SIZE = 16  # 64-px crops through a factor-4 autoencoder
-LATENT_CHANNELS = 4  # the shipped autoencoder's
+LATENT_CHANNELS = 4  # SD's; pretrain_generator passes the autoencoder's own (12 for the shipped PCA)
 
 
 def build_mini_unet(

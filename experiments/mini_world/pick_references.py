@@ -1,4 +1,4 @@
-"""Pick the mini world's spurious pair and its reference crops (issue 13), and say how they were picked:
+"""Pick the mini world's spurious pair and its reference crops, and say how they were picked:
 
     python -m experiments.mini_world.pick_references --out spurgen/assets/mini/references
 

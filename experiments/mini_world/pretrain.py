@@ -1,4 +1,4 @@
-"""Recreate the mini world's weights with one command (issue 12, docs/mini_world.md):
+"""Recreate the mini world's weights with one command (docs/mini_world.md):
 
     python -m experiments.mini_world.pretrain --part all --out spurgen/assets/mini
 
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["pca", "learned"],
         default="pca",
         help="start from the shipped, gate-passing PCA recipe (vae.PCA_RECIPE) or VaeTrainConfig's learned "
-        "encoder (the one shipped before; docs/mini_world.md); flags override it",
+        "encoder (4 latent channels; it fails the gate: docs/mini_world.md); flags override it",
     )
     defaults = PCA_RECIPE if recipe.parse_known_args(argv)[0].recipe == "pca" else {}
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0], parents=[recipe])
@@ -157,7 +157,8 @@ def write_manifest(out: Path, part: str, record: dict) -> Path:
 
 
 def run_vae(args: argparse.Namespace, command: str) -> dict:
-    """Train, save, reload the shipped fp16 files and measure them; the manifest record of the part."""
+    """Train, save, reload the written files (float32 for the PCA encoder, else fp16) and measure them; the
+    manifest record of the part."""
     from diffusers import AutoencoderKL
 
     cfg = VaeTrainConfig(**{field: getattr(args, field) for field, _, _ in VAE_FLAGS})

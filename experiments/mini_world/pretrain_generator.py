@@ -1,4 +1,4 @@
-"""Pre-train the mini text-to-image model (issue 12 item 3): plain text-to-image training, no DreamBooth.
+"""Pre-train the mini text-to-image model: plain text-to-image training, no DreamBooth.
 
     python -m experiments.mini_world.pretrain_generator --vae spurgen/assets/mini/vae --out spurgen/assets/mini --steps N
 

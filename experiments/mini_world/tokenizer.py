@@ -1,4 +1,4 @@
-"""The mini world's CLIP BPE tokenizer: a vocabulary of about 600 tokens instead of CLIP's 49,408 (issue 12).
+"""The mini world's CLIP BPE tokenizer: a vocabulary of about 600 tokens instead of CLIP's 49,408.
 
 It is a real byte-level CLIP BPE (vocab.json + merges.txt, loaded by `CLIPTokenizer.from_pretrained`):
 - the 256 byte symbols, so every text tokenizes;

@@ -1,7 +1,7 @@
 """The mini autoencoder: a diffusers AutoencoderKL (64-px images, factor 4), trained on random crops of the
 corpus's photos and measured on photos it never saw (docs/mini_world.md). The shipped recipe (PCA_RECIPE) has a
-frozen PCA encoder and 12 x 16x16 latents; VaeTrainConfig's defaults, a learned encoder with 4 x 16x16 latents,
-are the recipe shipped before."""
+frozen PCA encoder and 12 x 16x16 latents; VaeTrainConfig's defaults are the learned recipe, a learned encoder
+with 4 x 16x16 latents that fails the gate (its records are docs/mini_world.md's *_learned ones)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from spurgen.errors import SpurgenError
 
 @dataclass(frozen=True)
 class VaeTrainConfig:
-    """Everything that decides the trained weights; written into the manifest. The defaults are a learned
-    encoder (the recipe shipped before, which fails the gate); PCA_RECIPE, applied over them, is the shipped
-    one (`pretrain --recipe pca`, the default; docs/mini_world.md)."""
+    """Everything that decides the trained weights; written into the manifest. The defaults are the learned
+    recipe (a learned encoder, which fails the gate); PCA_RECIPE, applied over them, is the shipped one
+    (`pretrain --recipe pca`, the default; docs/mini_world.md)."""
 
     seed: int = 0
     steps: int = 1000
@@ -65,7 +65,8 @@ class VaeTrainConfig:
 
 # The shipped recipe, which passes the gate (docs/mini_world.md, "The PCA autoencoder"): a frozen PCA encoder
 # of 12 channels and a decoder trained on 32-px windows with posterior noise 0.05. The channels keep their PCA
-# scales (std 3.2 down to 0.14): the shipped generator was trained on them so (--equalise-channels rescales them).
+# scales (std 3.2 down to 0.14), the scales the shipped generator is trained on (--equalise-channels rescales
+# them).
 PCA_RECIPE = dict(
     steps=8000, lr=2e-3, perceptual_weight=0.0, latent_channels=12, norm_groups=1,
     photo_splits=("train", "autoencoder"), augment=True, train_crop=32, encoder="pca", pca_logvar=-6.0,
