@@ -13,7 +13,7 @@ from .conftest import REPO
 
 def test_grad_ratio_scales_with_lambda_and_counts_gated_batches(tmp_path):
     out = tmp_path / "ratio.json"
-    cmd = [sys.executable, str(REPO / "experiments" / "grad_ratio.py"), "model=tiny", "class=hummingbird",
+    cmd = [sys.executable, str(REPO / "experiments" / "grad_ratio.py"), "experiment=tiny",
            "data.batch_size=2", "--batches", "4", "--lambdas", "0,0.1,1", "--threads", "1", "--out", str(out)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
