@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -362,6 +363,67 @@ def test_load_with_sigkill_keeps_every_acknowledged_answer_exactly_once(tmp_path
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+    _two_tabs_of_one_reviewer_accept_nothing(tmp_path / "tabs")
+
+
+def _post_status(url: str, body: dict) -> int:
+    """The HTTP status of a JSON POST (4xx included; a dead server raises OSError)."""
+    try:
+        _post(url, body)
+        return 200
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return exc.code
+
+
+def _tab(base: str, who: str, tab: str, acked: list, both: threading.Barrier) -> None:
+    """One browser tab of `who`: both tabs load the state (the same image), then both submit it with their own
+    nonce; round after round until nothing is left or the server dies."""
+    k = 0
+    try:
+        while True:
+            st = _get(f"{base}/api/state?reviewer={who}")
+            both.wait(timeout=10)
+            if st["image"] is None:
+                return
+            nonce = f"{tab}-{k}"
+            body = {"reviewer": who, "image": st["image"]["id"], "answers": GOOD, "nonce": nonce}
+            if _post_status(f"{base}/api/answer", body) == 200:
+                acked.append(nonce)
+            both.wait(timeout=10)
+            k += 1
+    except (OSError, http.client.HTTPException, threading.BrokenBarrierError):
+        both.abort()  # the server was killed: the other tab stops too
+
+
+def _two_tabs_of_one_reviewer_accept_nothing(tmp_path: Path) -> None:
+    """The duplicate-vote case: one reviewer answers from two tabs at once, the server is SIGKILLed mid-way
+    and restarted; each image holds at most one standing vote of that reviewer, every acknowledged answer
+    is stored, and `export --min-votes 2` accepts nothing."""
+    run, db = make_run(tmp_path, 20), tmp_path / "tabs.sqlite"
+    proc, base = _start_server(run, db)
+    acked: list = []
+    both = threading.Barrier(2)
+    tabs = [threading.Thread(target=_tab, args=(base, "solo", t, acked, both)) for t in ("tab1", "tab2")]
+    for t in tabs:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(acked) < 10 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    for t in tabs:
+        t.join(timeout=20)
+    assert 4 <= len(acked) < 20, f"{len(acked)} answers: the kill must come mid-way"
+    con = sqlite3.connect(db)
+    votes = con.execute(
+        "SELECT image_hash, COUNT(*) FROM submissions WHERE retracted = 0 GROUP BY reviewer, image_hash"
+    ).fetchall()
+    stored = {n for (n,) in con.execute("SELECT nonce FROM submissions")}
+    con.close()
+    assert votes and {n for _, n in votes} == {1} and set(acked) <= stored
+    assert main(["export", str(db), "--out", str(tmp_path / "out"), "--min-votes", "2"]) == 0
+    assert (tmp_path / "out" / "accepted.jsonl").read_text() == ""
 
 
 def test_kappas_on_known_examples():
@@ -637,3 +699,52 @@ def test_cross_site_posts_and_foreign_host_names_are_refused(tmp_path):
     )
     assert v6.get("/", headers={"Host": "[::1]:8765"}).status_code == 200
     assert v6.get("/", headers={"Host": "evil.example:8765"}).status_code == 400
+
+
+def test_one_reviewer_one_vote_a_second_tab_gets_409_and_undo_frees_the_image(tmp_path):
+    """Two tabs of one reviewer show the same image and both submit (two nonces): the second is refused with
+    409 and the next image, a retry of the first is still a no-op, and after undo the image can be answered
+    again."""
+    review = make_review(make_run(tmp_path, 2))
+    c = TestClient(build_app(review), base_url=BASE)
+    image = c.get("/api/state", params={"reviewer": "ann"}).json()["image"]["id"]
+    first = answer(c, "ann", image, nonce="tab1")
+    assert first.status_code == 200
+    second = answer(c, "ann", image, {**GOOD, "class_object": "yes"}, nonce="tab2")
+    assert second.status_code == 409 and "already answered" in second.json()["error"]
+    assert second.json()["image"]["id"] != image  # the page moves on to the next image
+    assert answer(c, "ann", image, nonce="tab1").json()["saved"] == first.json()["saved"]
+    assert len(review.store.answers()) == len(GOOD)
+    assert answer(c, "bob", image, nonce="tab2").status_code == 200  # another reviewer's vote counts
+    c.post("/api/undo", json={"reviewer": "ann"})
+    assert answer(c, "ann", image, {**GOOD, "class_object": "yes"}, nonce="tab3").status_code == 200
+    mine = [r for r in review.store.answers() if r["reviewer"] == "ann"]
+    assert {(r["question"], r["answer"]) for r in mine} == {**GOOD, "class_object": "yes"}.items()
+
+
+def test_export_counts_distinct_reviewers_in_a_database_with_duplicate_votes(tmp_path):
+    """A database written before one vote per reviewer was enforced may hold two standing answers of one
+    reviewer to one image: the export counts that reviewer once (their latest answer)."""
+    review = make_review(make_run(tmp_path, 1))
+    (item,) = review.items
+    review.store.add("ann", item.ref, GOOD, "tab1")
+    db = review.store.path
+    review.store.close()
+    con = sqlite3.connect(db)
+    con.execute(
+        "INSERT INTO submissions(reviewer, nonce, image_hash, set_name, file, time) "
+        "SELECT reviewer, 'tab2', image_hash, set_name, file, time FROM submissions"
+    )
+    con.execute(
+        "INSERT INTO answers(submission, reviewer, time, image_hash, set_name, file, question, answer) "
+        "SELECT 2, reviewer, time, image_hash, set_name, file, question, answer FROM answers"
+    )
+    con.commit()
+    con.close()
+    out = tmp_path / "out"
+    assert main(["export", str(db), "--out", str(out), "--min-votes", "2"]) == 0
+    assert (out / "accepted.jsonl").read_text() == ""
+    summary = json.loads((out / "review_summary.json").read_text())
+    assert summary["sets"]["generated"]["questions"]["spurious_feature"]["counts"] == {"yes": 1}
+    assert main(["filter", str(db), str(tmp_path / "run" / "generated"), "--out", str(tmp_path / "f")]) == 0
+    assert json.loads((tmp_path / "f" / "dataset.json").read_text())["num_accepted"] == 0

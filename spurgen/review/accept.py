@@ -78,6 +78,7 @@ def filter_folder(db: str | Path, folder: str | Path, out_dir: str | Path, min_v
     votes = accepted_votes(db, min_votes)
     paths, manifest = _images_and_manifest(folder)
     earlier = manifest_files(out_dir)  # a previous filter into out_dir: its images not accepted now must go
+    out_dir.mkdir(parents=True, exist_ok=True)  # written even when nothing is accepted
     records = []
     for path in paths:
         rec = votes.get(file_hash(path))

@@ -2,7 +2,8 @@
 
     GET  /                    the page (spurgen/review/page.py)
     GET  /api/state?reviewer= the reviewer's next image, the questions and their progress
-    POST /api/answer          {reviewer, image, answers, nonce}: stored and committed, then acknowledged
+    POST /api/answer          {reviewer, image, answers, nonce}: stored and committed, then acknowledged;
+                              409 when the reviewer already answered the image (one reviewer, one vote)
     POST /api/undo            {reviewer}: retract the reviewer's last answer
     GET  /image/<id>          the image (study mode: re-encoded, blinded)
 
@@ -33,7 +34,7 @@ from spurgen.review import blind, order
 from spurgen.review.config import ReviewConfig, check_answers
 from spurgen.review.items import Item, inside
 from spurgen.review.page import page_html
-from spurgen.review.store import ReviewStore
+from spurgen.review.store import DuplicateAnswer, ReviewStore
 
 REVIEWER = re.compile(r"^[\w.@ -]{1,64}$")
 IMAGE_ID = re.compile(r"^[0-9a-f]{20}$")
@@ -146,7 +147,11 @@ def build_app(review: Review) -> Starlette:
             answers = check_answers(review.cfg.questions, data.get("answers"))
         except SpurgenError as exc:
             raise HTTPException(400, str(exc)) from None
-        sid = await run_in_threadpool(review.store.add, reviewer, item.ref, answers, nonce)
+        try:
+            sid = await run_in_threadpool(review.store.add, reviewer, item.ref, answers, nonce)
+        except DuplicateAnswer as exc:  # another tab of this reviewer answered it: show what is next
+            body = await run_in_threadpool(review.state, reviewer)
+            return JSONResponse({"error": str(exc), **body}, status_code=409)
         body = await run_in_threadpool(review.state, reviewer)
         return JSONResponse({"saved": sid, **body})
 

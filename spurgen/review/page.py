@@ -33,7 +33,7 @@ function hdr(){const h={'Content-Type':'application/json'}; if(TOKEN) h['X-Revie
 async function call(url,body){
   const r=await fetch(url,body===undefined?{headers:hdr()}:{method:'POST',headers:hdr(),body:JSON.stringify(body)});
   const d=await r.json().catch(()=>({error:'HTTP '+r.status}));
-  if(!r.ok) throw new Error(d.error||('HTTP '+r.status)); return d;}
+  if(!r.ok){const e=new Error(d.error||('HTTP '+r.status)); e.data=d; throw e;} return d;}
 function esc(s){const d=document.createElement('div'); d.textContent=s==null?'':String(s); return d.innerHTML;}
 function show(d){
   st=d; ans={}; cur=0; nonce=Date.now().toString(36)+Math.random().toString(36).slice(2); const p=d.progress; $('fill').style.width=(p.total?100*p.done/p.total:100)+'%';
@@ -59,7 +59,8 @@ function render(){
 function pick(i,j){const q=st.questions[i]; ans[q.key]=q.choices[j]; cur=Math.min(i+1,st.questions.length-1); render();
   const nq=st.questions[cur]; if(!nq.choices) $('note_'+cur).focus();}
 async function act(f){if(busy) return; busy=true; $('msg').textContent='';
-  try{show(await f());}catch(e){$('msg').textContent=e.message;} finally{busy=false;}}
+  try{show(await f());}catch(e){if(e.data&&e.data.progress) show(e.data); $('msg').textContent=e.message;}
+  finally{busy=false;}}
 function submit(){if(!st||!st.image) return;  // one nonce per image shown: a retry after a lost reply is a no-op
   act(()=>call('/api/answer',{reviewer,image:st.image.id,answers:ans,nonce}));}
 function undo(){act(()=>call('/api/undo',{reviewer}));}

@@ -18,6 +18,13 @@ FEATURE, OBJECT = "spurious_feature", "class_object"
 TIE = "tie"  # an image whose reviewers have no strict majority answer
 
 
+def one_vote_each(rows: list[dict]) -> list[dict]:
+    """The rows with one answer per (reviewer, image, question), the latest: the store refuses a second
+    standing answer, but a database written before it did may hold two, and a reviewer is one vote."""
+    latest = {(r["reviewer"], r["image_hash"], r["question"]): r for r in rows}
+    return list(latest.values())
+
+
 def _fractions(counts: Counter, n: int) -> dict:
     return {a: {"value": c / n, "ci": list(wilson_interval(c, n))} for a, c in sorted(counts.items())}
 
@@ -115,9 +122,10 @@ def agreement(rows: list[dict]) -> dict:
 
 def accepted(rows: list[dict], min_votes: int) -> list[dict]:
     """Images a strict majority of at least min_votes reviewers says show the feature ("yes") and not the
-    class object ("no"); "unsure" counts against, images with fewer votes are left out."""
+    class object ("no"); "unsure" counts against, images with fewer votes are left out. A reviewer is one vote
+    (one_vote_each)."""
     votes: dict[str, dict] = {}
-    for r in rows:
+    for r in one_vote_each(rows):
         rec = votes.setdefault(
             r["image_hash"],
             {
@@ -139,6 +147,8 @@ def accepted(rows: list[dict], min_votes: int) -> list[dict]:
 
 
 def summarize(rows: list[dict], mode: str) -> dict:
+    """review_summary.json of the standing answers, one vote per reviewer, image and question."""
+    rows = one_vote_each(rows)
     by_set: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_set[r["set_name"]].append(r)

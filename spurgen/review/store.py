@@ -4,7 +4,9 @@ response acknowledges it, so killing the server loses no acknowledged answer (do
 An answer row holds the reviewer, the time, the image's content hash, its set, the question and the answer.
 The answers a reviewer gives to one image in one submit share a submission id; undo retracts the reviewer's
 last submission (its rows stay, marked retracted, so the database keeps everything that was said). A client
-nonce per submission makes a retried POST a no-op instead of a second copy.
+nonce per submission makes a retried POST a no-op instead of a second copy. A reviewer has at most one standing
+submission per image: a second one (another tab, another device) is refused with DuplicateAnswer, so one
+reviewer is never two votes.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ CREATE INDEX IF NOT EXISTS submissions_by_reviewer ON submissions(reviewer, retr
 """
 
 ANSWER_FIELDS = ["reviewer", "time", "image_hash", "set_name", "file", "question", "answer", "submission"]
+
+
+class DuplicateAnswer(SpurgenError):
+    """The reviewer already has a standing answer to this image (a second tab or device): one reviewer, one
+    vote. The page gets 409."""
 
 
 class ImageRef(NamedTuple):
@@ -94,32 +101,43 @@ class ReviewStore:
 
     def add(self, reviewer: str, image: ImageRef, answers: dict[str, str], nonce: str) -> int:
         """Store one submission (the answers to one image) and commit; return its id. The same (reviewer,
-        nonce) again returns the first submission's id and writes nothing."""
-        now = _now()
+        nonce) again returns the first submission's id and writes nothing; a second standing submission of
+        the reviewer for the image raises DuplicateAnswer. Both checks run inside the write transaction, so
+        they hold across threads and across processes sharing the file."""
         with self._lock:
-            known = self._db.execute(
-                "SELECT id FROM submissions WHERE reviewer = ? AND nonce = ?", (reviewer, nonce)
-            ).fetchone()
-            if known:
-                return int(known[0])
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                cur = self._db.execute(
-                    "INSERT INTO submissions(reviewer, nonce, image_hash, set_name, file, time) "
-                    "VALUES (?,?,?,?,?,?)",
-                    (reviewer, nonce, *image, now),
-                )
-                sid = int(cur.lastrowid)
-                self._db.executemany(
-                    "INSERT INTO answers(submission, reviewer, time, image_hash, set_name, file, question, "
-                    "answer) VALUES (?,?,?,?,?,?,?,?)",
-                    [(sid, reviewer, now, *image, q, a) for q, a in answers.items()],
-                )
+                sid = self._insert(reviewer, image, answers, nonce)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             return sid
+
+    def _insert(self, reviewer: str, image: ImageRef, answers: dict[str, str], nonce: str) -> int:
+        known = self._db.execute(
+            "SELECT id FROM submissions WHERE reviewer = ? AND nonce = ?", (reviewer, nonce)
+        ).fetchone()
+        if known:
+            return int(known[0])
+        standing = self._db.execute(
+            "SELECT id FROM submissions WHERE reviewer = ? AND image_hash = ? AND retracted = 0",
+            (reviewer, image.hash),
+        ).fetchone()
+        if standing:
+            raise DuplicateAnswer(f"{reviewer} already answered this image (undo first to change the answer)")
+        now = _now()
+        cur = self._db.execute(
+            "INSERT INTO submissions(reviewer, nonce, image_hash, set_name, file, time) VALUES (?,?,?,?,?,?)",
+            (reviewer, nonce, *image, now),
+        )
+        sid = int(cur.lastrowid)
+        self._db.executemany(
+            "INSERT INTO answers(submission, reviewer, time, image_hash, set_name, file, question, answer) "
+            "VALUES (?,?,?,?,?,?,?,?)",
+            [(sid, reviewer, now, *image, q, a) for q, a in answers.items()],
+        )
+        return sid
 
     def undo(self, reviewer: str) -> str | None:
         """Retract the reviewer's last standing submission; return its image hash (None: nothing to undo)."""
