@@ -4,6 +4,7 @@ and the export of answers."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -748,3 +749,118 @@ def test_export_counts_distinct_reviewers_in_a_database_with_duplicate_votes(tmp
     assert summary["sets"]["generated"]["questions"]["spurious_feature"]["counts"] == {"yes": 1}
     assert main(["filter", str(db), str(tmp_path / "run" / "generated"), "--out", str(tmp_path / "f")]) == 0
     assert json.loads((tmp_path / "f" / "dataset.json").read_text())["num_accepted"] == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 30000 + b"]" * 30000,  # 60 KB, under the body limit
+        b'{"reviewer": "ann", "nonce": "n", "answers": ' + b"[" * 30000 + b"]" * 30000 + b"}",
+    ],
+)
+def test_deeply_nested_json_is_a_400_not_a_500(tmp_path, body):
+    review = make_review(make_run(tmp_path, 1))
+    c = TestClient(build_app(review), base_url=BASE, raise_server_exceptions=False)
+    for url in ("/api/answer", "/api/undo"):
+        r = c.post(url, content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and "nested" in r.json()["error"], (url, r.text[:200])
+    assert review.store.answers() == []
+
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("note", {"a": [1, 2]}, "'note': answer must be a string"),
+        ("note", 3.5, "'note': answer must be a string"),
+        ("note", False, "'note': answer must be a string"),
+        ("spurious_feature", 1, "'spurious_feature': answer must be a string"),
+        ("note", "\ud800 lone surrogate", "'note': answer is not valid Unicode"),
+    ],
+)
+def test_answers_of_the_wrong_type_are_refused_naming_the_field(tmp_path, field, value, words):
+    review = make_review(make_run(tmp_path, 1))
+    c = TestClient(build_app(review), base_url=BASE, raise_server_exceptions=False)
+    body = {"reviewer": "ann", "image": review.items[0].id, "answers": {**GOOD, field: value}, "nonce": "n"}
+    r = c.post("/api/answer", content=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and words in r.json()["error"], r.text
+    assert review.store.answers() == []
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"image": ["x"]}, "image:"),
+        ({"image": None}, "image:"),
+        ({"reviewer": ["ann"]}, "reviewer:"),
+        ({"nonce": 7}, "nonce:"),
+        ({"nonce": "abc\n"}, "nonce:"),
+        ({"extra": 1}, "unknown field 'extra'"),
+    ],
+)
+def test_request_fields_of_the_wrong_type_or_unknown_are_refused(tmp_path, change, words):
+    review = make_review(make_run(tmp_path, 1))
+    c = TestClient(build_app(review), base_url=BASE, raise_server_exceptions=False)
+    body = {"reviewer": "ann", "image": review.items[0].id, "answers": GOOD, "nonce": "n1", **change}
+    r = c.post("/api/answer", json=body)
+    assert r.status_code == 400 and words in r.json()["error"], r.text
+    r = c.post("/api/undo", json={"reviewer": "ann", "extra": 1})
+    assert r.status_code == 400 and "unknown field 'extra'" in r.json()["error"]
+    assert review.store.answers() == []
+
+
+def test_media_types_are_case_insensitive(tmp_path):
+    review = make_review(make_run(tmp_path, 1))
+    c = TestClient(build_app(review), base_url=BASE)
+    body = json.dumps({"reviewer": "a", "image": review.items[0].id, "answers": GOOD, "nonce": "x"})
+    r = c.post("/api/answer", content=body, headers={"Content-Type": "Application/JSON; charset=UTF-8"})
+    assert r.status_code == 200, r.text
+
+
+@contextlib.contextmanager
+def _serve_here(app, host: str = "127.0.0.1"):
+    """The app under uvicorn in a thread of this process, on a free port of host (a loopback address); yields
+    the port and stops the server on exit."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.bind((host, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def _raw_status(port: int, headers: str, body: bytes, wait: float = 5.0, host: str = "127.0.0.1") -> int:
+    """Send a hand-written POST /api/answer and return the status of the reply (a socket timeout when the
+    server does not answer within `wait` s)."""
+    head = f"POST /api/answer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{headers}\r\n"
+    with socket.create_connection((host, port), timeout=wait) as s:
+        s.sendall(head.encode() + body)
+        reply = s.recv(4096)
+    return int(reply.split(b" ", 2)[1])
+
+
+def test_a_body_is_streamed_with_a_size_limit_and_a_read_timeout(tmp_path):
+    """A declared length over the limit is refused from the header (a body of 1 byte used to hang the
+    connection); a body that stops arriving gets 408; a chunked body stops at the limit."""
+    review = make_review(make_run(tmp_path, 1))
+    with _serve_here(build_app(review)) as port:
+        assert _raw_status(port, "Content-Length: 999999999\r\n", b"{") == 413
+        chunk = b"x" * 40000
+        chunked = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(3)) + b"0\r\n\r\n"
+        assert _raw_status(port, "Transfer-Encoding: chunked\r\n", chunked) == 413
+        assert _raw_status(port, "Content-Length: abc\r\n", b"{}") == 400
+    with _serve_here(build_app(review, body_timeout=0.5)) as port:
+        t0 = time.monotonic()
+        assert _raw_status(port, "Content-Length: 100\r\n", b'{"reviewer"') == 408
+        assert time.monotonic() - t0 < 4
+    assert review.store.answers() == []

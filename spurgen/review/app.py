@@ -12,6 +12,7 @@ Every error is JSON {"error": message} with a 4xx status (5xx only for a bug, wi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import secrets
@@ -25,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -40,6 +41,7 @@ REVIEWER = re.compile(r"^[\w.@ -]{1,64}$")
 IMAGE_ID = re.compile(r"^[0-9a-f]{20}$")
 NONCE = re.compile(r"^[\w-]{1,64}$")
 MAX_BODY = 64 * 1024
+BODY_TIMEOUT = 10.0  # seconds for a whole request body to arrive
 MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 
 
@@ -103,29 +105,78 @@ class Review:
 
 
 def _reviewer(value: object) -> str:
-    if not isinstance(value, str) or not REVIEWER.match(value.strip() or "-!"):
+    if not isinstance(value, str) or not REVIEWER.fullmatch(value.strip() or "-!"):
         raise HTTPException(400, "reviewer: 1-64 letters, digits, spaces or . @ _ - are needed")
     return value.strip()
 
 
-async def _json_body(request: Request) -> dict:
-    # a cross-site form can post text/plain without a CORS preflight; application/json cannot
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-        raise HTTPException(415, "send the body as Content-Type: application/json")
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise HTTPException(413, f"request body over {MAX_BODY} bytes")
+def _closing(status: int, message: str) -> HTTPException:
+    """An error sent before the body was read to its end: the connection is closed after it."""
+    return HTTPException(status, message, headers={"Connection": "close"})
+
+
+async def _read_body(request: Request, timeout: float) -> bytes:
+    """The body, read as it streams in: a declared length over MAX_BODY is refused before anything is read,
+    the running size is checked chunk by chunk (a chunked body has no length), and the whole body must
+    arrive within `timeout` seconds (a client that declares 100 bytes and sends 1 gets 408, not a hung
+    connection)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or len(declared) > 12):
+        raise _closing(400, "Content-Length is not a number")
+    if declared is not None and int(declared) > MAX_BODY:
+        raise _closing(413, f"request body over {MAX_BODY} bytes")
+    body = bytearray()
+
+    async def read() -> None:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > MAX_BODY:
+                raise _closing(413, f"request body over {MAX_BODY} bytes")
+
     try:
-        data = json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        await asyncio.wait_for(read(), timeout)
+    except TimeoutError:
+        raise _closing(408, f"the request body did not arrive within {timeout:g} s") from None
+    except ClientDisconnect:
+        raise _closing(400, "the client closed the connection mid-body") from None
+    return bytes(body)
+
+
+async def _json_body(request: Request, fields: tuple[str, ...], timeout: float) -> dict:
+    """The body as a JSON object holding no field but `fields`; every fault is a 4xx naming it."""
+    # a cross-site form can post text/plain without a CORS preflight; application/json cannot
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise _closing(415, "send the body as Content-Type: application/json")
+    body = await _read_body(request, timeout)
+    try:
+        data = json.loads(body.decode("utf-8") or "null")  # JSON on the wire is UTF-8 (RFC 8259)
+    except UnicodeDecodeError:
+        raise HTTPException(400, "the request body is not UTF-8") from None
+    except RecursionError:
+        raise HTTPException(400, "the request body is nested too deeply") from None
+    except ValueError:  # JSONDecodeError, and numbers past Python's digit limit
         raise HTTPException(400, "the request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise HTTPException(400, "the request body must be a JSON object")
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise HTTPException(400, f"unknown field {unknown[0]!r} (expected {', '.join(fields)})")
     return data
 
 
-def build_app(review: Review) -> Starlette:
-    """The Starlette app of one review (the token, when set, is checked on every request)."""
+def _image(review: Review, value: object) -> Item:
+    if not isinstance(value, str):
+        raise HTTPException(400, "image: an image id (a string of 20 hex characters) is needed")
+    item = review.by_id.get(value)
+    if item is None:
+        raise HTTPException(404, "unknown image id")
+    return item
+
+
+def build_app(review: Review, body_timeout: float = BODY_TIMEOUT) -> Starlette:
+    """The Starlette app of one review (the token, when set, is checked on every request); a request body
+    must arrive within body_timeout seconds."""
 
     async def index(request: Request) -> Response:
         return HTMLResponse(page_html(review.cfg.mode), headers={"Cache-Control": "no-store"})
@@ -135,13 +186,11 @@ def build_app(review: Review) -> Starlette:
         return JSONResponse(await run_in_threadpool(review.state, reviewer))
 
     async def answer(request: Request) -> Response:
-        data = await _json_body(request)
+        data = await _json_body(request, ("reviewer", "image", "answers", "nonce"), body_timeout)
         reviewer = _reviewer(data.get("reviewer"))
-        item = review.by_id.get(str(data.get("image")))
-        if item is None:
-            raise HTTPException(404, "unknown image id")
+        item = _image(review, data.get("image"))
         nonce = data.get("nonce")
-        if not isinstance(nonce, str) or not NONCE.match(nonce):
+        if not isinstance(nonce, str) or not NONCE.fullmatch(nonce):
             raise HTTPException(400, "nonce: 1-64 letters, digits, _ or - are needed")
         try:
             answers = check_answers(review.cfg.questions, data.get("answers"))
@@ -156,7 +205,7 @@ def build_app(review: Review) -> Starlette:
         return JSONResponse({"saved": sid, **body})
 
     async def undo(request: Request) -> Response:
-        reviewer = _reviewer((await _json_body(request)).get("reviewer"))
+        reviewer = _reviewer((await _json_body(request, ("reviewer",), body_timeout)).get("reviewer"))
         undone = await run_in_threadpool(review.store.undo, reviewer)
         body = await run_in_threadpool(review.state, reviewer, undone)
         return JSONResponse(
@@ -165,7 +214,7 @@ def build_app(review: Review) -> Starlette:
 
     async def image(request: Request) -> Response:
         ident = request.path_params["ident"]
-        if not IMAGE_ID.match(ident):
+        if not IMAGE_ID.fullmatch(ident):
             raise HTTPException(400, "images are served by id only (20 hex characters), never by path")
         item = review.by_id.get(ident)
         if item is None:
@@ -193,7 +242,7 @@ def build_app(review: Review) -> Starlette:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     detail = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else "no such page"
-    return JSONResponse({"error": detail}, status_code=exc.status_code)
+    return JSONResponse({"error": detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:

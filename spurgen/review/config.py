@@ -109,6 +109,20 @@ def check_binding(host: str, token: str | None) -> None:
         raise SpurgenError("--token must be at least 8 characters")
 
 
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    return {dict: "an object", list: "a list", int: "a number", float: "a number"}.get(type(value), "null")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def check_answers(questions: list[dict], answers: object) -> dict[str, str]:
     """The submitted answers as {key: text}, or a SpurgenError naming what is wrong (a 400 for the page)."""
     if not isinstance(answers, dict):
@@ -124,7 +138,10 @@ def check_answers(questions: list[dict], answers: object) -> dict[str, str]:
             if q["required"]:
                 raise SpurgenError(f"question {key!r} needs an answer")
             continue
-        value = str(value)
+        if not isinstance(value, str):
+            raise SpurgenError(f"question {key!r}: answer must be a string, got {_json_type(value)}")
+        if not _utf8(value):
+            raise SpurgenError(f"question {key!r}: answer is not valid Unicode (a lone surrogate)")
         if q["choices"] is not None and value not in q["choices"]:
             raise SpurgenError(f"question {key!r}: answer must be one of {', '.join(q['choices'])}")
         if len(value) > MAX_NOTE:
