@@ -33,7 +33,7 @@ from starlette.routing import Route
 from spurgen.errors import SpurgenError
 from spurgen.review import blind, order
 from spurgen.review.config import ReviewConfig, check_answers
-from spurgen.review.items import Item, inside
+from spurgen.review.items import DECODE_ERRORS, Item, bytes_hash, inside
 from spurgen.review.page import page_html
 from spurgen.review.store import DuplicateAnswer, ReviewStore
 
@@ -42,7 +42,7 @@ IMAGE_ID = re.compile(r"^[0-9a-f]{20}$")
 NONCE = re.compile(r"^[\w-]{1,64}$")
 MAX_BODY = 64 * 1024
 BODY_TIMEOUT = 10.0  # seconds for a whole request body to arrive
-MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+CHANGED = "the image file changed since start-up (restart the review to include it again)"
 
 
 @dataclass
@@ -56,6 +56,7 @@ class Review:
     by_hash: dict[str, Item] = field(init=False)
     _orders: dict[str, list[str]] = field(default_factory=dict)
     _blinded: dict[str, bytes] = field(default_factory=dict)
+    _changed: set[str] = field(default_factory=set)  # hashes of items whose file changed since start-up
 
     def __post_init__(self) -> None:
         self.by_id = {i.id: i for i in self.items}
@@ -69,14 +70,17 @@ class Review:
         left = order.queue(
             self._orders[reviewer], mine, self.store.reviewer_counts(), self.cfg.min_reviewers_per_image
         )
-        return left, len(mine)
+        return [h for h in left if h not in self._changed], len(mine)
 
     def state(self, reviewer: str, first: str | None = None) -> dict:
         """What the page shows the reviewer next; `first` (the image hash just undone) comes first, even if
-        others have since given it enough reviewers, so the reviewer can answer it again."""
+        others have since given it enough reviewers, so the reviewer can answer it again. An image whose
+        file changed since start-up is dropped."""
         left, done = self.queue(reviewer)
-        if first in self.by_hash:
+        if first in self.by_hash and first not in self._changed:
             left = [first, *(h for h in left if h != first)]
+        while left and not self.unchanged(self.by_hash[left[0]]):
+            left = left[1:]
         item = self.by_hash[left[0]] if left else None
         shown = None
         if item is not None:
@@ -94,14 +98,38 @@ class Review:
             "progress": {"done": done, "total": done + len(left)},
         }
 
+    def unchanged(self, item: Item) -> bool:
+        """False (and the item never offered again) once its file's size, mtime or place has changed."""
+        if item.hash not in self._changed and not item.unchanged():
+            self._drop(item)
+        return item.hash not in self._changed
+
+    def _drop(self, item: Item) -> None:
+        if item.hash not in self._changed:
+            self._changed.add(item.hash)
+            print(f"spurgen review: {item.path} changed since start-up; no longer offered", file=sys.stderr)
+
     def image_bytes(self, item: Item) -> tuple[bytes, str]:
+        """The image as read at start-up: its bytes must still hash to the item's hash (410 otherwise); study
+        mode re-encodes them (blind.py)."""
+        if item.id in self._blinded:
+            return self._blinded[item.id], blind.MEDIA_TYPE
         if not inside(item.path, item.root):  # the file was swapped for a symlink out after start-up
             raise HTTPException(404, "image not found")
+        try:
+            data = item.path.read_bytes()
+        except OSError:
+            data = b""
+        if bytes_hash(data) != item.hash:
+            self._drop(item)
+            raise HTTPException(410, CHANGED)
         if self.cfg.mode == "study":
-            if item.id not in self._blinded:
-                self._blinded[item.id] = blind.reencode(item.path, self.cfg.image_size)
+            try:
+                self._blinded[item.id] = blind.reencode(data, self.cfg.image_size)
+            except DECODE_ERRORS:  # the same bytes decoded at start-up; kept for safety
+                raise HTTPException(410, CHANGED) from None
             return self._blinded[item.id], blind.MEDIA_TYPE
-        return item.path.read_bytes(), MEDIA.get(item.path.suffix.lower(), "application/octet-stream")
+        return data, item.media
 
 
 def _reviewer(value: object) -> str:
@@ -189,6 +217,9 @@ def build_app(review: Review, body_timeout: float = BODY_TIMEOUT) -> Starlette:
         data = await _json_body(request, ("reviewer", "image", "answers", "nonce"), body_timeout)
         reviewer = _reviewer(data.get("reviewer"))
         item = _image(review, data.get("image"))
+        if not await run_in_threadpool(review.unchanged, item):  # not taken: the page moves on
+            body = await run_in_threadpool(review.state, reviewer)
+            return JSONResponse({"error": CHANGED, **body}, status_code=410)
         nonce = data.get("nonce")
         if not isinstance(nonce, str) or not NONCE.fullmatch(nonce):
             raise HTTPException(400, "nonce: 1-64 letters, digits, _ or - are needed")

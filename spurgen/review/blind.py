@@ -13,10 +13,10 @@ FORMAT = "JPEG"
 MEDIA_TYPE = "image/jpeg"
 
 
-def reencode(path: Path, size: int, quality: int = 92) -> bytes:
-    """The image centre-cropped to a square, resized to size x size (bicubic), as a baseline JPEG in RGB with
-    no EXIF, ICC profile, comment or text chunk."""
-    with Image.open(path) as im:
+def reencode(source: Path | bytes, size: int, quality: int = 92) -> bytes:
+    """The image (a file, or its bytes) centre-cropped to a square, resized to size x size (bicubic), as a
+    baseline JPEG in RGB with no EXIF, ICC profile, comment or text chunk."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
         im = ImageOps.exif_transpose(im)  # a camera's orientation tag is applied, then dropped
         rgb = im.convert("RGB")
     square = ImageOps.fit(rgb, (size, size), method=Image.Resampling.BICUBIC)

@@ -33,6 +33,12 @@ def serve_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed of the per-reviewer orders")
     p.add_argument("--show-predictions", action="store_true", help="review mode: classifiers' top-3")
     p.add_argument("--image-size", type=int, default=256, help="study mode: re-encoded square size")
+    p.add_argument(
+        "--unreadable",
+        choices=["skip", "refuse"],
+        default="skip",
+        help="files that do not decode as images: skip them (listed in one line) or refuse to start",
+    )
     return p
 
 
@@ -68,11 +74,24 @@ def _sets(specs: list[str]) -> dict[str, str]:
     return out
 
 
-def build_review(args: argparse.Namespace) -> Review:
-    """The Review an argument list describes (everything checked before the server starts)."""
+def _skipped(files: list[Path], refuse: bool) -> None:
+    """Files that do not decode as images: one line on stderr, or a refusal with --unreadable refuse."""
+    if not files:
+        return
+    names = ", ".join(f"{p.parent.name}/{p.name}" for p in files[:5])
+    more = f" and {len(files) - 5} more" if len(files) > 5 else ""
+    what = f"{len(files)} file{'s' if len(files) > 1 else ''} that do not decode as images: {names}{more}"
+    if refuse:
+        raise SpurgenError(f"{what} (--unreadable skip leaves them out)")
+    print(f"spurgen review: skipped {what}", file=sys.stderr)
+
+
+def build_review(args: argparse.Namespace, check_port: bool = False) -> Review:
+    """The Review an argument list describes. Everything is checked (and, with check_port, the port tried)
+    before the database is opened, so a refusal leaves no file behind."""
     from spurgen.review.app import Review
     from spurgen.review.config import ReviewConfig, allowed_hosts, check_binding, load_questions
-    from spurgen.review.items import load_items, resolve_sets
+    from spurgen.review.items import assign_ids, load_items, resolve_sets
     from spurgen.review.store import ReviewStore
 
     check_binding(args.host, args.token)
@@ -94,9 +113,15 @@ def build_review(args: argparse.Namespace) -> Review:
         allowed_hosts=allowed_hosts(args.host),
     )
     sets = resolve_sets(args.folder, _sets(args.set), study)
+    items, skipped = load_items(sets, args.show_predictions)
+    _skipped(skipped, args.unreadable == "refuse")
+    if not items:
+        raise SpurgenError("no images to review in " + ", ".join(str(f) for f in sets.values()))
+    if check_port:
+        _check_port_free(args.host, args.port)
     db = Path(args.db) if args.db else Path(args.folder) / "review" / f"{args.mode}.sqlite"
     store = ReviewStore(db, mode=args.mode)
-    return Review(cfg, load_items(sets, store.salt, args.show_predictions), store)
+    return Review(cfg, assign_ids(items, store.salt), store)
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -118,8 +143,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from spurgen.review.app import build_app
 
-    review = build_review(args)
-    _check_port_free(args.host, args.port)
+    review = build_review(args, check_port=True)
     url = f"http://{args.host}:{args.port}/" + (f"?token={args.token}" if args.token else "")
     print(f"spurgen review: {len(review.items)} images, answers in {review.store.path}; open {url}")
     try:

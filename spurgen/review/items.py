@@ -2,15 +2,20 @@
 opaque id, so no path from a request ever reaches the file system (docs/review.md, 'Safety').
 
 A run folder gives its generated/ set (and baseline/, reference sets added by name); an image folder is one
-set. A file whose real path leaves its folder (a symlink out of it) is never listed.
+set. A file whose real path leaves its folder (a symlink out of it) is never listed, nor is a file that does
+not decode as an image. Each item records its content hash, size and mtime, so a file changed after start-up
+is detected and refused rather than served under its old id.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from PIL import Image
 
 from spurgen.data.images import IMAGE_EXTS
 from spurgen.errors import SpurgenError
@@ -18,25 +23,62 @@ from spurgen.eval.imagesets import read_generate_json, read_manifest
 from spurgen.files import sha256_file
 from spurgen.review.store import ImageRef
 
+BROWSER_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+
 
 @dataclass
 class Item:
     """One image: its opaque id, content hash, set, file (resolved, inside root) and what the page may show."""
 
-    id: str
+    id: str  # set once the database (its salt) is open: opaque_id
     hash: str
     set_name: str
     path: Path
     root: Path
     info: dict = field(default_factory=dict)  # prompt, template, predictions (review mode only)
+    media: str = "application/octet-stream"  # of the decoded format, whatever the file's suffix
+    stat: tuple[int, int] = (0, 0)  # (size, mtime_ns) when read
 
     @property
     def ref(self) -> ImageRef:
         return ImageRef(self.hash, self.set_name, self.path.name)
 
+    def unchanged(self) -> bool:
+        """The file still has the size and mtime it had when read, and still lies inside its folder."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return False
+        return (st.st_size, st.st_mtime_ns) == self.stat and inside(self.path, self.root)
+
 
 def file_hash(path: Path) -> str:
     return sha256_file(path)
+
+
+def bytes_hash(data: bytes) -> str:
+    """The same hash as file_hash, of bytes already read."""
+    return hashlib.sha256(data).hexdigest()
+
+
+# what PIL raises for a file it cannot decode (not an image, truncated, a decompression bomb)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def read_image(path: Path) -> tuple[bytes, str, tuple[int, int]] | None:
+    """(the file's bytes, the media type of its decoded format, (size, mtime_ns)), or None for a file that
+    does not decode fully as an image a browser shows."""
+    try:
+        st = path.stat()
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format
+            im.load()
+    except DECODE_ERRORS:
+        return None
+    if fmt not in BROWSER_FORMATS:
+        return None
+    return data, Image.MIME[fmt], (st.st_size, st.st_mtime_ns)
 
 
 def opaque_id(salt: str, content_hash: str) -> str:
@@ -109,21 +151,33 @@ def top3(record: dict, target: int | None) -> list[dict]:
     return out
 
 
-def load_items(sets: dict[str, Path], salt: str, predictions: bool) -> list[Item]:
-    """Every image of every set, once per content hash (the first set that holds it wins)."""
+def load_items(sets: dict[str, Path], predictions: bool) -> tuple[list[Item], list[Path]]:
+    """(every readable image of every set, once per content hash, the first set that holds it winning; the
+    files skipped because they do not decode as images). Ids are left to assign_ids."""
     items: dict[str, Item] = {}
+    skipped: list[Path] = []
     for set_name, folder in sets.items():
         root = folder.resolve()
         manifest = read_manifest(root)
         preds = read_predictions(root) if predictions else {}
         target = read_generate_json(root).get("class_index")
         for p in safe_files(root):
-            h = file_hash(p)
+            found = read_image(p)
+            if found is None:
+                skipped.append(p)
+                continue
+            data, media, stat = found
+            h = bytes_hash(data)
             rec = manifest.get(p.name, {})
             info = {k: rec.get(k) for k in ("prompt", "template")}
             if predictions and p.name in preds:
                 info["predictions"] = top3(preds[p.name], target)
-            items.setdefault(h, Item(opaque_id(salt, h), h, set_name, p.resolve(), root, info))
-    if not items:
-        raise SpurgenError("no images to review in " + ", ".join(str(f) for f in sets.values()))
-    return list(items.values())
+            items.setdefault(h, Item("", h, set_name, p.resolve(), root, info, media, stat))
+    return list(items.values()), skipped
+
+
+def assign_ids(items: list[Item], salt: str) -> list[Item]:
+    """Give every item its opaque id under the database's salt."""
+    for item in items:
+        item.id = opaque_id(salt, item.hash)
+    return items

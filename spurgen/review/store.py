@@ -86,7 +86,9 @@ class ReviewStore:
             raise SpurgenError(f"cannot open review database {self.path}: {exc}") from None
         self.mode = self._meta_once("mode", mode or "review")
         if mode is not None and self.mode != mode:
-            raise SpurgenError(f"{self.path} holds a {self.mode} study, not {mode}: choose another --db")
+            raise SpurgenError(
+                f"{self.path} is a {self.mode} database, not a {mode} one: choose another --db"
+            )
         self.salt = self._meta_once("salt", secrets.token_hex(16))
 
     def _meta_once(self, key: str, value: str) -> str:
