@@ -256,10 +256,23 @@ def test_study_mode_blinds_sets_to_one_size_and_format_without_metadata(tmp_path
     assert main([str(run), "--mode", "study", "--show-predictions"]) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        _free_port("::1")
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(
+    not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1 cannot be bound)"
+)
 
 
 def _post(url: str, body: dict) -> dict:
@@ -268,12 +281,13 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
-def _start_server(run: Path, db: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    """`python -m spurgen.review` on a free loopback port; returns once it answers."""
-    port = _free_port()
+def _start_server(run: Path, db: Path, *extra: str, host: str = "127.0.0.1") -> tuple[subprocess.Popen, str]:
+    """`python -m spurgen.review` on a free port of a loopback address; returns once it answers."""
+    port = _free_port(host)
     cmd = [sys.executable, "-m", "spurgen.review", str(run), "--port", str(port), "--db", str(db), *extra]
+    cmd += ["--host", host]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     for _ in range(300):
         try:
             urllib.request.urlopen(f"{base}/", timeout=2).close()
@@ -616,6 +630,7 @@ def test_a_port_out_of_range_or_in_use_is_one_line(tmp_path, capsys):
         assert main([str(run), "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+    assert not (run / "review").exists()  # refused before the database is created
 
 
 @pytest.mark.slow
@@ -925,3 +940,35 @@ def test_a_listed_file_whose_content_changes_is_refused_not_served_under_its_old
     assert answer(c, "ann", kept.id, said).status_code == 200
     assert c.get("/api/state", params={"reviewer": "ann"}).json()["image"] is None
     assert {r["image_hash"] for r in review.store.answers()} == {kept.hash}
+
+
+@needs_ipv6
+def test_serves_on_the_ipv6_loopback(tmp_path):
+    """`--host ::1` starts (the port check used to open an IPv4 socket and blame a busy port), needs no
+    token, and its Host check takes [::1] and refuses other names."""
+    db = tmp_path / "v6.sqlite"
+    proc, base = _start_server(make_run(tmp_path, 2), db, host="::1")
+    try:
+        st = _get(f"{base}/api/state?reviewer=ann")
+        body = {"reviewer": "ann", "image": st["image"]["id"], "answers": GOOD, "nonce": "v6"}
+        assert _post(f"{base}/api/answer", body)["saved"] == 1
+        foreign = urllib.request.Request(f"{base}/", headers={"Host": "evil.example"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(foreign, timeout=10)
+        assert refused.value.code == 400
+        refused.value.close()
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert len(ReviewStore(db).answers()) == len(GOOD)
+
+
+def test_ipv6_hosts_get_an_ipv6_port_check_and_a_bracketed_address(tmp_path):
+    from spurgen.review.cli import listen_family, open_url
+
+    assert listen_family("::1") == listen_family("::") == listen_family("[::1]") == socket.AF_INET6
+    assert listen_family("127.0.0.1") == listen_family("0.0.0.0") == socket.AF_INET
+    assert open_url("::1", 8765, None) == "http://[::1]:8765/"
+    assert open_url("127.0.0.1", 80, "t0ken-123") == "http://127.0.0.1:80/?token=t0ken-123"
+    review = make_review(make_run(tmp_path, 1), "--host", "[::1]")  # brackets as in a URL are accepted
+    assert "[::1]" in review.cfg.allowed_hosts

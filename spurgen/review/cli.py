@@ -94,6 +94,8 @@ def build_review(args: argparse.Namespace, check_port: bool = False) -> Review:
     from spurgen.review.items import assign_ids, load_items, resolve_sets
     from spurgen.review.store import ReviewStore
 
+    if args.host.startswith("[") and args.host.endswith("]"):  # [::1], as written in a URL
+        args.host = args.host[1:-1]
     check_binding(args.host, args.token)
     if not 0 <= args.port <= 65535:
         raise SpurgenError(f"--port must be in 0..65535, got {args.port}")
@@ -124,12 +126,25 @@ def build_review(args: argparse.Namespace, check_port: bool = False) -> Review:
     return Review(cfg, assign_ids(items, store.salt), store)
 
 
+def listen_family(host: str) -> int:
+    """AF_INET6 for an IPv6 address (::1, ::, [::1]), else AF_INET (IPv4 addresses and host names)."""
+    import socket
+
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def open_url(host: str, port: int, token: str | None) -> str:
+    """The address to open; an IPv6 literal is bracketed (http://[::1]:8765/)."""
+    name = f"[{host}]" if ":" in host else host
+    return f"http://{name}:{port}/" + (f"?token={token}" if token else "")
+
+
 def _check_port_free(host: str, port: int) -> None:
     """Bind once before uvicorn does: a port in use (another review running?) is one line, not its log."""
     import socket
 
     try:
-        with socket.create_server((host, port)):
+        with socket.create_server((host, port), family=listen_family(host)):
             pass
     except OSError as exc:
         raise SpurgenError(
@@ -144,7 +159,7 @@ def serve(args: argparse.Namespace) -> int:
     from spurgen.review.app import build_app
 
     review = build_review(args, check_port=True)
-    url = f"http://{args.host}:{args.port}/" + (f"?token={args.token}" if args.token else "")
+    url = open_url(args.host, args.port, args.token)
     print(f"spurgen review: {len(review.items)} images, answers in {review.store.path}; open {url}")
     try:
         uvicorn.run(build_app(review), host=args.host, port=args.port, log_level="warning")
