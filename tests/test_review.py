@@ -5,6 +5,7 @@ and the export of answers."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import http.client
 import io
 import json
@@ -972,3 +973,40 @@ def test_ipv6_hosts_get_an_ipv6_port_check_and_a_bracketed_address(tmp_path):
     assert open_url("127.0.0.1", 80, "t0ken-123") == "http://127.0.0.1:80/?token=t0ken-123"
     review = make_review(make_run(tmp_path, 1), "--host", "[::1]")  # brackets as in a URL are accepted
     assert "[::1]" in review.cfg.allowed_hosts
+
+
+def test_answers_csv_escapes_cells_a_spreadsheet_would_run_as_formulas(tmp_path):
+    review = make_review(make_run(tmp_path, 4))
+    c = TestClient(build_app(review), base_url=BASE)
+    notes = ['=HYPERLINK("http://x")', "+1+1", "-2", "@SUM(A1)"]
+    for item, note in zip(review.items, notes, strict=True):
+        assert answer(c, "-ann", item.id, {**GOOD, "note": note}, nonce=item.id).status_code == 200
+    assert main(["export", str(review.store.path), "--out", str(tmp_path / "out")]) == 0
+    with open(tmp_path / "out" / "answers.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["answer"] for r in rows if r["question"] == "note") == sorted("'" + n for n in notes)
+    assert {r["reviewer"] for r in rows} == {"'-ann"}
+    assert {r["answer"] for r in rows if r["question"] == "spurious_feature"} == {"yes"}
+    assert {r["reviewer"] for r in review.store.answers()} == {"-ann"}  # the database keeps what was said
+
+
+def test_free_text_questions_get_no_fractions_and_no_kappa(tmp_path):
+    cfg = tmp_path / "q.yaml"
+    cfg.write_text("questions:\n  - {key: sharp, choices: ['yes', 'no']}\n  - {key: why}\n")
+    for extra in ([], ["--config", str(cfg)]):
+        run = make_run(tmp_path / f"q{len(extra)}", 2)
+        review = make_review(run, *extra)
+        c = TestClient(build_app(review), base_url=BASE)
+        said = {**GOOD, "note": "blurry"} if not extra else {"sharp": "yes", "why": "blurry"}
+        for who in ("ann", "bob"):
+            for item in review.items:
+                assert answer(c, who, item.id, said, nonce=item.id).status_code == 200
+        free = "note" if not extra else "why"
+        review.store.close()
+        assert main(["export", str(review.store.path), "--out", str(run / "out")]) == 0
+        summary = json.loads((run / "out" / "review_summary.json").read_text())
+        assert summary["sets"]["generated"]["questions"][free] == {"n": 4, "free_text": True}
+        assert free not in summary["agreement"]
+        chosen = "spurious_feature" if not extra else "sharp"
+        assert summary["sets"]["generated"]["questions"][chosen]["counts"] == {"yes": 4}
+        assert summary["agreement"][chosen]["method"] == "cohen"

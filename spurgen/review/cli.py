@@ -123,6 +123,7 @@ def build_review(args: argparse.Namespace, check_port: bool = False) -> Review:
         _check_port_free(args.host, args.port)
     db = Path(args.db) if args.db else Path(args.folder) / "review" / f"{args.mode}.sqlite"
     store = ReviewStore(db, mode=args.mode)
+    store.record_questions(cfg.questions)
     return Review(cfg, assign_ids(items, store.salt), store)
 
 

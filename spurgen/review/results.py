@@ -6,10 +6,12 @@ as spurious, with their vote counts). docs/review.md describes each file."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from spurgen.eval.metrics import wilson_interval
 from spurgen.files import save_figure_atomic, write_csv, write_json, write_jsonl
+from spurgen.review.config import REVIEW_QUESTIONS, STUDY_QUESTIONS
 from spurgen.review.store import ANSWER_FIELDS, open_existing
 
 FEATURE, OBJECT = "spurious_feature", "class_object"
@@ -42,7 +44,19 @@ def image_majorities(rows: list[dict]) -> Counter:
     return out
 
 
-def choice_summary(rows: list[dict]) -> dict:
+FreeText = Callable[[str, int], bool]  # (question, number of distinct answers) -> is it free text?
+
+
+def free_text(questions: list[dict] | None, mode: str) -> FreeText:
+    """Which questions are free text: those the database records without choices (the questions the server
+    asked; the mode's defaults for a database written before they were recorded). A question defined
+    nowhere counts as free text when it has more than 20 distinct answers."""
+    defaults = REVIEW_QUESTIONS if mode == "review" else STUDY_QUESTIONS
+    defined = {q["key"]: q.get("choices") is None for q in [*defaults, *(questions or [])]}
+    return lambda question, distinct: defined.get(question, distinct > 20)
+
+
+def choice_summary(rows: list[dict], free: FreeText = free_text(None, "review")) -> dict:
     """{question: {n, counts, fraction: {answer: {value, ci}}, images: {n, counts, fraction}}} over the rows of
     one set. `fraction` is over answers (an image two reviewers saw counts twice); `images` over images, each
     counted once with its majority answer (TIE without one), so its Wilson intervals do not treat two
@@ -54,8 +68,8 @@ def choice_summary(rows: list[dict]) -> dict:
     for q, q_rows in by_q.items():
         counts = Counter(r["answer"] for r in q_rows)
         n = sum(counts.values())
-        if len(counts) > 20:  # free text: every answer differs
-            out[q] = {"n": n}
+        if free(q, len(counts)):
+            out[q] = {"n": n, "free_text": True}
             continue
         majority = image_majorities(q_rows)
         n_images = sum(majority.values())
@@ -97,9 +111,9 @@ def fleiss_kappa(ratings: list[list[str]]) -> float:
     return 1.0 if p_e == 1 else (p_bar - p_e) / (1 - p_e)
 
 
-def agreement(rows: list[dict]) -> dict:
-    """Per choice question, over images answered by >= 2 reviewers: Cohen's kappa when two reviewers answered
-    in all, Fleiss' kappa with three or more; None when no image is shared."""
+def agreement(rows: list[dict], free: FreeText = free_text(None, "review")) -> dict:
+    """Per choice question (free text left out), over images answered by >= 2 reviewers: Cohen's kappa when
+    two reviewers answered in all, Fleiss' kappa with three or more; None when no image is shared."""
     votes: dict[str, dict[str, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         votes[r["question"]][r["image_hash"]][r["reviewer"]] = r["answer"]
@@ -107,7 +121,9 @@ def agreement(rows: list[dict]) -> dict:
     for q, images in votes.items():
         shared = {h: v for h, v in images.items() if len(v) >= 2}
         reviewers = {name for v in images.values() for name in v}
-        if not shared or len({a for v in images.values() for a in v.values()}) > 20:
+        if free(q, len({a for v in images.values() for a in v.values()})):
+            continue
+        if not shared:
             out[q] = {"method": None, "kappa": None, "num_images": len(shared)}
         elif len(reviewers) == 2:
             a, b = sorted(reviewers)
@@ -146,9 +162,21 @@ def accepted(rows: list[dict], min_votes: int) -> list[dict]:
     return out
 
 
-def summarize(rows: list[dict], mode: str) -> dict:
-    """review_summary.json of the standing answers, one vote per reviewer, image and question."""
-    rows = one_vote_each(rows)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: one starting with = + - @ tab or CR gets a leading ' (OWASP,
+    CSV injection), so a note like =HYPERLINK(...) is never run as a formula. The database keeps it as said."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def summarize(rows: list[dict], mode: str, questions: list[dict] | None = None) -> dict:
+    """review_summary.json of the standing answers, one vote per reviewer, image and question; `questions`
+    (those the database records) tell free text from choices."""
+    rows, free = one_vote_each(rows), free_text(questions, mode)
     by_set: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_set[r["set_name"]].append(r)
@@ -158,10 +186,10 @@ def summarize(rows: list[dict], mode: str) -> dict:
         "num_images": len({r["image_hash"] for r in rows}),
         "reviewers": sorted({r["reviewer"] for r in rows}),
         "sets": {
-            s: {"num_images": len({r["image_hash"] for r in v}), "questions": choice_summary(v)}
+            s: {"num_images": len({r["image_hash"] for r in v}), "questions": choice_summary(v, free)}
             for s, v in sorted(by_set.items())
         },
-        "agreement": agreement(rows),
+        "agreement": agreement(rows, free),
     }
 
 
@@ -172,14 +200,14 @@ def export_db(
     out_dir (default: the database's folder); return their paths. wandb=(project, mode) also uploads them."""
     store = open_existing(db)
     try:
-        rows, mode = store.answers(), store.mode
+        rows, mode, questions = store.answers(), store.mode, store.questions()
     finally:
         store.close()
     out = Path(out_dir) if out_dir else Path(db).parent
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "answers.csv", out / "review_summary.json"]
-    write_csv(paths[0], rows, ANSWER_FIELDS)
-    summary = summarize(rows, mode)
+    write_csv(paths[0], [{k: spreadsheet_safe(v) for k, v in r.items()} for r in rows], ANSWER_FIELDS)
+    summary = summarize(rows, mode, questions)
     if mode == "review":
         paths.append(out / "accepted.jsonl")
         kept = accepted(rows, min_votes)

@@ -11,6 +11,7 @@ reviewer is never two votes.
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 import threading
@@ -96,6 +97,31 @@ class ReviewStore:
         with self._lock:
             self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, value))
             return self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+
+    def record_questions(self, questions: list[dict]) -> None:
+        """Keep the questions the server asks (merged by key with those recorded before, the latest definition
+        winning): the export tells free text from choices by them."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT value FROM meta WHERE key = 'questions'").fetchone()
+                known = {q["key"]: q for q in json.loads(row[0])} if row else {}
+                known.update({q["key"]: q for q in questions})
+                self._db.execute(
+                    "INSERT INTO meta(key, value) VALUES ('questions', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (json.dumps(list(known.values())),),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def questions(self) -> list[dict] | None:
+        """The questions recorded by record_questions (None for a database written before they were)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'questions'").fetchone()
+        return json.loads(row[0]) if row else None
 
     def journal_mode(self) -> str:
         with self._lock:
