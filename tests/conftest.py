@@ -88,6 +88,49 @@ def run_cli(argv: list[str]) -> int:
     return main(argv)
 
 
+def _run_key(overrides: tuple[str, ...]) -> str:
+    """What a trained run depends on: its overrides, spurgen's code and config, and the shipped weights."""
+    import hashlib
+
+    digest = hashlib.sha256("\0".join(overrides).encode())
+    for folder, pattern in ((REPO / "spurgen", "*.py"), (REPO / "conf", "*.yaml")):
+        for path in sorted(folder.rglob(pattern)):
+            digest.update(path.relative_to(REPO).as_posix().encode() + path.read_bytes())
+    digest.update((REPO / "spurgen" / "assets" / "mini" / "manifest.json").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """`trained_run(*overrides) -> run folder`: `python -m spurgen.run <overrides>`, trained once per session
+    for each set of overrides and shared by every test that asks for it (the mini world's runs take minutes).
+    With SPURGEN_TEST_RUNS=<folder> the runs are kept there across sessions, keyed by the overrides, spurgen's
+    code and config and the shipped weights, so a change to any of them trains afresh. The run's stdout is in
+    <run>/stdout.txt."""
+    import contextlib
+    import io
+    import shutil
+
+    kept = os.environ.get("SPURGEN_TEST_RUNS")
+    root = Path(kept) if kept else tmp_path_factory.mktemp("runs")
+    made: dict[tuple[str, ...], Path] = {}
+
+    def get(*overrides: str) -> Path:
+        if overrides not in made:
+            run = root / _run_key(overrides)
+            if not (run / "stdout.txt").is_file():  # written last: a run cut short is trained again
+                shutil.rmtree(run, ignore_errors=True)
+                out = io.StringIO()
+                with contextlib.redirect_stdout(out):
+                    code = run_cli([*overrides, f"hydra.run.dir={run}"])
+                assert code == 0, out.getvalue()[-3000:]
+                (run / "stdout.txt").write_text(out.getvalue())
+            made[overrides] = run
+        return made[overrides]
+
+    return get
+
+
 FAST = [
     "trainer.max_steps=2",
     "trainer.enable_progress_bar=false",
