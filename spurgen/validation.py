@@ -446,6 +446,18 @@ def check_t_max(cfg: DictConfig, num_train_timesteps: int) -> None:
         )
 
 
+def check_extractor_pairing(cfg: DictConfig, name: str, is_random: bool) -> None:
+    """A real generator trained through a random extractor would be pulled toward random features: refused
+    unless train.allow_random_extractor=true says the pairing is meant."""
+    real_generator = not cfg.model.get("is_tiny_random", False)
+    if real_generator and is_random and not cfg.train.allow_random_extractor:
+        raise SpurgenError(
+            f"the real generator model is paired with the random feature extractor {name!r}: the SFSL "
+            "would pull images toward random features; set feature_extractor=robust_resnet50_madry (or another "
+            "real extractor), or train.allow_random_extractor=true if the pairing is meant"
+        )
+
+
 def check_resolution(resolution: int, step: int, key: str) -> int:
     """`resolution`, or a ConfigError naming `key` (with the nearest sizes that work) when it is not a multiple
     of `step`, the sides the model's VAE and UNet can make (spurgen.models.parts.resolution_multiple)."""

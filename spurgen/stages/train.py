@@ -31,7 +31,7 @@ from spurgen.data.dataset import (
 )
 from spurgen.data.prior import PriorSampling, ensure_class_images, training_placement, weights_fingerprint
 from spurgen.distributed import RankBatchSampler, module_rank_world
-from spurgen.errors import Problems, SpurgenError
+from spurgen.errors import Problems
 from spurgen.files import output_folder, write_atomic
 from spurgen.identity import identities, training_key
 from spurgen.loggers import RunLabels, scrub_secrets
@@ -42,6 +42,7 @@ from spurgen.pipeline import save_pipeline
 from spurgen.prompts import negative_prompt
 from spurgen.validation import (
     TRAINING_KEY_FILE,
+    check_extractor_pairing,
     check_inputs,
     check_resolution,
     check_same_training,
@@ -187,13 +188,7 @@ def build_extractor(cfg: DictConfig):
     if float(cfg.loss.lambda_sfsl) <= 0:
         return None
     extractor = build(cfg.feature_extractor)
-    real_generator = not cfg.model.get("is_tiny_random", False)
-    if real_generator and extractor.is_random and not cfg.train.allow_random_extractor:
-        raise SpurgenError(
-            f"the real generator model is paired with the random feature extractor {extractor.name!r}: the SFSL "
-            "would pull images toward random features; set feature_extractor=robust_resnet50_madry (or another "
-            "real extractor), or train.allow_random_extractor=true if the pairing is meant"
-        )
+    check_extractor_pairing(cfg, extractor.name, extractor.is_random)
     return extractor
 
 
