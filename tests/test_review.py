@@ -1010,3 +1010,162 @@ def test_free_text_questions_get_no_fractions_and_no_kappa(tmp_path):
         chosen = "spurious_feature" if not extra else "sharp"
         assert summary["sets"]["generated"]["questions"][chosen]["counts"] == {"yes": 4}
         assert summary["agreement"][chosen]["method"] == "cohen"
+
+
+# --- fuzz: generated malformed bodies to every write endpoint, over loopback only ---------------------------
+
+FUZZ_PER_ENDPOINT = 240
+BAD_REVIEWERS = ["", "   ", "a/b", "<b>x</b>", "a" * 65, "\U0001f600", "a\x00b", "tab\tname"]
+BAD_NONCES = ["", "a b", "a" * 65, "a/b", "a\nb", "n.1"]
+BAD_VALUES = [0, 1, -1, 3.5, 1e308, True, False, [], [1, 2], {}, {"a": [1, 2]}, [[[[]]]]]
+
+
+def _json(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def _nested(rng, inner: bytes = b"1") -> bytes:
+    depth = rng.choice([200, 1000, 5000, 30000])
+    opener, closer = rng.choice([(b"[", b"]"), (b'{"a":', b"}")])
+    return opener * depth + inner + closer * depth
+
+
+def _bad_answer_body(rng, image: str, k: int) -> tuple[bytes, str]:
+    """(body, content type) of one malformed POST /api/answer; none of them is a storable answer."""
+    good = {"reviewer": "fuzz", "image": image, "answers": dict(GOOD), "nonce": f"f{k}"}
+    ctype = "application/json"
+    kind = rng.randrange(12)
+    if kind == 0:  # nesting, bare or as a field
+        body = _nested(rng) if rng.random() < 0.5 else _json(good).replace(b'"f%d"' % k, _nested(rng), 1)
+    elif kind == 1:  # a top-level field of the wrong type or value
+        field = rng.choice(["reviewer", "image", "answers", "nonce"])
+        bad = {
+            "reviewer": BAD_VALUES + BAD_REVIEWERS + [None],
+            "image": BAD_VALUES + [None, "", "../../etc/passwd", "0" * 20],
+            "answers": BAD_VALUES[:8] + ["yes", None, {}, {"spurious_feature": "yes"}],
+            "nonce": BAD_VALUES + BAD_NONCES + [None],
+        }[field]
+        body = _json({**good, field: rng.choice(bad)})
+    elif kind == 2:  # a missing field
+        gone = rng.choice(list(good))
+        body = _json({f: v for f, v in good.items() if f != gone})
+    elif kind == 3:  # an answer of the wrong type, value or length
+        q = rng.choice(["spurious_feature", "class_object", "note"])
+        bad = BAD_VALUES if q == "note" else [*BAD_VALUES, None, "", "maybe", "YES", "yes "]
+        value = rng.choice([*bad, "x" * 2001] if q == "note" else bad)
+        body = _json({**good, "answers": {**GOOD, q: value}})
+    elif kind == 4:  # unknown fields and questions
+        extra = rng.choice([{"extra": 1}, {"token": "x"}, {"answers": {**GOOD, "colour": "red"}}])
+        body = _json({**good, **extra})
+    elif kind == 5:  # sizes: over the 64 KB limit, or a declared length over it
+        pad = rng.choice([65 * 1024, 80 * 1024, 100 * 1024])
+        body = _json({**good, "answers": {**GOOD, "note": "x" * pad}})
+    elif kind == 6:  # encodings: UTF-16/32, a BOM, Latin-1, invalid or overlong UTF-8
+        text = json.dumps({**good, "answers": {**GOOD, "note": "café"}}, ensure_ascii=False)
+        body = rng.choice(
+            [
+                text.encode("utf-16"),
+                text.encode("utf-32"),
+                text.encode("utf-16-le"),
+                b"\xef\xbb\xbf" + text.encode(),
+                text.encode("latin-1"),
+                text.encode().replace(b"caf\xc3\xa9", b"caf\xff\xfe"),
+                text.encode().replace(b"caf\xc3\xa9", b"\xc0\xaf\xe0\x80\xaf"),
+            ]
+        )
+    elif kind == 7:  # a lone surrogate escaped in JSON
+        body = _json(good).replace(b'"a bird feeder"', rng.choice([b'"\\ud800"', b'"x\\udfff"']))
+    elif kind == 8:  # broken syntax: cut, trailing garbage, not an object, bare constants
+        text = _json(good)
+        body = rng.choice(
+            [
+                text[: rng.randrange(1, len(text) - 1)],
+                text + b"}",
+                text + b" x",
+                b"",
+                b"null",
+                b"[]",
+                b"1",
+                b'"string"',
+                b"NaN",
+                b"1" * 5000,  # past Python's integer digit limit
+                bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))),
+            ]
+        )
+    elif kind == 9:  # a media type a cross-site form can send, or none
+        body = _json(good)
+        ctype = rng.choice(
+            [
+                "text/plain",
+                "application/x-www-form-urlencoded",
+                "multipart/form-data",
+                "",
+                "application/jsonx",
+            ]
+        )
+    elif kind == 10:  # numbers as answers, NaN and Infinity
+        body = _json(good).replace(b'"yes"', rng.choice([b"NaN", b"Infinity", b"-Infinity", b"1e999"]), 1)
+    else:  # a reviewer nested deeply inside answers, or answers as a list of pairs
+        body = _json({**good, "answers": rng.choice([list(GOOD.items()), {"spurious_feature": GOOD}])})
+    return body, ctype
+
+
+def _bad_undo_body(rng) -> tuple[bytes, str]:
+    """(body, content type) of one malformed POST /api/undo; none of them names a valid reviewer alone."""
+    kind = rng.randrange(6)
+    if kind == 0:
+        return _nested(rng), "application/json"
+    if kind == 1:
+        return _json({"reviewer": rng.choice(BAD_VALUES + BAD_REVIEWERS + [None])}), "application/json"
+    if kind == 2:
+        return _json(rng.choice([{}, {"reviewer": "ann", "extra": 1}, {"who": "ann"}])), "application/json"
+    if kind == 3:
+        return _json({"reviewer": "ann"}), rng.choice(["text/plain", "", "application/xml"])
+    if kind == 4:
+        broken = ['{"reviewer": "ann"}'.encode("utf-16"), b'{"reviewer": "\\ud800"}', b"{", b"[]", b"\xff"]
+        return rng.choice(broken), "application/json"
+    return _json({"reviewer": "ann", "pad": "x" * (70 * 1024)}), "application/json"
+
+
+def _status(host: str, port: int, path: str, body: bytes, ctype: str) -> int:
+    """POST body to host:port (a loopback address) on a fresh connection; the reply's status."""
+    conn = http.client.HTTPConnection(host, port, timeout=15)
+    try:
+        conn.putrequest("POST", path)
+        if ctype:
+            conn.putheader("Content-Type", ctype)
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_fuzz_malformed_bodies_to_every_write_endpoint_are_4xx_and_store_nothing(tmp_path):
+    """240 generated malformed bodies to each of /api/answer and /api/undo (nesting, types, sizes, encodings,
+    syntax, media types), sent to 127.0.0.1 and, where the machine has it, [::1]: each gets a 4xx and no
+    answer is stored or retracted."""
+    import random
+
+    review = make_review(make_run(tmp_path, 2))
+    review.store.add("ann", review.items[0].ref, GOOD, "seed")  # undo must not retract it
+    rng = random.Random(25)
+    hosts = ["127.0.0.1", "::1"] if _has_ipv6_loopback() else ["127.0.0.1"]
+    t0 = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        ports = {h: stack.enter_context(_serve_here(build_app(review), h)) for h in hosts}
+        for k in range(FUZZ_PER_ENDPOINT):
+            host = hosts[k % len(hosts)]
+            for path, (body, ctype) in (
+                ("/api/answer", _bad_answer_body(rng, review.items[1].id, k)),
+                ("/api/undo", _bad_undo_body(rng)),
+            ):
+                status = _status(host, ports[host], path, body, ctype)
+                assert 400 <= status < 500, (path, host, status, ctype, body[:300])
+    seconds = time.monotonic() - t0
+    con = sqlite3.connect(review.store.path)
+    kept = con.execute("SELECT reviewer, nonce, retracted FROM submissions").fetchall()
+    assert kept == [("ann", "seed", 0)]
+    assert con.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == len(GOOD)
+    con.close()
+    assert seconds < 120, f"{2 * FUZZ_PER_ENDPOINT} requests took {seconds:.0f} s"
