@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from enum import Enum
 from pathlib import Path
@@ -194,19 +193,14 @@ def class_key(cfg: DictConfig | dict) -> tuple[int | None, str | None, int | Non
     )
 
 
-def stamp_metrics(cfg: DictConfig, run_dir: str | Path, result: dict) -> dict:
-    """Add the identities and the class file to a run's evaluation: to the result and to
-    run_dir/eval/metrics.json as written (rewritten atomically). Returns the result."""
+def metrics_stamp(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """What a run's eval/metrics.json records of the run beside the numbers: the identities, the class file,
+    and from run_dir/run.json (what training built) the extractor that trained the SFSL and the base weights.
+    The evaluate stage puts it into the result before the one write of metrics.json."""
     stamp = {"identity": identities(cfg), "class_file": class_key(cfg)[1]}
-    run_json = Path(run_dir) / "run.json"  # what training built: the extractor that trained the SFSL
+    run_json = Path(run_dir) / "run.json"
     if run_json.exists():
         meta = json.loads(run_json.read_text())
         stamp["extractor"] = meta.get("extractor")
         stamp["model_weights"] = meta.get("model_weights")  # which base weights, by content
-    result.update(stamp)
-    path = Path(run_dir) / "eval" / "metrics.json"
-    if path.exists():
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps({**json.loads(path.read_text()), **stamp}, indent=2))
-        os.replace(tmp, path)
-    return result
+    return stamp

@@ -92,3 +92,33 @@ def test_saved_configs_resolve_what_they_can():
     assert run_identity(saved) != run_identity({**saved, "b": 4})
     # a value that only repeats the seed leaves with it; one set on its own is a setting
     assert run_identity({**saved, "model": {"init_seed": 7, "n": 4}}) != run_identity(saved)
+
+
+def test_the_evaluate_stage_writes_metrics_json_once_with_the_identity(compose_cfg, tmp_path, monkeypatch):
+    """The identity is in the result before eval/metrics.json is written, and the file is written once: no
+    crash between two writes can leave a metrics.json without it."""
+    import json
+    from pathlib import Path
+
+    from spurgen.stages import evaluate as stage
+    from tests.test_evaluate import make_generated
+
+    cfg = compose_cfg("eval=tiny", "logger=none", "eval.bootstrap_samples=20")
+    run = tmp_path / "run"
+    make_generated(run / "generated", n=2)
+    (run / "run.json").write_text(json.dumps({"extractor": {"name": "x"}, "model_weights": "tiny-random:1"}))
+    written: list[tuple[dict, int]] = []
+    real_write = stage.write_json
+
+    def spy(path, data):
+        real_write(path, data)
+        if Path(path).name == "metrics.json":
+            written.append((json.loads(Path(path).read_text()), Path(path).stat().st_ino))
+
+    monkeypatch.setattr(stage, "write_json", spy)
+    result = stage.run_stage(cfg, run)
+    (first, inode), *again = written
+    assert again == [] and first["identity"] == identities(cfg) == result["identity"]
+    assert first["class_file"] == "hummingbird" and first["model_weights"] == "tiny-random:1"
+    path = run / "eval" / "metrics.json"
+    assert path.stat().st_ino == inode and json.loads(path.read_text()) == first  # not rewritten since

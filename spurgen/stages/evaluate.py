@@ -22,7 +22,7 @@ from spurgen.eval.plan import EvalPlan, plan_evaluation
 from spurgen.eval.predict import SetPredictions, pick_device, predict_set
 from spurgen.eval.summary import flat_metrics, measure_sets
 from spurgen.files import write_csv, write_json, write_jsonl
-from spurgen.identity import stamp_metrics  # the run identity in metrics.json
+from spurgen.identity import metrics_stamp  # the run identity in metrics.json
 from spurgen.models.extractors import FrozenImageModel
 from spurgen.pipeline import read_spurgen_json
 from spurgen.validation import eval_problems
@@ -52,8 +52,10 @@ def run_plan(
     out_dir: Path,
     logger_cfg: DictConfig | None = None,
     run_dir: Path | None = None,
+    stamp: dict | None = None,
 ) -> dict:
-    """Build the classifiers, predict every set, measure, write; run_dir holds the W&B run to resume."""
+    """Build the classifiers, predict every set, measure, write; run_dir holds the W&B run to resume; stamp
+    (the run's identity, identity.metrics_stamp) joins the result before metrics.json is written, once."""
     t0 = time.time()
     models = build_classifiers(plan.classifiers, pick_device(ev.device), bool(ev.channels_last))
     preds, val, others = predict_plan(plan, models, ev)
@@ -63,6 +65,7 @@ def run_plan(
     log_scores(scores)
     log_memorisation(memo)
     result["seconds"] = round(time.time() - t0, 2)
+    result.update(stamp or {})
     rows, chart = write_outputs(out_dir, result, plan, preds)
     if logger_cfg is not None and logger_cfg.kind == "wandb":
         reference = preds["reference"].thumbnails if "reference" in preds else []
@@ -204,4 +207,4 @@ def run_stage(cfg: DictConfig, run_dir: Path) -> dict:
         extra,
         problems=eval_problems(cfg.eval),
     )
-    return stamp_metrics(cfg, run_dir, run_plan(plan, cfg.eval, run_dir / "eval", cfg.logger, run_dir))
+    return run_plan(plan, cfg.eval, run_dir / "eval", cfg.logger, run_dir, metrics_stamp(cfg, run_dir))
