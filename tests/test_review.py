@@ -1,6 +1,7 @@
-"""Human review (spurgen/review/): the SQLite store, per-reviewer orders and overlap, the HTTP API through a
-real client, refusals (paths, tokens, bad requests), study-mode blinding, a real server killed with SIGKILL,
-and the export of answers."""
+"""Human review (spurgen/review/): the SQLite store, per-reviewer orders and overlap, one vote per reviewer, the
+HTTP API through a real client, refusals (paths, tokens, bad requests, non-images, changed files), study-mode
+blinding, a real server killed with SIGKILL, IPv6 loopback, a bounded fuzz test of the write endpoints, and
+the export of answers."""
 
 from __future__ import annotations
 
@@ -1057,7 +1058,7 @@ def _bad_answer_body(rng, image: str, k: int) -> tuple[bytes, str]:
     elif kind == 4:  # unknown fields and questions
         extra = rng.choice([{"extra": 1}, {"token": "x"}, {"answers": {**GOOD, "colour": "red"}}])
         body = _json({**good, **extra})
-    elif kind == 5:  # sizes: over the 64 KB limit, or a declared length over it
+    elif kind == 5:  # sizes: over the 64 KB limit
         pad = rng.choice([65 * 1024, 80 * 1024, 100 * 1024])
         body = _json({**good, "answers": {**GOOD, "note": "x" * pad}})
     elif kind == 6:  # encodings: UTF-16/32, a BOM, Latin-1, invalid or overlong UTF-8
@@ -1105,7 +1106,7 @@ def _bad_answer_body(rng, image: str, k: int) -> tuple[bytes, str]:
         )
     elif kind == 10:  # numbers as answers, NaN and Infinity
         body = _json(good).replace(b'"yes"', rng.choice([b"NaN", b"Infinity", b"-Infinity", b"1e999"]), 1)
-    else:  # a reviewer nested deeply inside answers, or answers as a list of pairs
+    else:  # answers as a list of pairs, or a question answered with an object
         body = _json({**good, "answers": rng.choice([list(GOOD.items()), {"spurious_feature": GOOD}])})
     return body, ctype
 

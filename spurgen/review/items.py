@@ -1,5 +1,5 @@
 """The images a review or study shows: found once at start-up in the configured folders and served only by
-opaque id, so no path from a request ever reaches the file system (docs/review.md, 'Safety').
+opaque id, so no path from a request ever reaches the file system (docs/review.md, 'Guarantees and threat model').
 
 A run folder gives its generated/ set (and baseline/, reference sets added by name); an image folder is one
 set. A file whose real path leaves its folder (a symlink out of it) is never listed, nor is a file that does
