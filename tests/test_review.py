@@ -1170,3 +1170,32 @@ def test_fuzz_malformed_bodies_to_every_write_endpoint_are_4xx_and_store_nothing
     assert con.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == len(GOOD)
     con.close()
     assert seconds < 120, f"{2 * FUZZ_PER_ENDPOINT} requests took {seconds:.0f} s"
+
+
+@pytest.mark.slow
+def test_browser_a_second_tab_is_told_and_moves_on(tmp_path):
+    """The page of a tab whose image the same reviewer already answered elsewhere: Enter gets the 409 message
+    and the next image, and the database holds one vote."""
+    from selenium.webdriver.common.by import By
+
+    db = tmp_path / "tabs.sqlite"
+    proc, base = _start_server(make_run(tmp_path, 3), db)
+    driver = _browser()
+    try:
+        driver.get(f"{base}/?reviewer=ann")
+        _wait(driver, lambda d: d.find_element(By.ID, "count").text == "0 / 3")
+        shown = driver.find_element(By.ID, "img").get_attribute("src").split("/image/")[1]
+        other = {"reviewer": "ann", "image": shown, "answers": GOOD, "nonce": "other-tab"}
+        assert _post(f"{base}/api/answer", other)["saved"] == 1
+        body = driver.find_element(By.TAG_NAME, "body")
+        body.send_keys("1")
+        driver.find_element(By.TAG_NAME, "body").send_keys("2")
+        driver.switch_to.active_element.send_keys("\n")
+        _wait(driver, lambda d: "already answered" in d.find_element(By.ID, "msg").text)
+        assert driver.find_element(By.ID, "count").text == "1 / 3"
+        assert shown not in driver.find_element(By.ID, "img").get_attribute("src")
+    finally:
+        driver.quit()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert len(ReviewStore(db).answers()) == len(GOOD)
