@@ -149,9 +149,9 @@ async def _read_body(request: Request, timeout: float) -> bytes:
     arrive within `timeout` seconds (a client that declares 100 bytes and sends 1 gets 408, not a hung
     connection)."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or len(declared) > 12):
+    if declared is not None and not declared.isdigit():
         raise _closing(400, "Content-Length is not a number")
-    if declared is not None and int(declared) > MAX_BODY:
+    if declared is not None and (len(declared) > 12 or int(declared) > MAX_BODY):
         raise _closing(413, f"request body over {MAX_BODY} bytes")
     body = bytearray()
 
