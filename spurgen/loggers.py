@@ -128,6 +128,15 @@ class WandbLogger(LoggerConfig):
         return logger
 
 
+def finish(logger: Any) -> None:
+    """End a W&B run when training ends: Lightning leaves it open until the process exits, so a later run in
+    the same process (a sweep job, a test, a resumed run) would log into it. The evaluate stage resumes it
+    by id."""
+    experiment = getattr(logger, "_experiment", None)  # set only once the run was started
+    if experiment is not None and callable(getattr(experiment, "finish", None)):
+        experiment.finish()
+
+
 def scrub_hydra_files(run_dir: Path) -> None:
     """Hydra writes the config and overrides verbatim (.hydra/*.yaml): mask every secret value there."""
     import yaml

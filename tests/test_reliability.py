@@ -9,6 +9,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ RUN = [
     "data.num_references=2",
     "lambda_sfsl=0.5",
     "loss.sfsl.t_max=1000",
+    "stages=[train]",  # what these tests check is written by training; test_secrets_never_saved runs all three
 ]
 
 
@@ -116,6 +118,9 @@ def test_sigterm_and_sigint_save_a_checkpoint(reference_run, tmp_path, monkeypat
     assert f"SIG{name} received" in err and "resume=" in err
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3
+    time.sleep(
+        1.1
+    )  # W&B names offline run folders by the second: the resumed session gets a folder of its own
     assert run_cli([*RUN, "logger=wandb", f"resume={run}"]) == 0
     assert same_weights(run, reference_run)
     # the W&B run continues under the same id: two offline run folders, one id
@@ -310,6 +315,7 @@ def test_secrets_never_saved(tmp_path, monkeypatch):
         run_cli(
             [
                 *RUN,
+                "stages=[train,generate,evaluate]",  # every file a run writes is searched
                 "trainer.max_steps=2",
                 "+extras.hf_token=sekrit-token",
                 "logger=wandb",

@@ -34,7 +34,7 @@ from spurgen.distributed import RankBatchSampler, module_rank_world
 from spurgen.errors import Problems
 from spurgen.files import output_folder, write_atomic
 from spurgen.identity import identities, training_key
-from spurgen.loggers import RunLabels, scrub_secrets
+from spurgen.loggers import RunLabels, finish, scrub_secrets
 from spurgen.models.lora import add_lora, merge_lora
 from spurgen.models.parts import SDParts
 from spurgen.module import SpurgenModule
@@ -289,8 +289,11 @@ def resolved_config(cfg: DictConfig, parts: SDParts, extractor: dict) -> dict:
 def fit(trainer: L.Trainer, module: SpurgenModule, loader: DataLoader, plan: TrainPlan) -> None:
     if module.parts.is_tiny_random and trainer.logger is not None:
         trainer.logger.log_metrics({"meta/model_is_tiny_random": 1.0}, step=0)
-    trainer.fit(module, loader, ckpt_path=str(plan.resume_from) if plan.resume_from else None)
-    trainer.save_checkpoint(str(plan.run_dir / "checkpoints" / "last.ckpt"), weights_only=False)
+    try:
+        trainer.fit(module, loader, ckpt_path=str(plan.resume_from) if plan.resume_from else None)
+        trainer.save_checkpoint(str(plan.run_dir / "checkpoints" / "last.ckpt"), weights_only=False)
+    finally:
+        finish(trainer.logger)
 
 
 def save_outputs(
