@@ -65,6 +65,8 @@ def test_tiny_run_leaves_every_output(tmp_path):
     run_meta = json.loads((run / "run.json").read_text())
     stamped = json.loads((run / "eval" / "metrics.json").read_text())
     assert run_meta["model_weights"].startswith("tiny-random:")  # the base weights, for the report
+    stages = run_meta["stage_seconds"]  # each stage's wall time
+    assert set(stages) == {"train", "generate", "evaluate"} and all(v > 0 for v in stages.values()), stages
     assert stamped["model_weights"] == run_meta["model_weights"]
     model_index = json.loads((run / "pipeline" / "model_index.json").read_text())
     assert model_index["safety_checker"] == [None, None]

@@ -23,9 +23,9 @@ def _compose(overrides: list[str]):
 
 @pytest.mark.parametrize("preset, lora", [("gpu_24gb", 0), ("gpu_16gb", 16)])
 def test_gpu_presets_compose(preset, lora):
-    cfg = _compose([f"trainer={preset}", "loss=low_memory", "model=sd15"])
+    cfg = _compose(["experiment=sd15_sfsl", f"trainer={preset}", "loss=low_memory"])
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
-    assert cfg.trainer.max_steps == 1000  # the model preset's own trainer settings survive
+    assert cfg.trainer.max_steps == 1000  # the experiment's own trainer settings survive
     assert cfg.train.gradient_checkpointing and cfg.train.optimizer == "adamw8bit"
     assert cfg.train.lora_rank == lora
     assert cfg.loss.sfsl.decoder_checkpointing and not cfg.loss.sfsl.decode_at_extractor_size

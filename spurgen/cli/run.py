@@ -48,29 +48,60 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
 
 
 def run_stages(cfg: DictConfig, run_dir: Path) -> dict:
-    """Seed, then train -> generate -> evaluate (those listed in cfg.stages)."""
+    """Seed, then train -> generate -> evaluate (those listed in cfg.stages); run.json records each stage's
+    wall time (`stage_seconds`)."""
+    import time
+
     import lightning as L
 
     from spurgen.distributed import is_global_zero
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     result: dict = {}
-    if "train" in cfg.stages:
-        from spurgen.stages.train import train
-
-        result["train"] = train(cfg, run_dir)
-    if "generate" in cfg.stages and is_global_zero():  # under DDP, rank 0 only
-        from spurgen.stages.generate import run_stage as generate_stage
-
-        result["generate"] = generate_stage(cfg, run_dir)
-    if "evaluate" in cfg.stages and is_global_zero():
-        from spurgen.stages.evaluate import run_stage as evaluate_stage
-
-        result["evaluate"] = evaluate_stage(cfg, run_dir)
+    seconds: dict[str, float] = {}
+    for name in ("train", "generate", "evaluate"):
+        if name not in cfg.stages or (name != "train" and not is_global_zero()):  # DDP: rank 0 generates
+            continue
+        started = time.perf_counter()
+        result[name] = _stage(name)(cfg, run_dir)
+        seconds[name] = round(time.perf_counter() - started, 2)
+    if is_global_zero():
+        _record_stage_seconds(run_dir, seconds)
+    if "evaluate" in result:
         from spurgen.eval.outputs import summary_table
 
         print(f"\n{summary_table(result['evaluate'])}\nall outputs: {run_dir}", flush=True)
     return result
+
+
+def _stage(name: str):
+    """The stage's entry point, imported when it runs."""
+    if name == "train":
+        from spurgen.stages.train import train
+
+        return train
+    if name == "generate":
+        from spurgen.stages.generate import run_stage
+
+        return run_stage
+    from spurgen.stages.evaluate import run_stage
+
+    return run_stage
+
+
+def _record_stage_seconds(run_dir: Path, seconds: dict[str, float]) -> None:
+    """Add this invocation's stage wall times to run.json (written by training; a generate- or evaluate-only
+    run of a trained folder adds its own stages to the times recorded before)."""
+    import json
+
+    from spurgen.files import write_json
+
+    path = Path(run_dir) / "run.json"
+    if not seconds or not path.is_file():
+        return
+    meta = json.loads(path.read_text())
+    meta["stage_seconds"] = {**meta.get("stage_seconds", {}), **seconds}
+    write_json(path, meta)
 
 
 def _remove_if_only_hydra_files(cfg: DictConfig) -> None:
