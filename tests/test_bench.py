@@ -74,6 +74,7 @@ def test_gpu_bench_script_smoke(tmp_path):
     assert "| SFSL exact (loss=fast) |" in (tmp_path / "BENCHMARKS_GPU.md").read_text()
 
 
+@pytest.mark.slow  # a subprocess that imports the whole stack (about 6 s)
 def test_gpu_bench_without_cuda_is_a_clear_error(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("checks the message shown without CUDA")

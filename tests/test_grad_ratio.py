@@ -1,4 +1,4 @@
-"""experiments/grad_ratio.py (issue 13): ||lambda grad L_SFSL|| / ||grad L_inst|| on the run's own parts, here
+"""experiments/grad_ratio.py: ||lambda grad L_SFSL|| / ||grad L_inst|| on the run's own parts, here
 the tiny model. The gradients are taken separately, so the ratio for lambda is exactly lambda times r."""
 
 from __future__ import annotations
@@ -8,9 +8,12 @@ import math
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import REPO
 
 
+@pytest.mark.slow  # trains the tiny model through the experiment script (about 8 s)
 def test_grad_ratio_scales_with_lambda_and_counts_gated_batches(tmp_path):
     out = tmp_path / "ratio.json"
     cmd = [sys.executable, str(REPO / "experiments" / "grad_ratio.py"), "experiment=tiny",
