@@ -11,7 +11,7 @@ The split keeps the experiment honest:
 - `train`: the photos whose crops pre-train the mini parts.
 - `autoencoder`: colour photos from Debian desktop-background packages that only the autoencoder trains on
   (never captioned, never seen by the UNet or text encoder). spurgen ships 256-px copies of them in
-  spurgen/assets/mini/photos/ (`python -m experiments.mini_world.debian_photos` recreates them from the
+  experiments/mini_world/photos/ (`python -m experiments.mini_world.debian_photos` recreates them from the
   packages).
 """
 
@@ -33,8 +33,8 @@ SIZE = 64  # output side of every crop, in pixels
 SCALES = (1.0, 0.6, 0.35)  # crop side as a fraction of the photo's short side
 SKIMAGE = "scikit-image 0.26 (skimage/data)"
 MPL = "matplotlib (mpl-data/sample_data)"
-SHIPPED = "spurgen (spurgen/assets/mini/photos: 256-px copies)"
-PHOTO_DIR = ASSET_DIR / "photos"
+SHIPPED = "spurgen (experiments/mini_world/photos: 256-px copies)"
+PHOTO_DIR = Path(__file__).resolve().parent / "photos"  # pre-training data: not in the package
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Recreate the autoencoder's colour photos (split `autoencoder` of experiments.mini_world.corpus) from
 their Debian packages: each photo shrunk (Lanczos) to a short side of 256 px and saved as JPEG quality 92 into
-spurgen/assets/mini/photos/, with a NOTICE naming each file's source and licence.
+experiments/mini_world/photos/, with a NOTICE naming each file's source and licence.
 
     apt-get download mate-backgrounds plasma-workspace-wallpapers
     dpkg -x mate-backgrounds_*.deb pkgs && dpkg -x plasma-workspace-wallpapers_*.deb pkgs
