@@ -25,7 +25,6 @@ from typing import Literal
 
 import numpy as np
 
-from experiments.mini_world import ASSET_DIR
 from spurgen.errors import SpurgenError
 
 Split = Literal["train", "autoencoder", "heldout", "reference"]
