@@ -204,14 +204,15 @@ class SpurgenModule(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """The optimiser partial called with the trained parameter groups (fused off under fp16 autocast)."""
+        """The optimiser partial called with the trained parameter groups (fused off under mixed precision)."""
         cfg = self.settings
         groups = [{"params": [p for p in self.unet.parameters() if p.requires_grad], "lr": cfg.lr_unet}]
         if cfg.train_text_encoder:
             te = [p for p in self.text_encoder.parameters() if p.requires_grad]
             groups.append({"params": te, "lr": cfg.lr_text_encoder})
-        fp16 = self._trainer is not None and str(self.trainer.precision).startswith("16")
-        return self.optimizer_factory(groups, fused=False if fp16 else None)
+        # Lightning's mixed precision (16-mixed, bf16-mixed) refuses gradient clipping with a fused optimiser
+        mixed = self._trainer is not None and "mixed" in str(self.trainer.precision)
+        return self.optimizer_factory(groups, fused=False if mixed else None)
 
     # -- images (a callback decides when and where) ------------------------------------------------------
     def pipeline(self):
