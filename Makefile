@@ -37,8 +37,9 @@ format:  ## ruff format and fix
 run:  ## the default run, the mini world: train -> generate -> evaluate
 	$(PY) -m spurgen.run
 
-bench:  ## benchmark suite (writes docs/benchmarks/BENCHMARKS.md)
+bench:  ## benchmark suite (docs/benchmarks/BENCHMARKS.md) and the default run's step, piece by piece (STEP_BREAKDOWN.md)
 	$(PY) experiments/bench.py --out docs/benchmarks
+	$(PY) -m experiments.step_breakdown --out docs/benchmarks
 
 bench-gpu:  ## SD 1.5's architecture at 512² in bf16 on a CUDA GPU (writes docs/benchmarks/BENCHMARKS_GPU.md)
 	$(PY) experiments/bench_gpu.py --out docs/benchmarks

@@ -33,8 +33,8 @@ def make_optimizer(  # noqa: PLR0913 - the optimiser's config keys, bound by Hyd
     or functools.partial) is called as `optimizer(groups, fused=...)` by SpurgenModule.configure_optimizers.
     fused=None uses torch's fused AdamW where it can run (same update, one kernel: timed on 2 CPU cores, the
     optimiser step of the SD-1.5-proportional UNet and text encoder takes 86 ms fused against 217 ms
-    unfused). Pass fused=False under fp16 autocast with a GradScaler and gradient clipping, which Lightning
-    does not allow for an optimiser that unscales internally. Extra keywords (e.g. lr) go to the optimiser.
+    unfused). Pass fused=False under Lightning's mixed precision (16-mixed or bf16-mixed) with gradient
+    clipping, which Lightning does not allow for an optimiser that unscales internally. Extra keywords (e.g. lr) go to the optimiser.
     """
     kwargs |= {
         "weight_decay": float(weight_decay),
