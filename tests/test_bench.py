@@ -121,3 +121,19 @@ def test_proportional_experiment_builds_the_benchmarks_model(experiments_conf):
             assert torch.equal(a, b)
     extractor = build(cfg.feature_extractor)
     assert extractor.name == "resnet50_w0.25" and extractor.is_random
+
+
+@pytest.mark.slow
+def test_step_breakdown_smoke(tmp_path):
+    """experiments/step_breakdown.py on the default run: every piece is timed, with and without the SFSL, and
+    the SFSL's pieces exist only with it."""
+    from experiments import step_breakdown
+
+    assert step_breakdown.main(["--steps", "2", "--warmup", "1", "--images", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "step_breakdown.json").read_text())
+    with_sfsl, without = result["lambda_sfsl=0.1"]["pieces_ms"], result["lambda_sfsl=0"]["pieces_ms"]
+    assert {"UNet forward, instance half", "UNet backward, class half", "optimiser step"} <= set(without)
+    assert not any(k.startswith("sfsl:") for k in without)
+    assert with_sfsl["sfsl: extractor backward"] >= 0 and "sfsl: decode forward" in with_sfsl
+    assert result["lambda_sfsl=0"]["plain loop"] > 0 and result["lambda_sfsl=0"]["Lightning Trainer"] > 0
+    assert "| whole step: Lightning's own time |" in (tmp_path / "STEP_BREAKDOWN.md").read_text()
