@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "spurious rates of a folder of images across classifiers",
     "export": "the images predicted as the target by >= m classifiers",
     "report": "tables and figures of a sweep folder",
+    "pick": "reference crops for a spurious pair from a folder of photos (>= k classifiers agree)",
     "review": "a local web page for people to review or rate images (spurgen/review/)",
     "dashboard": "the W&B workspace and report of a sweep; dashboard.json offline (spurgen/dashboards/)",
 }

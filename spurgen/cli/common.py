@@ -64,6 +64,24 @@ class ExportApp:
     method_version: str = METHOD_VERSION
 
 
+@dataclass
+class PickApp:
+    folder: str = MISSING  # the photos (the positional argument of `spurgen pick <folder>`)
+    out_dir: str = "picks/${now:%Y-%m-%d_%H-%M-%S}"  # must be missing or empty
+    n: int = 5  # references to pick
+    min_classifiers: int | None = None  # a crop qualifies when >= this many give the target top-1; null: all
+    scales: list[float] = field(default_factory=lambda: [1.0, 0.6, 0.35])  # crop side / the short side
+    crops_per_photo: int = 96  # random square crops per photo, besides the whole photo
+    whole_photos: bool = True
+    size: int | None = None  # side of the written references in pixels; null: the crop's own pixels
+    seed: int = 0
+    max_iou: float = 0.5  # no two references of one photo overlap more
+    max_cosine: float = 0.95  # no two references' features are more alike (the first classifier's phi)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    target: TargetConfig | None = None
+    method_version: str = METHOD_VERSION
+
+
 def register_app_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
@@ -71,6 +89,7 @@ def register_app_configs() -> None:
     cs.store(name="spurgen_generate_schema", node=GenerateApp)
     cs.store(name="spurgen_evaluate_schema", node=EvaluateApp)
     cs.store(name="spurgen_export_schema", node=ExportApp)
+    cs.store(name="spurgen_pick_schema", node=PickApp)
     register_resolvers()
 
 
