@@ -90,6 +90,13 @@ def test_candidate_boxes_are_the_mini_worlds_moon_crops():
         top, left, side = crop["box"]
         assert boxes[crop["index"] + 1] == (top, left, side, side)
     assert {b[2] for b in boxes[1:]} == {512, 307, 179}  # scales 1.0, 0.6, 0.35 of the short side
+    import skimage
+
+    moon = Image.open(Path(skimage.__file__).parent / "data" / "moon.png").convert("RGB")
+    for n, crop in enumerate(shipped["crops"]):  # and cut() gives their pixels
+        top, left, side = crop["box"]
+        shipped_png = np.asarray(Image.open(MOON_REFS / f"moon_{n:02d}.png").convert("RGB"))
+        assert np.array_equal(np.asarray(cut(moon, (top, left, side, side), 64)), shipped_png)
 
 
 def test_cut_resizes_only_when_asked():
