@@ -104,7 +104,7 @@ def _task(cfg: DictConfig) -> dict:
     photos = read_photos(files)  # every input checked before a model is built
     names = list(cfg.eval.classifiers)
     print(
-        f"spurgen pick: {len(photos)} photos, class {index} {cfg.target.name}; >= {s.min_classifiers} of "
+        f"spurgen pick: {len(photos)} photo{'' if len(photos) == 1 else 's'}, class {index} {cfg.target.name}; >= {s.min_classifiers} of "
         f"{len(names)} classifiers ({', '.join(names)}) top-1; max_iou {s.max_iou}, max_cosine {s.max_cosine} "
         f"(features: {names[0]}'s pooled features)"
     )

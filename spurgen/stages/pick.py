@@ -126,12 +126,17 @@ def list_photos(folder: str | Path) -> list[Path]:
     return files
 
 
-def read_photos(files: Sequence[Path]) -> list[tuple[Path, Image.Image]]:
-    """Every photo decoded as RGB, with its path, or one SpurgenError naming the unreadable files."""
+Photo = tuple[Path, tuple[int, int]]  # a file and its (height, width)
+
+
+def read_photos(files: Sequence[Path]) -> list[Photo]:
+    """Every photo decoded once to prove it reads (then let go: a folder may not fit in memory), with its size;
+    or one SpurgenError naming the unreadable files."""
     photos, bad = [], []
     for f in files:
         try:
-            photos.append((f, load_rgb(f)))
+            im = load_rgb(f)
+            photos.append((f, (im.height, im.width)))
         except SpurgenError:
             bad.append(f.name)
     if bad:
@@ -177,11 +182,15 @@ def score_images(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(p (N, C), rank (N, C), features of models[0] (N, D)) with the evaluation's preprocessing."""
     device = models[0].mean.device
-    tensors = [to_tensor(im) for im in images]
+    keys = {prep_key(m, crop=False) for m in models}
+    resized: dict[tuple, list[torch.Tensor]] = {k: [] for k in keys}
+    for im in images:  # one full-size tensor at a time: crops of large photos are large
+        t = to_tensor(im)
+        for size, interp, crop_pct in keys:
+            resized[(size, interp, crop_pct)].append(resize_image(t, size, interp, None))
     p_cols, rank_cols, feats = [], [], None
     for j, m in enumerate(models):
-        size, interp, _ = prep_key(m, crop=False)
-        x = torch.stack([resize_image(t, size, interp, None) for t in tensors]).to(device)  # (B, 3, S, S)
+        x = torch.stack(resized[prep_key(m, crop=False)]).to(device)  # (B, 3, S, S)
         xm = m.prepare(x)
         if m.channels_last:
             xm = xm.contiguous(memory_format=torch.channels_last)
@@ -197,14 +206,15 @@ def score_images(
 
 def score_candidates(
     models: Sequence[FrozenImageModel],
-    photos: Sequence[tuple[Path, Image.Image]],
+    photos: Sequence[Photo],
     target: int,
     s: PickSettings,
 ) -> Scores:
     """Every candidate of every photo, scored in batches (only a batch of crops is in memory at once)."""
-    boxes = candidate_boxes([(im.height, im.width) for _, im in photos], target, s)
+    boxes = candidate_boxes([hw for _, hw in photos], target, s)
     sources, all_boxes, ps, ranks, feats = [], [], [], [], []
-    for (f, im), bx in zip(photos, boxes, strict=True):
+    for (f, _), bx in zip(photos, boxes, strict=True):
+        im = load_rgb(f)
         for start in range(0, len(bx), s.batch_size):
             part = bx[start : start + s.batch_size]
             p, r, ft = score_images(models, [cut(im, b, s.size) for b in part], target)
@@ -227,7 +237,7 @@ def describe(scores: Scores, i: int) -> str:
 
 def pick(
     models: Sequence[FrozenImageModel],
-    photos: Sequence[tuple[Path, Image.Image]],
+    photos: Sequence[Photo],
     out_dir: str | Path,
     target: int,
     s: PickSettings,
@@ -307,7 +317,7 @@ def selection_record(
 
 def write_folder(
     out_dir: Path,
-    photos: Sequence[tuple[Path, Image.Image]],
+    photos: Sequence[Photo],
     scores: Scores,
     chosen: list[int],
     record: dict,
@@ -315,14 +325,14 @@ def write_folder(
 ) -> None:
     """The crops, selection.json and contact_sheet.html, written to a temporary sibling folder that then takes
     out_dir's place (out_dir must be missing or empty)."""
-    by_name = {f.name: im for f, im in photos}
+    paths = {f.name: f for f, _ in photos}
     tmp = out_dir.parent / f".{out_dir.name}.pick-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         images = []
         for i, crop in zip(chosen, record["crops"], strict=True):
-            im = cut(by_name[scores.sources[i]], scores.boxes[i], size)
+            im = cut(load_rgb(paths[scores.sources[i]]), scores.boxes[i], size)
             im.save(tmp / crop["file"])
             images.append(im)
         write_json(tmp / "selection.json", record)
