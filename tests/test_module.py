@@ -143,7 +143,8 @@ def test_frozen_parts_stay_in_eval_mode():
     assert not any(m.training for m in module.feature_extractor.modules())
 
 
-def _fit(module, parts, steps, tmp_path, precision="32-true", callbacks=(), gradient_clip_val=None):
+def _fit(module, parts, steps, tmp_path, callbacks=(), **trainer_args):
+    """Fit `steps` steps on two random images; trainer_args go to the Trainer (precision, clipping)."""
     ds = DreamBoothDataset(
         torch.rand(2, 3, 32, 32), tokenize(parts.tokenizer, "a photo of a sks flower"), [], None, 32
     )
@@ -151,14 +152,13 @@ def _fit(module, parts, steps, tmp_path, precision="32-true", callbacks=(), grad
     trainer = L.Trainer(
         max_steps=steps,
         accelerator="cpu",
-        precision=precision,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=str(tmp_path),
         callbacks=list(callbacks),
-        gradient_clip_val=gradient_clip_val,
+        **{"precision": "32-true", **trainer_args},
     )
     trainer.fit(module, loader)
     return trainer
