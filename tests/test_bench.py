@@ -129,7 +129,9 @@ def test_step_breakdown_smoke(tmp_path):
     the SFSL's pieces exist only with it."""
     from experiments import step_breakdown
 
-    assert step_breakdown.main(["--steps", "2", "--warmup", "1", "--images", "2", "--out", str(tmp_path)]) == 0
+    assert (
+        step_breakdown.main(["--steps", "2", "--warmup", "1", "--images", "2", "--out", str(tmp_path)]) == 0
+    )
     result = json.loads((tmp_path / "step_breakdown.json").read_text())
     with_sfsl, without = result["lambda_sfsl=0.1"]["pieces_ms"], result["lambda_sfsl=0"]["pieces_ms"]
     assert {"UNet forward, instance half", "UNet backward, class half", "optimiser step"} <= set(without)
