@@ -1,6 +1,6 @@
 """Draw the packaged demo reference images (spurgen/assets/demo_references): red flowers on leaves.
 
-They only exist so that the tiny model (`python -m spurgen.run model=tiny class=hummingbird`) runs with no data;
+They only exist so that the tiny model (`python -m spurgen.run experiment=tiny`) runs with no data;
 they are not Spurious ImageNet images.
     python experiments/make_demo_references.py
 """
