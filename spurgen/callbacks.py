@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import WandbLogger
+from rich.progress import ProgressColumn
+from rich.text import Text
 
 from spurgen.files import save_png_atomic
 from spurgen.pipeline import image_grid
@@ -68,3 +71,29 @@ class SampleImages(L.Callback):
 
     def on_train_end(self, trainer, module) -> None:
         self._sample(trainer, module, "final_grid")
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's Rich progress bar labelled for a run that ends after trainer.max_steps: "train" where
+    Lightning writes "Epoch 0/-2" (max_epochs is -1 then), and the rate in optimiser steps per second (the
+    bar counts batches: with trainer.accumulate_grad_batches=a, a batches make one step)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:  # noqa: ARG002 - one pass, no epochs
+        return "train"
+
+    def configure_columns(self, trainer: L.Trainer) -> list:
+        columns = super().configure_columns(trainer)
+        columns[-1] = StepRateColumn(self.theme.processing_speed, int(trainer.accumulate_grad_batches or 1))
+        return columns
+
+
+class StepRateColumn(ProgressColumn):
+    """`<rate> steps/s` from the bar's batch rate."""
+
+    def __init__(self, style, batches_per_step: int = 1):
+        self.style, self.batches_per_step = style, max(1, batches_per_step)
+        super().__init__()
+
+    def render(self, task) -> Text:
+        speed = (task.speed or 0.0) / self.batches_per_step
+        return Text(f"{speed:.2f} steps/s", style=self.style)

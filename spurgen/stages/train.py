@@ -16,6 +16,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
@@ -246,9 +247,11 @@ def build_loader(cfg: DictConfig, dataset: DreamBoothDataset, module: SpurgenMod
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """Every entry of `cfg.callbacks`, in order; the signal handler last, so that it sees a signal sent by
-    any other callback in the same step."""
+    """Every entry of `cfg.callbacks`, in order (the progress bar only when trainer.enable_progress_bar is
+    on); the signal handler last, so that it sees a signal sent by any other callback in the same step."""
     callbacks = [build(node) for node in cfg.callbacks.values() if node is not None]
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it was told not to show
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     return sorted(callbacks, key=lambda c: isinstance(c, GracefulInterrupt))
 
 
