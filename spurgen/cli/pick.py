@@ -85,9 +85,10 @@ def _out_dir(value: str) -> Path:
 
 
 def _task(cfg: DictConfig) -> dict:
+    from spurgen.data.images import list_images
     from spurgen.eval.classifiers import build_classifiers
     from spurgen.eval.predict import pick_device
-    from spurgen.stages.pick import list_photos, pick, read_photos
+    from spurgen.stages.pick import pick, read_photos
     from spurgen.validation import eval_problems
 
     if cfg.get("target") is None:
@@ -100,7 +101,7 @@ def _task(cfg: DictConfig) -> dict:
         )
     s = _settings(cfg, len(cfg.eval.classifiers))
     out = _out_dir(cfg.out_dir)
-    files = list_photos(cfg.folder)
+    files = list_images(cfg.folder)
     photos = read_photos(files)  # every input checked before a model is built
     names = list(cfg.eval.classifiers)
     print(

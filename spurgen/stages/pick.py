@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from spurgen import imagenet
-from spurgen.data.images import IMAGE_EXTS, load_rgb
+from spurgen.data.images import load_rgb
 from spurgen.errors import SpurgenError
 from spurgen.eval.predict import prep_key, resize_image, to_tensor
 from spurgen.files import write_atomic, write_json
@@ -113,17 +113,6 @@ def diverse(order: Sequence[int], scores: Scores, s: PickSettings) -> list[int]:
 
 
 # --- candidates and scores ---
-
-
-def list_photos(folder: str | Path) -> list[Path]:
-    """The image files of `folder` (sorted), or a SpurgenError: missing folder, no images."""
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise SpurgenError(f"folder {folder} does not exist or is not a folder")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-    if not files:
-        raise SpurgenError(f"folder {folder} holds no images ({', '.join(IMAGE_EXTS)})")
-    return files
 
 
 Photo = tuple[Path, tuple[int, int]]  # a file and its (height, width)
@@ -243,7 +232,7 @@ def pick(
     s: PickSettings,
     command: str,
 ) -> dict:
-    """Score, select and write the references of the photos (list_photos, read_photos; see the module
+    """Score, select and write the references of the photos (spurgen.data.images.list_images, read_photos; see the module
     docstring); return selection.json's content. Fewer than s.n diverse qualifying candidates: a SpurgenError
     naming the best ones, and nothing written."""
     scores = score_candidates(models, photos, target, s)
