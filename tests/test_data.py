@@ -104,8 +104,9 @@ def test_spurious_imagenet_selection(tmp_path):
         spurious_imagenet.select_folder(root, 1, None)
     assert spurious_imagenet.dataset_version(root) == "2"
     assert reference_folder(None, str(root), 94, 1).name.endswith("feeder_1")
-    with pytest.raises(SpurgenError, match="no reference images"):
+    with pytest.raises(SpurgenError, match="no reference images") as err:
         reference_folder(None, None, 94, None)
+    assert "spurgen pick <folder of photos> class=94" in str(err.value)  # says how to get references
 
 
 def test_small_images_are_upscaled_with_a_warning(tmp_path):

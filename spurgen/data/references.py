@@ -24,7 +24,8 @@ def reference_folder(
     if demo_dir:
         return Path(demo_dir)
     raise SpurgenError(
-        "no reference images: set data.reference_dir=<folder of images> or "
+        f"no reference images for class {class_index}: pick some with `spurgen pick <folder of photos> "
+        f"class={class_index} out_dir=<refs>` and set data.reference_dir=<refs>, or set "
         "data.spurious_imagenet_dir=<Spurious ImageNet images/ folder> (with target.component if needed)"
     )
 
