@@ -168,7 +168,7 @@ def test_callbacks_and_logger_come_from_their_groups(tmp_path):
 
     cfg = load(f"run_dir={tmp_path}", "logger=wandb", "~callbacks.samples")
     built = [build(node) for node in cfg.callbacks.values()]
-    assert {type(c).__name__ for c in built} == {"ModelCheckpoint", "GracefulInterrupt"}
+    assert {type(c).__name__ for c in built} == {"ModelCheckpoint", "StepProgressBar", "GracefulInterrupt"}
     assert any(isinstance(c, GracefulInterrupt) and c.run_dir == tmp_path for c in built)
     assert isinstance(build(cfg.logger), WandbLogger)
     assert isinstance(build(load().logger), CsvLogger)
