@@ -112,7 +112,7 @@ def one_step(clock: Clock, module, optimizer, batch, b: int) -> None:
     t = module.sample_timesteps(z.shape[0], gen)
     z_t = module.noise_scheduler.add_noise(z, eps, t)
     target = denoising_target(module.noise_scheduler, z, eps, t)
-    enc = clock.piece("text encoder forward", lambda ids: module.text_encoder(ids)[0], batch["input_ids"])
+    enc = clock.piece("text encoder forward", module.encode_prompts, batch["input_ids"])
     enc_leaf = enc.detach().requires_grad_(True)
     outs = []
     for half, sl in (("instance", slice(0, n)), ("class", slice(n, None))):

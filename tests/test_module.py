@@ -365,3 +365,36 @@ def test_mixed_precision_never_lowers_the_encoders_precision():
         lowered = parts.vae.encode(pixels).latent_dist.mean  # what autocast alone would have computed
     assert mean_bf16.dtype == torch.float32 and torch.equal(mean_bf16, mean) and torch.equal(std_bf16, std)
     assert not torch.equal(lowered.float(), mean)
+
+
+def test_each_distinct_prompt_is_encoded_once_with_the_same_values_and_gradients():
+    module, parts = make_module(with_sfsl=False, lambda_sfsl=0.0)
+    te = module.text_encoder.train()
+    ids = make_batch(parts, n_inst=3)["input_ids"]  # 3 instance + 3 class rows, 2 distinct prompts
+    seen = []
+    hook = te.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    enc = module.encode_prompts(ids)
+    weights = torch.randn(enc.shape, generator=torch.Generator().manual_seed(0))  # a different gradient per row
+    (enc * weights).sum().backward()
+    shared = {n: p.grad.clone() for n, p in te.named_parameters()}
+    te.zero_grad()
+    whole = te(ids)[0]
+    (whole * weights).sum().backward()
+    hook.remove()
+    assert seen == [2, 6]
+    torch.testing.assert_close(module.encode_prompts(ids), whole, rtol=0, atol=1e-6)
+    # summation order differs: float rounding only (a key bias's true gradient is 0, its computed one ~1e-6)
+    for n, p in te.named_parameters():
+        torch.testing.assert_close(shared[n], p.grad, rtol=1e-3, atol=1e-4, msg=lambda m: f"{n}: {m}")
+    flat = torch.cat([p.grad.flatten() for p in te.parameters()])
+    assert (torch.cat([shared[n].flatten() for n, _ in te.named_parameters()]) - flat).norm() < 1e-4 * flat.norm()
+
+
+def test_an_encoder_with_dropout_gets_the_whole_batch():
+    module, parts = make_module(with_sfsl=False, lambda_sfsl=0.0)
+    module.text_encoder.config.attention_dropout = 0.1
+    module.text_encoder.train()
+    seen = []
+    module.text_encoder.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    module.encode_prompts(make_batch(parts, n_inst=2)["input_ids"])
+    assert seen == [4]
