@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from enum import Enum
 from pathlib import Path
@@ -97,9 +98,23 @@ def _leaf(node: DictConfig, key: str) -> Any:
     if isinstance(raw, str) and ("${hydra:" in raw or "${spurgen_asset:" in raw):
         return raw
     try:
-        return _plain(node[key])
+        return _portable(_plain(node[key]))
     except OmegaConfBaseException:
         return str(node._get_node(key)._value())
+
+
+def _portable(value: Any) -> Any:
+    """A path into spurgen's shipped assets, as the `${spurgen_asset:...}` text that names it in any install
+    (an interpolation chain such as model.unet.path -> model.path resolves to the absolute path)."""
+    if not isinstance(value, str):
+        return value
+    from spurgen.config import asset_path
+
+    root = asset_path("")
+    if value == root or value.startswith(root.rstrip("/\\") + os.sep):
+        rel = Path(value).relative_to(root).as_posix()
+        return "${spurgen_asset:" + ("" if rel == "." else rel) + "}"
+    return value
 
 
 def flat_config(cfg: DictConfig | dict, ignored: tuple[str, ...] = IGNORED_KEYS) -> dict[str, Any]:

@@ -122,3 +122,25 @@ def test_the_evaluate_stage_writes_metrics_json_once_with_the_identity(compose_c
     assert first["class_file"] == "hummingbird" and first["model_weights"] == "tiny-random:1"
     path = run / "eval" / "metrics.json"
     assert path.stat().st_ino == inode and json.loads(path.read_text()) == first  # not rewritten since
+
+
+def test_the_identity_of_a_run_on_shipped_assets_does_not_depend_on_where_spurgen_is_installed(
+    compose_cfg, monkeypatch
+):
+    """The mini model's parts resolve to absolute paths under spurgen/assets (model.unet.path -> model.path ->
+    ${spurgen_asset:mini}); the identity names them by the asset, so a fresh clone elsewhere, or an installed
+    wheel, gives the same identity and its runs pool with the documented ones."""
+    import spurgen.config
+
+    cfg = compose_cfg("experiment=mini")
+    flat = flat_config(cfg)
+    assert flat["model.unet.path"] == flat["model.path"] == "${spurgen_asset:mini}"
+    assert not any(isinstance(v, str) and spurgen.config.asset_path("") in v for v in flat.values())
+    here = run_identity(cfg)
+    cfg.model.path = spurgen.config.asset_path("mini")  # the resolved text in place of the interpolation
+    assert run_identity(cfg) == here
+    monkeypatch.setattr(spurgen.config, "asset_path", lambda name: f"/elsewhere/spurgen/assets/{name}".rstrip("/"))
+    cfg.model.path = "/elsewhere/spurgen/assets/mini"  # the same asset in another install
+    assert run_identity(cfg) == here
+    cfg.model.path = "/elsewhere/my_model"  # not an asset: the path itself
+    assert run_identity(cfg) != here
