@@ -173,7 +173,9 @@ def test_report_holds_the_sweep_report_and_one_grid_per_table(mixed_sweep):
     head = grids[0][1]
     assert head.runsets[0].filters == "Group == 'mixed' and JobType == 'report'"
     assert head.panels[0].table_name == REPORT_TABLE_KEY
-    assert head.panels[1].media_keys == spec.figures == ["report/rate_2"]
+    assert head.panels[1].media_keys == spec.figures
+    assert spec.figures[0] == "report/rate_2"  # then each table's similarity / KID / diversity figure
+    assert len(spec.figures) == 1 + 4 and all(f.startswith("report/measures_2_94_") for f in spec.figures[1:])
     for t in spec.tables:
         (runs_grid,) = [g for h, g in grids if h == t.title]
         where = runs_grid.runsets[0].filters
@@ -388,7 +390,12 @@ def test_report_dashboard_dry_run_writes_the_full_spec(fake_sweep, capsys):  # n
     figures = {
         p.stem.replace("spurious_rate_vs_lambda_v", "rate_") for p in (fake_sweep / "figures").glob("*.png")
     }
-    assert {f.removeprefix("report/") for f in spec.figures} == figures == {"rate_1", "rate_2"}
+    logged = {f.removeprefix("report/") for f in spec.figures}
+    assert {f for f in logged if f.startswith("rate_")} == {f for f in figures if f.startswith("rate_")}
+    assert {f for f in figures if f.startswith("rate_")} == {"rate_1", "rate_2"}
+    # one similarity / KID / diversity figure per table (measures_<index>_v<version>.png), logged under its key
+    assert {f for f in figures if f.startswith("measures_")} == {"measures_105_v1", "measures_105_v2"}
+    assert len([f for f in logged if f.startswith("measures_")]) == 2
     assert spec == spec_of(fake_sweep)  # everything the W&B objects are built from
     assert wire(workspace(spec, "me"))["spec"]["section"]["panelBankConfig"]  # buildable from the file alone
     assert not (fake_sweep / "wandb").exists()

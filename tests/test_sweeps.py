@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -19,15 +20,18 @@ TINY_GEN = ["generate.num_images=4", "stages=[train,generate,evaluate]"]
 
 
 # -- fast: the report on a hand-made sweep folder ------------------------------------------------------------
-def _block(rate: float, sim: float = 0.5, n: int = 10) -> dict:
+def _block(rate: float, sim: float = 0.5, n: int = 10, **extra: float) -> dict:
+    """One image set's numbers for classifiers a and b; extra: kid=..., diversity=... (metrics.json blocks)."""
     spurious = {"value": rate, "n": n, "count": round(rate * n)}
     per = {c: {"spurious_rate": spurious, "similarity": {"value": sim}} for c in ("a", "b")}
+    for c in per:
+        per[c].update({k: {"value": v, "n": n} for k, v in extra.items()})
     return {"per_classifier": per, "consistency": {"all": {"value": rate}, "at_least_half": {"value": rate}}}
 
 
 def _fake_run(root: Path, lam: float, seed: int, rate: float, **opts) -> None:
     """A run folder `lambda_sfsl=<lam>,seed=<seed>`; opts: version ("1"), metrics (True | False | "broken"),
-    baseline (False)."""
+    baseline (False), sim (0.5: the images' similarity), extra ({}: the images' kid / diversity)."""
     version, metrics, baseline = (
         opts.get("version", "1"),
         opts.get("metrics", True),
@@ -39,7 +43,10 @@ def _fake_run(root: Path, lam: float, seed: int, rate: float, **opts) -> None:
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"lambda_sfsl={lam:g}", f"seed={seed}"]))
     if metrics is True:
-        results = {"images": _block(rate), "reference": _block(0.9, 1.0)}
+        results = {
+            "images": _block(rate, opts.get("sim", 0.5), **opts.get("extra", {})),
+            "reference": _block(0.9, 1.0),
+        }
         if baseline:
             results["baseline"] = _block(0.05)
         (run / "eval").mkdir()
@@ -88,6 +95,110 @@ def test_rows_pool_the_seeds_images_into_one_wilson_interval(fake_sweep):
     assert (pooled["count"], pooled["n"]) == (6, 20) and pooled["rate"] == pytest.approx(0.3)
     assert pooled["ci"] == pytest.approx(list(wilson_interval(6, 20)))
     assert row["stats"]["spurious_rate/a"]["mean"] == pytest.approx(0.3)  # the seeds' mean, beside it
+
+
+def test_pooled_spread_and_judge_by_hand():
+    """s_p = sqrt((s0² + s1²) / 2): 0.3 and 0.4 -> sqrt(0.125); shown only above it; one seed: n/a."""
+    from spurgen.report.effects import judge, pooled_spread
+
+    assert pooled_spread(0.3, 0.4) == pytest.approx(math.sqrt(0.125))
+    assert pooled_spread(None, 0.4) is None and pooled_spread(0.3, None) is None
+    base = {"mean": 0.2, "std": 0.3, "n": 3}
+    above = judge(base, {"mean": 0.6, "std": 0.4, "n": 3})  # 0.4 > 0.354
+    assert above["verdict"] == "shown" and above["difference"] == pytest.approx(0.4)
+    assert judge(base, {"mean": 0.5, "std": 0.4, "n": 3})["verdict"] == "not shown"  # 0.3 <= 0.354
+    assert judge(base, {"mean": 0.0, "std": 0.0, "n": 3})["verdict"] == "not shown"  # a fall
+    assert judge(base, {"mean": 0.9, "std": None, "n": 1})["verdict"] == "n/a (one seed)"
+    assert judge(None, {"mean": 0.9, "std": 0.1, "n": 2})["verdict"] == "n/a (not measured)"
+
+
+@pytest.fixture
+def effect_sweep(tmp_path) -> Path:
+    """lambda_sfsl 0 / 0.1 / 1 x seeds 0, 1 and lambda_sfsl 2 with seed 0 only; rates and similarities chosen so
+    that each verdict occurs (test_report_says_per_classifier_and_lambda_whether_the_effect_is_shown)."""
+    root = tmp_path / "effects"
+    plan = {  # lambda: [(rate, similarity) per seed]
+        0: [(0.2, 0.50), (0.4, 0.52)],
+        0.1: [(0.3, 0.60), (0.5, 0.62)],
+        1: [(0.7, 0.40), (0.9, 0.42)],
+        2: [(0.9, 0.70)],
+    }
+    for lam, per_seed in plan.items():
+        for seed, (rate, sim) in enumerate(per_seed):
+            extra = {"kid": 0.01 * (seed + 1), "diversity": 0.3 + 0.1 * lam}
+            _fake_run(root, lam, seed, rate, sim=sim, extra=extra, baseline=lam == 0)
+    return root
+
+
+def test_report_says_per_classifier_and_lambda_whether_the_effect_is_shown(effect_sweep):
+    """lambda 0: rate 0.3 ± 0.141, similarity 0.51 ± 0.014. lambda 0.1: rate +0.1 against a spread of 0.141
+    (not shown), similarity +0.1 against 0.014 (shown); lambda 1: rate +0.5 (shown), similarity -0.1 (not
+    shown); lambda 2: one seed (n/a). Every line is listed, for both classifiers."""
+    from spurgen.report import write_report
+    from spurgen.report.aggregate import aggregate
+    from spurgen.report.collect import collect
+    from spurgen.report.effects import effects
+
+    found = effects(aggregate(collect(effect_sweep)))
+    verdicts = {(e["lambda_sfsl"], e["classifier"], e["metric"]): e["verdict"] for e in found}
+    for c in ("a", "b"):
+        assert verdicts[(0.1, c, "spurious_rate")] == "not shown"
+        assert verdicts[(0.1, c, "similarity")] == "shown"
+        assert verdicts[(1.0, c, "spurious_rate")] == "shown"
+        assert verdicts[(1.0, c, "similarity")] == "not shown"
+        assert verdicts[(2.0, c, "spurious_rate")] == verdicts[(2.0, c, "similarity")] == "n/a (one seed)"
+    assert len(found) == 3 * 2 * 2  # lambdas > 0 x classifiers x metrics: none dropped
+    one = next(
+        e for e in found if (e["lambda_sfsl"], e["classifier"], e["metric"]) == (1.0, "a", "spurious_rate")
+    )
+    assert one["difference"] == pytest.approx(0.5) and one["spread"] == pytest.approx(math.sqrt(0.02))
+    # aggregate.py's pooled Wilson interval: 2 + 4 and 7 + 9 of 20 images
+    assert (one["pooled_0"]["count"], one["pooled_0"]["n"]) == (6, 20)
+    assert (one["pooled"]["count"], one["pooled"]["n"]) == (16, 20)
+
+    write_report(effect_sweep)
+    md = (effect_sweep / "report.md").read_text()
+    assert "pooled seed spread sqrt((s0² + s1²) / 2)" in md  # the rule, defined in the text
+    from spurgen.eval.metrics import wilson_interval
+
+    lo0, hi0 = wilson_interval(6, 20)
+    lo1, hi1 = wilson_interval(16, 20)
+    line = f"| 1 | a | 0.300 [{lo0:.3f}, {hi0:.3f}] → 0.800 [{lo1:.3f}, {hi1:.3f}] | +0.500 / 0.141 | shown |"
+    assert line in md
+    assert "| 0.1 | b |" in md and "| 2 | a |" in md and md.count("| n/a (one seed) |") == 4
+    assert "KID a" in md and "diversity b" in md
+    assert (effect_sweep / "figures" / "measures_105_v1.png").exists()
+    assert "![similarity, KID and diversity vs lambda_sfsl](figures/measures_105_v1.png)" in md
+    lines = list(__import__("csv").DictReader(open(effect_sweep / "effects.csv")))
+    assert len(lines) == 12 and {ln["verdict"] for ln in lines} == {"shown", "not shown", "n/a (one seed)"}
+    rate_line = next(ln for ln in lines if ln["lambda_sfsl"] == "1.0" and ln["classifier"] == "a"
+                     and ln["metric"] == "spurious_rate")  # fmt: skip
+    assert float(rate_line["pooled_ci_low_0"]) == pytest.approx(lo0)
+    rows = list(__import__("csv").DictReader(open(effect_sweep / "report.csv")))
+    kid = next(r for r in rows if r["metric"] == "kid/a" and r["lambda_sfsl"] == "0.0")
+    assert float(kid["mean"]) == pytest.approx(0.015) and kid["n_seeds"] == "2"
+    div = next(r for r in rows if r["metric"] == "diversity/b" and r["lambda_sfsl"] == "1.0")
+    assert float(div["mean"]) == pytest.approx(0.4)
+
+
+def test_effects_compare_only_rows_of_one_identity(tmp_path):
+    """Extractor A: lambda_sfsl 0 and 1; extractor B (another identity): lambda_sfsl 1 only. B's row is never
+    compared with A's lambda_sfsl = 0 row: its verdict says it has none."""
+    from spurgen.report.aggregate import aggregate
+    from spurgen.report.collect import collect
+    from spurgen.report.effects import effects
+
+    root = tmp_path / "two"
+    for ext, lam, seed in (("A", 0, 0), ("A", 0, 1), ("A", 1, 0), ("A", 1, 1), ("B", 1, 0), ("B", 1, 1)):
+        _mixed_run(root, ext, 300, "hummingbird", lam, seed)
+    found = effects(aggregate(collect(root)))
+    by_table = {}
+    for e in found:
+        by_table.setdefault(e["identity"], set()).add(e["verdict"])
+    assert len(by_table) == 2
+    none = "n/a (no lambda_sfsl = 0 row)"
+    own, other = sorted(by_table.values(), key=lambda v: none in v)
+    assert own == {"shown", "not shown"} and other == {none}  # A: rate +0.1 shown, similarity equal
 
 
 def test_report_lists_broken_and_missing_runs_and_separates_versions(fake_sweep):

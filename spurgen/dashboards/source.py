@@ -16,7 +16,7 @@ from spurgen.errors import SpurgenError
 from spurgen.report import Run, aggregate, collect, csv_lines, training_group
 
 DEFAULT_PROJECT = "spurgen"  # spurgen/config.py LoggerConfig.project; push_wandb logs the report run there
-REPORT_FILES = ("report.md", "report.csv")
+REPORT_FILES = ("report.md", "report.csv", "effects.csv")
 
 
 def figure_keys(paths: dict[str, Path]) -> list[str]:

@@ -88,6 +88,53 @@ def rate_vs_lambda(rows: list[dict], path: Path, title: str) -> Path | None:
     return _save(fig, path, title)
 
 
+MEASURES = (
+    ("similarity", "similarity cos(phi, m)"),
+    ("kid", "KID to the references"),
+    ("diversity", "diversity"),
+)
+
+
+def _measure_panel(ax, rows: list[dict], metric: str, ylabel: str) -> None:
+    """One measure of one table: a line per classifier (mean over seeds, error bar = seed std) against
+    lambda_sfsl; the baseline row dotted and the reference row dashed in the classifier's colour."""
+    classifiers = sorted({m.split("/", 1)[1] for r in rows for m in r["stats"] if m.startswith(f"{metric}/")})
+    for k, c in enumerate(classifiers):
+        color, key = f"C{k % 10}", f"{metric}/{c}"
+        pts = sorted(
+            (r["lambda_sfsl"], r["stats"][key]) for r in rows if r["row"] == "images" and key in r["stats"]
+        )
+        pts = [(x, s) for x, s in pts if s["mean"] is not None]
+        if pts:
+            ax.errorbar([x for x, _ in pts], [s["mean"] for _, s in pts], yerr=[s["std"] or 0.0 for _, s in pts],
+                        marker="o", capsize=3, color=color, label=c)  # fmt: skip
+        for r in rows:
+            s = r["stats"].get(key)
+            if r["row"] in ("baseline", "reference") and s and s["mean"] is not None:
+                style = ":" if r["row"] == "baseline" else "--"
+                ax.axhline(s["mean"], color=color, linestyle=style, linewidth=1)
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlim(left=-0.002)
+    ax.set_xlabel("lambda_sfsl")
+    ax.set_title(ylabel, fontsize=9)
+    if classifiers:
+        ax.legend(fontsize=7)
+
+
+def measures_vs_lambda(rows: list[dict], path: Path, title: str) -> Path | None:
+    """One table's similarity, KID and diversity against lambda_sfsl (a panel each, a line per classifier;
+    error bars: seed std; dotted: baseline; dashed: references), or None when its runs measured none."""
+    present = [
+        (m, label) for m, label in MEASURES if any(k.startswith(f"{m}/") for r in rows for k in r["stats"])
+    ]
+    if not present:
+        return None
+    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.4), squeeze=False)
+    for ax, (metric, label) in zip(axes[0], present, strict=True):
+        _measure_panel(ax, rows, metric, label)
+    return _save(fig, path, title + " (bars: seed std; dotted: baseline; dashed: references)")
+
+
 def _save(fig, path: Path, title: str) -> Path:
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

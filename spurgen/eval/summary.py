@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from spurgen.eval import metrics as M
+from spurgen.eval.distribution import distribution_numbers
 from spurgen.eval.imagesets import ReferencePool
 from spurgen.eval.plan import EvalPlan
 from spurgen.eval.predict import Predictions, SetPredictions
@@ -58,6 +59,16 @@ def set_numbers(
     result["per_template"] = per_template
     result["images_per_s"] = {c: _finite(p.images_per_s) for c, p in preds.items()}
     return result
+
+
+def add_distribution(
+    numbers: dict, preds: dict[str, Predictions], ref_features: dict[str, np.ndarray] | None
+) -> None:
+    """Over the whole set (not per template), each classifier's diversity and, with ref_features (the
+    references' phi; not given for the reference set itself), its KID to the references
+    (spurgen.eval.distribution), into numbers["per_classifier"][c]."""
+    for c, nums in numbers["per_classifier"].items():
+        nums.update(distribution_numbers(preds[c].features, (ref_features or {}).get(c)))
 
 
 def _finite(x: float) -> float | None:
@@ -115,17 +126,21 @@ def measure_sets(
     other_components: SetPredictions | None = None,
 ) -> tuple[dict, dict]:
     """(numbers per image set, spurious score per classifier). Similarity is to each classifier's normalised
-    mean reference feature m when a reference set was predicted. other_components: predictions on the
-    images of the reference class's other Spurious ImageNet components (plan.reference_pool.others)."""
-    ref_means = None
+    mean reference feature m, and KID is to the reference features, when a reference set was predicted;
+    diversity is measured on every set. other_components: predictions on the images of the reference class's
+    other Spurious ImageNet components (plan.reference_pool.others)."""
+    ref_means, ref_features = None, None
     if "reference" in preds:
-        ref_means = {c: M.normalized_mean(p.features) for c, p in preds["reference"].per_classifier.items()}
+        ref_features = {c: p.features for c, p in preds["reference"].per_classifier.items()}
+        ref_means = {c: M.normalized_mean(f) for c, f in ref_features.items()}
     numbers = {
         name: set_numbers(
             p.per_classifier, plan.target, plan.sets[name].templates, seed, bootstrap, ref_means
         )
         for name, p in preds.items()
     }
+    for name, p in preds.items():
+        add_distribution(numbers[name], p.per_classifier, None if name == "reference" else ref_features)
     scores = {}
     if val is not None:
         for c, vp in val.per_classifier.items():
@@ -161,14 +176,15 @@ def flat_metrics(
     sets: dict[str, dict], scores: dict[str, dict], memorisation: dict[str, dict] | None = None
 ) -> dict[str, float]:
     """`split/name/<classifier>` keys for loggers: eval/... for the evaluated images, eval_reference/...,
-    eval_baseline/...; eval_reference/spurious_score_{ap,auc}_all_components/<c> is the official score (all the
+    eval_baseline/... (name: spurious_rate, top5_rate, mean_p_target, similarity, kid, diversity; kid not for
+    the reference set); eval_reference/spurious_score_{ap,auc}_all_components/<c> is the official score (all the
     class's components) beside eval_reference/spurious_score_{ap,auc}/<c> (the reference set's component);
     with a memorisation check, its keys (memorisation_metrics)."""
     flat: dict[str, float] = {}
     for set_name, numbers in sets.items():
         pre = SET_PREFIX.get(set_name, f"eval_{set_name}")
         for c, nums in numbers["per_classifier"].items():
-            for key in ("spurious_rate", "top5_rate", "mean_p_target", "similarity"):
+            for key in ("spurious_rate", "top5_rate", "mean_p_target", "similarity", "kid", "diversity"):
                 if key in nums:
                     flat[f"{pre}/{key}/{c}"] = nums[key]["value"]
         flat[f"{pre}/consistency_all"] = numbers["consistency"]["all"]["value"]

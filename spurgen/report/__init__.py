@@ -11,13 +11,18 @@ and seed) but do not are listed, never dropped silently; so are runs that failed
 never started. Runs of one identity that started from different base weights (metrics.json "model_weights")
 are split into tables of their own.
 
-Reading runs: collect.py. Tables and their statistics: aggregate.py (names: titles.py). Output: csv_rows.py
-(report.csv), markdown.py (report.md), figures.py, wandb_run.py; write.py puts them together.
+Per table, classifier and lambda_sfsl > 0, the effect-shown rule (effects.py) compares the row's mean with the
+lambda_sfsl = 0 row's against the pooled seed spread, for the spurious rate and the similarity; every line is
+listed, shown or not.
+
+Reading runs: collect.py. Tables and their statistics: aggregate.py (names: titles.py). The rule: effects.py.
+Output: csv_rows.py (report.csv, effects.csv), markdown.py (report.md), figures.py, wandb_run.py; write.py puts
+them together.
 """
 
 from spurgen.report.aggregate import aggregate, table_differences
 from spurgen.report.collect import Run, Sweep, collect
-from spurgen.report.csv_rows import CSV_FIELDS, csv_lines
+from spurgen.report.csv_rows import CSV_FIELDS, EFFECT_FIELDS, csv_lines, effect_lines
 from spurgen.report.markdown import markdown
 from spurgen.report.titles import table_title
 from spurgen.report.wandb_run import push_wandb, training_group
@@ -25,11 +30,13 @@ from spurgen.report.write import write_report
 
 __all__ = [
     "CSV_FIELDS",
+    "EFFECT_FIELDS",
     "Run",
     "Sweep",
     "aggregate",
     "collect",
     "csv_lines",
+    "effect_lines",
     "markdown",
     "push_wandb",
     "table_differences",

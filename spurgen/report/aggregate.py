@@ -14,6 +14,7 @@ from spurgen.report.collect import Run, Sweep
 from spurgen.report.titles import class_suffix
 
 SETS = ("reference", "baseline", "images")  # row order within a table
+DISTRIBUTION_METRICS = ("similarity", "kid", "diversity")  # per classifier, where metrics.json has them
 VALUE_CHARS = 60  # a config value longer than this is cut in the table headings
 
 
@@ -28,12 +29,14 @@ def _stats(values: list[float]) -> dict:
 
 
 def _numbers(block: dict) -> dict[str, float]:
-    """The report's numbers of one image set of one run: `spurious_rate/<c>`, `similarity/<c>`, consistency."""
+    """The report's numbers of one image set of one run: `spurious_rate/<c>`, and where measured
+    `similarity/<c>`, `kid/<c>`, `diversity/<c>` (spurgen/eval/distribution.py); consistency."""
     out = {}
     for c, nums in block["per_classifier"].items():
         out[f"spurious_rate/{c}"] = nums["spurious_rate"]["value"]
-        if "similarity" in nums:
-            out[f"similarity/{c}"] = nums["similarity"]["value"]
+        for key in DISTRIBUTION_METRICS:
+            if key in nums:
+                out[f"{key}/{c}"] = nums[key]["value"]
     out["consistency_all"] = block["consistency"]["all"]["value"]
     out["consistency_at_least_half"] = block["consistency"]["at_least_half"]["value"]
     return out

@@ -37,3 +37,43 @@ def csv_lines(rows: list[dict]) -> list[dict]:
             )
             out.append(line)
     return out
+
+
+EFFECT_FIELDS = [
+    "method_version",
+    "class_index",
+    "class_name",
+    "class_file",
+    "component",
+    "identity",
+    "lambda_sfsl",
+    "classifier",
+    "metric",
+    "mean_0",
+    "n_seeds_0",
+    "mean",
+    "n_seeds",
+    "difference",
+    "spread",
+    "verdict",
+    "pooled_rate_0",
+    "pooled_ci_low_0",
+    "pooled_ci_high_0",
+    "pooled_rate",
+    "pooled_ci_low",
+    "pooled_ci_high",
+]
+
+
+def effect_lines(found: list[dict]) -> list[dict]:
+    """effects.csv: one line per table, lambda_sfsl > 0, classifier and metric (spurgen/report/effects.py), the
+    pooled 95% Wilson intervals of the spurious rate in columns of their own (empty for the similarity)."""
+    out = []
+    for e in found:
+        line = {k: e[k] for k in EFFECT_FIELDS if k in e and not k.startswith("pooled")}
+        for suffix, pooled in (("_0", e["pooled_0"]), ("", e["pooled"])):
+            line[f"pooled_rate{suffix}"] = pooled["rate"] if pooled else ""
+            line[f"pooled_ci_low{suffix}"] = pooled["ci"][0] if pooled else ""
+            line[f"pooled_ci_high{suffix}"] = pooled["ci"][1] if pooled else ""
+        out.append(line)
+    return out

@@ -35,8 +35,9 @@ def _grid_rows(table_runs: list[Run], all_runs: list[Run]) -> list[tuple[str, li
 
 
 def figures(sweep: Sweep, rows: list[dict], out: Path) -> dict[str, Path]:
-    """The rate-vs-lambda figure of each method version and the image grid of each table."""
-    from spurgen.eval.figures import class_grid, rate_vs_lambda
+    """The rate-vs-lambda figure of each method version; per table its image grid and its similarity, KID and
+    diversity against lambda_sfsl."""
+    from spurgen.eval.figures import class_grid, measures_vs_lambda, rate_vs_lambda
 
     figures: dict[str, Path] = {}
     tables: dict[tuple, list[Run]] = defaultdict(list)
@@ -53,9 +54,16 @@ def figures(sweep: Sweep, rows: list[dict], out: Path) -> dict[str, Path]:
     for table, truns in sorted(tables.items()):
         version, (index, _, _), identity = table
         alone = sum(1 for t in tables if t[0] == version and t[1][0] == index) == 1
-        name = f"images_{index}_v{version}.png" if alone else f"images_{index}_{identity[:8]}_v{version}.png"
+        stem = f"{index}_v{version}" if alone else f"{index}_{identity[:8]}_v{version}"
+        name = f"images_{stem}.png"
         title = f"{table_title(truns[0].class_name, table)}: reference, baseline, generated"
         grid = class_grid(_grid_rows(truns, sweep.runs), out / "figures" / name, title)
         if grid:
             figures[f"grid:{table_id(table)}"] = grid
+        title = f"{table_title(truns[0].class_name, table)}: similarity, KID, diversity"
+        measures = measures_vs_lambda(
+            [r for r in rows if r["table"] == table], out / "figures" / f"measures_{stem}.png", title
+        )
+        if measures:
+            figures[f"measures:{table_id(table)}"] = measures
     return figures

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from spurgen.report.aggregate import table_differences
+from spurgen.report.aggregate import DISTRIBUTION_METRICS, table_differences
 from spurgen.report.collect import Sweep
+from spurgen.report.effects import RULE, table_effects
 from spurgen.report.titles import table_id, table_title
 
 
@@ -67,6 +68,55 @@ def _table_lines(trows: list[dict], differences: list[str]) -> list[str]:
             f"{sum(sims) / len(sims):.3f}" if sims else "–",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines + _distribution_lines(trows) + _effect_lines(trows)
+
+
+DISTRIBUTION_NAMES = {"similarity": "similarity", "kid": "KID", "diversity": "diversity"}
+
+
+def _distribution_lines(trows: list[dict]) -> list[str]:
+    """Per classifier, each row's similarity, KID to the references and diversity (mean ± seed std), where
+    the runs measured them."""
+    keys = sorted({m for r in trows for m in r["stats"] if m.split("/", 1)[0] in DISTRIBUTION_METRICS})
+    keys.sort(key=lambda m: DISTRIBUTION_METRICS.index(m.split("/", 1)[0]))
+    if not keys:
+        return []
+    head = ["row", *[f"{DISTRIBUTION_NAMES[m.split('/', 1)[0]]} {m.split('/', 1)[1]}" for m in keys]]
+    lines = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in trows:
+        lines.append("| " + " | ".join([_row_label(r), *[_fmt(r["stats"].get(m)) for m in keys]]) + " |")
+    return lines
+
+
+def _wilson(p: dict | None) -> str:
+    return "–" if not p else f"{p['rate']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]"
+
+
+def _difference(e: dict) -> str:
+    if e["difference"] is None:
+        return "–"
+    spread = "–" if e["spread"] is None else f"{e['spread']:.3f}"
+    return f"{e['difference']:+.3f} / {spread}"
+
+
+def _effect_lines(trows: list[dict]) -> list[str]:
+    """The effect-shown rule (spurgen/report/effects.py) per lambda_sfsl > 0 and classifier, for the spurious
+    rate (with both rows' pooled 95% Wilson intervals) and the similarity; every line, shown or not."""
+    found = table_effects(trows)
+    if not found:
+        return []
+    head = ["lambda_sfsl", "classifier", "rate pooled 95% Wilson: λ=0 → λ", "rate diff / spread", "rate effect",
+            "similarity diff / spread", "similarity effect"]  # fmt: skip
+    lines = ["", "Effect of lambda_sfsl against lambda_sfsl = 0 (diff: mean difference; spread: pooled seed "
+             "spread):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    pairs = {(e["lambda_sfsl"], e["classifier"]): {} for e in found}
+    for e in found:
+        pairs[(e["lambda_sfsl"], e["classifier"])][e["metric"]] = e
+    for (lam, c), by in pairs.items():
+        rate, sim = by["spurious_rate"], by["similarity"]
+        cells = [f"{lam:g}", c, f"{_wilson(rate['pooled_0'])} → {_wilson(rate['pooled'])}", _difference(rate),
+                 rate["verdict"], _difference(sim), sim["verdict"]]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -89,7 +139,12 @@ def _intro(sweep: Sweep, versions: list[str]) -> list[str]:
         "identity (the resolved config less seed, lambda_sfsl, the class, paths, logging and keys that cannot "
         "change results): runs of different identities are never averaged. Cells: mean ± seed-to-seed std "
         "(n = seeds). Reference and baseline rows do not depend on lambda_sfsl (one value per seed). "
-        "Similarity: cos(phi(x), m) averaged over the classifiers (per classifier in report.csv).",
+        "Similarity: cos(phi(x), m) averaged over the classifiers in the first table, per classifier in the "
+        "second, beside KID to the references (unbiased MMD² of the classifier's features, kernel "
+        "(x·y/d + 1)³, all images against all references) and diversity (mean pairwise 1 − cosine of the "
+        "features within a set; the reference row's is the yardstick).",
+        "",
+        RULE,
         "",
     ]
     if len(versions) > 1:
@@ -115,6 +170,12 @@ def markdown(sweep: Sweep, rows: list[dict], figures: dict[str, Path], out_dir: 
             lines += _table_lines([r for r in rows if r["table"] == table], differences.get(table, []))
             grid = figures.get(f"grid:{table_id(table)}")
             lines += ["", f"![reference beside generated]({grid.relative_to(out_dir)})" if grid else "", ""]
+            measures = figures.get(f"measures:{table_id(table)}")
+            if measures:
+                lines += [
+                    f"![similarity, KID and diversity vs lambda_sfsl]({measures.relative_to(out_dir)})",
+                    "",
+                ]
     lines += ["## Missing or failed runs", ""]
     lines += [f"- `{where}`: {why}" for where, why in sweep.problems] or ["None."]
     if sweep.conflicts:

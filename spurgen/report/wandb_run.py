@@ -34,8 +34,11 @@ def _wandb_project(sweep: Sweep) -> tuple[str, str | None]:
     return "spurgen", None
 
 
-def push_wandb(sweep: Sweep, lines: list[dict], figures: dict[str, Path]) -> None:
-    """The table and figures as one W&B run (job_type report) in the sweep's group."""
+def push_wandb(
+    sweep: Sweep, lines: list[dict], figures: dict[str, Path], effects: list[dict] | None = None
+) -> None:
+    """The table, the effect-shown lines (effects.csv) and figures as one W&B run (job_type report) in the
+    sweep's group."""
     import wandb
 
     from spurgen.loggers import wandb_mode
@@ -51,12 +54,9 @@ def push_wandb(sweep: Sweep, lines: list[dict], figures: dict[str, Path]) -> Non
         mode=wandb_mode("auto"),
         reinit="finish_previous",
     )
-    cols = list(lines[0]) if lines else ["metric"]
-    # W&B tables need one type per column: a column mixing numbers and text (lambda_sfsl is "" on the
-    # reference and baseline rows) becomes text
-    mixed = {c for c in cols if len({isinstance(ln[c], str) for ln in lines if ln[c] is not None}) > 1}
-    data = [[str(ln[c]) if c in mixed and ln[c] is not None else ln[c] for c in cols] for ln in lines]
-    payload = {"report/table": wandb.Table(columns=cols, data=data)}
+    payload = {"report/table": _table(wandb, lines, "metric")}
+    if effects:
+        payload["report/effects"] = _table(wandb, effects, "verdict")
     payload.update({f"report/{k.replace(':', '_')}": wandb.Image(str(p)) for k, p in figures.items()})
     if sweep.problems:
         payload["report/problems"] = wandb.Table(
@@ -64,3 +64,12 @@ def push_wandb(sweep: Sweep, lines: list[dict], figures: dict[str, Path]) -> Non
         )
     run.log(payload)
     run.finish()
+
+
+def _table(wandb, lines: list[dict], empty_column: str):
+    """A W&B table of dict lines. W&B tables need one type per column: a column mixing numbers and text
+    (lambda_sfsl is "" on the reference and baseline rows) becomes text."""
+    cols = list(lines[0]) if lines else [empty_column]
+    mixed = {c for c in cols if len({isinstance(ln[c], str) for ln in lines if ln[c] is not None}) > 1}
+    data = [[str(ln[c]) if c in mixed and ln[c] is not None else ln[c] for c in cols] for ln in lines]
+    return wandb.Table(columns=cols, data=data)

@@ -17,6 +17,7 @@ from spurgen import imagenet
 from spurgen.config import METHOD_VERSION
 from spurgen.eval import outputs
 from spurgen.eval.classifiers import build_classifiers, random_classifiers
+from spurgen.eval.distribution import log_distribution
 from spurgen.eval.memorisation import log_memorisation, measure_memorisation
 from spurgen.eval.plan import EvalPlan, plan_evaluation
 from spurgen.eval.predict import SetPredictions, pick_device, predict_set
@@ -64,6 +65,7 @@ def run_plan(
     result = describe(plan, ev, models, numbers, scores, memo)
     log_scores(scores)
     log_memorisation(memo)
+    log_distribution(numbers)
     result["seconds"] = round(time.time() - t0, 2)
     result.update(stamp or {})
     rows, chart = write_outputs(out_dir, result, plan, preds)
