@@ -68,9 +68,12 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict:
     if is_global_zero():
         _record_stage_seconds(run_dir, seconds)
     if "evaluate" in result:
+        from spurgen.eval.documented import documented_lines
         from spurgen.eval.outputs import summary_table
 
-        print(f"\n{summary_table(result['evaluate'])}\nall outputs: {run_dir}", flush=True)
+        documented = documented_lines(cfg, result["evaluate"])  # this setting's figures over several seeds
+        extra = f"\n\n{documented}" if documented else ""
+        print(f"\n{summary_table(result['evaluate'])}{extra}\nall outputs: {run_dir}", flush=True)
     return result
 
 
