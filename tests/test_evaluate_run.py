@@ -34,6 +34,15 @@ def test_run_train_generate_evaluate(tmp_path):
     assert m["model_is_tiny_random"] is True and m["generator_is_tiny_random"] is True
     assert set(m["results"]) == {"images", "baseline", "reference"}  # the run's (demo) references
     assert "eval/similarity/tiny_vit" in m["metrics"]
+    # KID to the references for the generated and baseline sets (not the references), diversity for every set
+    kid = m["results"]["images"]["per_classifier"]["tiny_vit"]["kid"]
+    assert kid["n"] == 3 and kid["n_reference"] >= 2 and m["metrics"]["eval/kid/tiny_vit"] == kid["value"]
+    assert (
+        "eval_baseline/kid/tiny_effnet" in m["metrics"] and "eval_reference/kid/tiny_vit" not in m["metrics"]
+    )
+    assert all(
+        f"{s}/diversity/tiny_byobnet" in m["metrics"] for s in ("eval", "eval_baseline", "eval_reference")
+    )
     assert (
         "eval/spurious_rate/tiny_effnet" in m["metrics"]
         and "eval_baseline/spurious_rate/tiny_vit" in m["metrics"]
