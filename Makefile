@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install browser test test-fast lint format run bench bench-gpu mini-weights mini-references clean
+.PHONY: help install browser test test-fast lint format run bench bench-peer bench-gpu mini-weights mini-references clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,12 @@ run:  ## the default run, the mini world: train -> generate -> evaluate
 bench:  ## benchmark suite (docs/benchmarks/BENCHMARKS.md) and the default run's step, piece by piece (STEP_BREAKDOWN.md)
 	$(PY) experiments/bench.py --out docs/benchmarks
 	$(PY) -m experiments.step_breakdown --out docs/benchmarks
+
+# diffusers' train_dreambooth.py is not shipped: get it once (docs/performance.md), then
+#   make bench-peer DREAMBOOTH_SCRIPT=/tmp/train_dreambooth.py
+bench-peer:  ## spurgen's lambda=0 step against diffusers' train_dreambooth.py (PEER_RATIO.md; needs DREAMBOOTH_SCRIPT=path)
+	@test -n "$(DREAMBOOTH_SCRIPT)" || { echo "make bench-peer needs DREAMBOOTH_SCRIPT=<path to diffusers' examples/dreambooth/train_dreambooth.py> (docs/performance.md says how to get it)"; exit 2; }
+	$(PY) -m experiments.peer_ratio --dreambooth-script "$(DREAMBOOTH_SCRIPT)" --out docs/benchmarks
 
 bench-gpu:  ## SD 1.5's architecture at 512² in bf16 on a CUDA GPU (writes docs/benchmarks/BENCHMARKS_GPU.md)
 	$(PY) experiments/bench_gpu.py --out docs/benchmarks
