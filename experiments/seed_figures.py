@@ -45,14 +45,18 @@ def recomposed_identity(folder: Path) -> tuple[str, list[str]]:
 
     register_configs()
     register_resolvers()
-    overrides = [o for o in load_yaml(folder / ".hydra" / "overrides.yaml") or [] if not o.startswith("hydra")]
+    overrides = [
+        o for o in load_yaml(folder / ".hydra" / "overrides.yaml") or [] if not o.startswith("hydra")
+    ]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         today = compose("config", overrides=overrides)
     saved = flat_config(OmegaConf.create(load_yaml(folder / ".hydra" / "config.yaml")))
     now = flat_config(today)
     for key in sorted(saved):
         if key not in now or json.dumps(now[key], default=str) != json.dumps(saved[key], default=str):
-            raise ValueError(f"{folder}: {key} was {saved[key]!r}, today's config has {now.get(key, '<unset>')!r}")
+            raise ValueError(
+                f"{folder}: {key} was {saved[key]!r}, today's config has {now.get(key, '<unset>')!r}"
+            )
     return run_identity(today), sorted(set(now) - set(saved))
 
 
@@ -133,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     if threads is None:
         from spurgen.report.collect import collect, load_yaml
 
-        saved = {(load_yaml(r.folder / ".hydra" / "config.yaml") or {}).get("threads") for r in collect(args.sweep).runs}
+        saved = {
+            (load_yaml(r.folder / ".hydra" / "config.yaml") or {}).get("threads")
+            for r in collect(args.sweep).runs
+        }
         threads = saved.pop() if len(saved) == 1 else None
     out = args.out or figures_path()
     write_json(out, {
@@ -144,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         "keys_added_since": new_keys,
         "entries": entries,
     })  # fmt: skip
-    print(f"{len(entries)} entries -> {out}" + (f" (keys the runs lacked: {', '.join(new_keys)})" if new_keys else ""))
+    print(
+        f"{len(entries)} entries -> {out}"
+        + (f" (keys the runs lacked: {', '.join(new_keys)})" if new_keys else "")
+    )
     return 0
 
 

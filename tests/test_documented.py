@@ -35,7 +35,9 @@ def entry_for(cfg, lam=0.1):
         "lambda_sfsl": lam,
         "seeds": [0, 1, 2],
         "images": {"clf_a": {"spurious_rate": stats(0.5, 0.25, 0.75), "similarity": stats(0.6, 0.55, 0.65)}},
-        "baseline": {"clf_a": {"spurious_rate": stats(0.2, 0.125, 0.25), "similarity": stats(0.4, 0.39, 0.41)}},
+        "baseline": {
+            "clf_a": {"spurious_rate": stats(0.2, 0.125, 0.25), "similarity": stats(0.4, 0.39, 0.41)}
+        },
     }
 
 

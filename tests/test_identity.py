@@ -139,7 +139,9 @@ def test_the_identity_of_a_run_on_shipped_assets_does_not_depend_on_where_spurge
     here = run_identity(cfg)
     cfg.model.path = spurgen.config.asset_path("mini")  # the resolved text in place of the interpolation
     assert run_identity(cfg) == here
-    monkeypatch.setattr(spurgen.config, "asset_path", lambda name: f"/elsewhere/spurgen/assets/{name}".rstrip("/"))
+    monkeypatch.setattr(
+        spurgen.config, "asset_path", lambda name: f"/elsewhere/spurgen/assets/{name}".rstrip("/")
+    )
     cfg.model.path = "/elsewhere/spurgen/assets/mini"  # the same asset in another install
     assert run_identity(cfg) == here
     cfg.model.path = "/elsewhere/my_model"  # not an asset: the path itself

@@ -374,7 +374,9 @@ def test_each_distinct_prompt_is_encoded_once_with_the_same_values_and_gradients
     seen = []
     hook = te.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
     enc = module.encode_prompts(ids)
-    weights = torch.randn(enc.shape, generator=torch.Generator().manual_seed(0))  # a different gradient per row
+    weights = torch.randn(
+        enc.shape, generator=torch.Generator().manual_seed(0)
+    )  # a different gradient per row
     (enc * weights).sum().backward()
     shared = {n: p.grad.clone() for n, p in te.named_parameters()}
     te.zero_grad()
@@ -385,9 +387,11 @@ def test_each_distinct_prompt_is_encoded_once_with_the_same_values_and_gradients
     torch.testing.assert_close(module.encode_prompts(ids), whole, rtol=0, atol=1e-6)
     # summation order differs: float rounding only (a key bias's true gradient is 0, its computed one ~1e-6)
     for n, p in te.named_parameters():
-        torch.testing.assert_close(shared[n], p.grad, rtol=1e-3, atol=1e-4, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(shared[n], p.grad, rtol=1e-3, atol=1e-4, msg=lambda m, n=n: f"{n}: {m}")
     flat = torch.cat([p.grad.flatten() for p in te.parameters()])
-    assert (torch.cat([shared[n].flatten() for n, _ in te.named_parameters()]) - flat).norm() < 1e-4 * flat.norm()
+    assert (
+        torch.cat([shared[n].flatten() for n, _ in te.named_parameters()]) - flat
+    ).norm() < 1e-4 * flat.norm()
 
 
 def test_an_encoder_with_dropout_gets_the_whole_batch():

@@ -72,7 +72,9 @@ def seed_table(header: dict[str, Any], entry: dict[str, Any], result: dict) -> s
         ])  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    where = f"{header.get('machine', 'an unnamed machine')}, {header.get('threads', '?')} torch thread(s) per run"
+    where = (
+        f"{header.get('machine', 'an unnamed machine')}, {header.get('threads', '?')} torch thread(s) per run"
+    )
     return "\n".join([
         f"documented figures for this setting ({header.get('source', 'docs')}): mean [min, max] over seeds "
         f"{', '.join(str(s) for s in seeds)}; {where}; two-thread runs are not bitwise reproducible",
