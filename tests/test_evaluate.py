@@ -299,3 +299,32 @@ def test_wandb_offline_logs_table_chart_and_grid(data, tmp_path):
     assert runs and (out / "wandb_run_id.txt").exists()
     files = [p.name for p in runs[0].rglob("*")]
     assert any(f.endswith(".wandb") for f in files)
+
+
+def test_the_end_of_run_table_shows_rates_similarities_kid_and_diversity():
+    from spurgen.eval.outputs import summary_table
+
+    def block(rate, sim, kid=None, div=None):
+        out = {"spurious_rate": {"value": rate, "ci": [rate - 0.1, rate + 0.1], "n": 32},
+               "similarity": {"value": sim}}  # fmt: skip
+        out.update({"kid": {"value": kid}} if kid is not None else {})
+        out.update({"diversity": {"value": div}} if div is not None else {})
+        return {"per_classifier": {"a": out}}
+
+    result = {
+        "target": {"index": 111, "name": "nematode"},
+        "extractor": {"used": True, "name": "a"},
+        "results": {
+            "images": block(0.5, 0.61, 0.01234, 0.3),
+            "baseline": block(0.25, 0.4, 0.05, 0.35),
+            "reference": block(1.0, 0.9, None, 0.2),
+        },  # fmt: skip
+    }
+    lines = summary_table(result).splitlines()
+    assert lines[0].startswith("spurious rate = share of images classified as 111 (nematode)")
+    assert lines[2].split()[:4] == ["a", "(trained", "the", "SFSL)"] and "0.50 [0.40, 0.60] n=32" in lines[2]
+    assert lines[-2].split()[:5] == ["classifier", "KID", "generated", "KID", "baseline"]
+    assert lines[-1].split() == ["a", "0.0123", "0.0500", "0.300", "0.350", "0.200"]
+    for s in result["results"].values():  # an evaluation without the distribution measures: no second table
+        s["per_classifier"]["a"].pop("kid", None), s["per_classifier"]["a"].pop("diversity", None)
+    assert "KID" not in summary_table(result)

@@ -278,4 +278,29 @@ def summary_table(result: dict) -> str:
     ]
     target = result.get("target", {})
     return "\n".join([f"spurious rate = share of images classified as {target.get('index')} "
-                      f"({target.get('name')}); sim = cos(phi(x), m) to the references", *lines])  # fmt: skip
+                      f"({target.get('name')}); sim = cos(phi(x), m) to the references", *lines,
+                      *_distribution_lines(results, sets, names)])  # fmt: skip
+
+
+def _distribution_lines(results: dict, sets: list[str], names: dict[str, str]) -> list[str]:
+    """Per classifier, KID to the references and diversity of each set (spurgen/eval/distribution.py), or
+    nothing when the evaluation measured neither."""
+
+    def value(s: str, c: str, key: str) -> str:
+        v = (results[s]["per_classifier"][c].get(key) or {}).get("value")
+        return "-" if v is None else f"{v:.4f}" if key == "kid" else f"{v:.3f}"
+
+    classifiers = list(results.get("images", {}).get("per_classifier", {}))
+    kid_sets = [s for s in sets if s != "reference"]
+    header = ["classifier", *(f"KID {names[s]}" for s in kid_sets), *(f"diversity {names[s]}" for s in sets)]
+    rows = [
+        [c, *(value(s, c, "kid") for s in kid_sets), *(value(s, c, "diversity") for s in sets)]
+        for c in classifiers
+    ]
+    if not any(cell != "-" for r in rows for cell in r[1:]):
+        return []
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    table = [
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
+    ]
+    return ["", "KID = unbiased MMD² to the references' features; diversity = mean pairwise 1 - cos", *table]
