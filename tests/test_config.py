@@ -97,7 +97,7 @@ def test_no_experiment_composes_to_the_general_defaults():
     train = OmegaConf.load(Path(CONF_DIR) / "train" / "default.yaml")
     assert cfg.train == train and cfg.trainer.max_steps == 1000
     mini = OmegaConf.load(Path(CONF_DIR) / "experiment" / "mini.yaml")
-    assert load().trainer.max_steps == mini.trainer.max_steps == 500
+    assert load().trainer.max_steps == mini.trainer.max_steps == 200
 
 
 @pytest.mark.parametrize("group", ["data", "train", "loss"])

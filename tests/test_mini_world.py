@@ -46,10 +46,10 @@ def test_default_run_beats_the_baseline_on_held_out_similarity_and_is_marked(tra
     assert (run / "samples" / "final_grid.png").is_file() and (run / "eval" / "contact_sheet.html").is_file()
 
 
-# The effect test's own settings: a short fine-tune. It measures the trained pipeline's one-step predictions
+# The effect test's own settings: a short fine-tune at the learning rates its spreads were measured with. It measures the trained pipeline's one-step predictions
 # (experiments/probe.py), so it trains only; experiments/sfsl_effect.py adds the generation settings
 # (16 images, 15 steps, Lite0 alone) for the generated images' similarity it reports.
-EFFECT = ("trainer.max_steps=100", "stages=[train]")
+EFFECT = ("trainer.max_steps=100", "train.lr_unet=2e-4", "train.lr_text_encoder=5e-5", "stages=[train]")
 EFFECT_LAMBDA = 1.0
 # Seed-to-seed spread (max - min over seeds 0-4) with these settings (threads=1), measured by
 #   python -m experiments.sfsl_effect --seeds 0,1,2,3,4 --lambdas 0 (and --lambdas 1) <EFFECT> threads=1
