@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install browser test test-fast lint format run bench bench-peer bench-gpu mini-weights mini-references clean
+.PHONY: help install browser test test-fast lint format run bench bench-peer bench-gpu mini-weights mini-robust mini-references clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,11 @@ bench-gpu:  ## SD 1.5's architecture at 512² in bf16 on a CUDA GPU (writes docs
 
 mini-weights:  ## recreate the mini world's shipped weights (spurgen/assets/mini; about an hour on 2 CPU cores)
 	$(PY) -m experiments.mini_world.pretrain --part all --out spurgen/assets/mini --figure docs/mini_autoencoder.png
+
+# One thread: 45 minutes of training, then the gate (about 8 minutes on a loaded machine), under an hour.
+# The gate's verdict is in spurgen/assets/mini/robust/manifest.json: commit the weights only if it passed.
+mini-robust:  ## the robust mini extractor, adversarially fine-tuned Lite0 (spurgen/assets/mini/robust; under an hour)
+	$(PY) -m experiments.mini_world.robust_lite --minutes 45 --out spurgen/assets/mini/robust --figure docs/mini_robust_gradients.png
 
 mini-references:  ## re-pick the mini world's reference crops (spurgen/assets/mini/references)
 	$(PY) -m experiments.mini_world.pick_references --out spurgen/assets/mini/references

@@ -49,6 +49,8 @@ class FrozenImageModel(nn.Module):
         self.arch = type(model).__name__  # the architecture's name (a loader sets timm/torchvision's)
         self.weights: str | None = None  # the weights file it was loaded from, if any
         self._weights_sha256: str | None = None
+        # how the weights were made robust (norm, eps, ...; a loader sets it): part of the identity when set
+        self.robustness: dict | None = None
         self.channels_last = False  # set by spurgen.eval.predict.place; predict_set then feeds NHWC
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -105,10 +107,11 @@ class FrozenImageModel(nn.Module):
 
     def identity(self) -> dict:
         """What this model is, for run.json, spurgen.json, metrics.json, the W&B config and the report:
-        name, architecture, phi's layer, the weights file and its sha256, and whether it is random."""
+        name, architecture, phi's layer, the weights file and its sha256, whether it is random, and (for an
+        adversarially trained model whose loader knows it) its robustness: norm, eps and how it was trained."""
         if self.weights and self._weights_sha256 is None and Path(self.weights).is_file():
             self._weights_sha256 = sha256_file(Path(self.weights))
-        return {
+        identity = {
             "name": self.name,
             "arch": self.arch,
             "layer": self.layer,
@@ -116,6 +119,9 @@ class FrozenImageModel(nn.Module):
             "weights_sha256": self._weights_sha256,
             "is_random": bool(self.is_random),
         }
+        if self.robustness:
+            identity["robustness"] = dict(self.robustness)
+        return identity
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # phi(x), (B, D)
         return self.forward_prepared(self.prepare(x))[0]
