@@ -88,6 +88,29 @@ class LossConfig:
 
 
 @dataclass
+class GuidanceConfig:
+    """Sampling-time SFSL guidance (spurgen/methods/guidance.py): z_t moves against grad L_SFSL at the last K
+    sampler steps."""
+
+    _target_: str = MISSING
+    strength: float = MISSING  # s: the step against the gradient (0: the plain sampler, bit for bit)
+    last_k: int = MISSING  # guide the last K sampler steps
+    schedule: str = MISSING  # constant | linear (weight (j+1)/K at the j-th of the last K steps)
+
+
+@dataclass
+class MethodConfig:
+    """How a run makes its images (conf/method): what fine-tuning trains, whether L_SFSL may enter its
+    objective, and the sampling-time guidance."""
+
+    _target_: str = MISSING
+    name: str = MISSING  # dreambooth | sfsl | guidance | sfsl_guidance | textual_inversion
+    tuning: Any = MISSING  # a _target_ node (spurgen/methods/tuning.py), or null: no fine-tuning
+    sfsl_loss: bool = MISSING  # lambda_sfsl > 0 allowed (false: the method's objective has no L_SFSL)
+    guidance: GuidanceConfig | None = MISSING  # null: the plain sampler
+
+
+@dataclass
 class DataConfig:
     reference_dir: str | None = MISSING  # a plain folder of reference images
     spurious_imagenet_dir: str | None = (
@@ -210,6 +233,7 @@ class SpurgenConfig:
     model: Any = MISSING  # built with hydra.utils.instantiate (_target_)
     feature_extractor: Any = MISSING
     loss: LossConfig = field(default_factory=LossConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     trainer: dict[str, Any] = field(default_factory=dict)  # any lightning.Trainer argument

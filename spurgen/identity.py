@@ -3,7 +3,10 @@
 The identity is a hash of the resolved config less the keys that differ between seeds of one experiment (the
 seeds, lambda_sfsl, the target), the keys that say where and how a run was launched or logged, and the keys
 that cannot change its numbers (IGNORED_KEYS). Two runs of one identity and one class differ only in seed and
-lambda_sfsl; the report never counts runs of different identities as seeds.
+lambda_sfsl; the report never counts runs of different identities as seeds. The method (`method.*`,
+conf/method) is part of the identity, so runs of two methods, or of one guidance at two strengths, are never
+pooled; the default, method=sfsl as shipped, adds no key, so the runs made before the method group (all of
+them that method) keep their identity.
 
 Baseline and reference rows depend on far less than a fine-tuned run: the base model and generation
 settings (BASELINE_KEYS), or the reference source (REFERENCE_KEYS), plus the evaluation settings both share.
@@ -122,6 +125,23 @@ def flat_config(cfg: DictConfig | dict, ignored: tuple[str, ...] = IGNORED_KEYS)
     node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg or {})
     out: dict[str, Any] = {}
     _walk(node, "", ignored, out)
+    return _without_default_method(out)
+
+
+def _without_default_method(flat: dict[str, Any]) -> dict[str, Any]:
+    """The default method's keys (conf/method/sfsl.yaml, as shipped) left out: every run before the method group
+    was that method, and keeps its identity; any other method, or sfsl changed, enters with all its keys."""
+    from spurgen.config import CONF_DIR
+
+    default = OmegaConf.load(Path(CONF_DIR) / "method" / "sfsl.yaml")
+    shipped = _flat_node(default.method, "method.")
+    mine = {k: v for k, v in flat.items() if _under(k, ("method",))}
+    return {k: v for k, v in flat.items() if k not in mine} if mine == shipped else flat
+
+
+def _flat_node(node: DictConfig, prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _walk(node, prefix, (), out)
     return out
 
 
@@ -174,8 +194,8 @@ def reference_identity(cfg: DictConfig | dict) -> str:
 # What decides the weights training produces: a resumed run must continue with the same (trainer.* and the
 # generate/eval settings may change, e.g. trainer.max_steps to train longer).
 TRAINING_KEYS = (
-    "method_version", "model", "feature_extractor", "loss", "data", "train", "module", "target", "seed",
-    "lambda_sfsl",
+    "method_version", "method.tuning", "model", "feature_extractor", "loss", "data", "train", "module", "target",
+    "seed", "lambda_sfsl",
 )  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from spurgen.errors import SpurgenError
 from spurgen.losses import SpurgenObjective, StepTensors, denoising_target
+from spurgen.methods.tuning import FullTuning, TextualInversion
 from spurgen.models.parts import SDParts
 from spurgen.pipeline import SampleSettings, make_pipeline, sample
 
@@ -45,7 +46,8 @@ class ModuleSettings:
 
 
 class SpurgenModule(L.LightningModule):
-    """DreamBooth (UNet + text encoder trained jointly) with prior preservation and the SFSL.
+    """DreamBooth (UNet + text encoder trained jointly) with prior preservation and the SFSL. What the optimiser
+    trains is the method's `tuning` (spurgen/methods/tuning.py: FullTuning by default, or TextualInversion).
 
     Frozen: the VAE and the robust feature extractor, which the SFSL owns (eval mode always, no gradients,
     not in the optimiser, not in checkpoints). objective.sfsl may be None (lambda_sfsl = 0: no extractor is
@@ -60,6 +62,7 @@ class SpurgenModule(L.LightningModule):
         objective: SpurgenObjective,
         optimizer: OptimizerFactory,
         settings: ModuleSettings,
+        tuning: FullTuning | TextualInversion | None = None,
     ):
         super().__init__()
         self.parts = parts  # the bundle as built (model id, is_tiny_random, resolution); its modules are registered below
@@ -69,6 +72,7 @@ class SpurgenModule(L.LightningModule):
         self.objective = objective
         self.optimizer_factory = optimizer
         self.settings = settings
+        self.tuning = tuning or FullTuning()  # what the optimiser trains (spurgen/methods/tuning.py)
         self.seed = int(self.settings.seed)
         self.batches_seen = 0  # drives the per-batch generator and the data order; saved in checkpoints
         self.skipped_nonfinite = 0
@@ -93,8 +97,8 @@ class SpurgenModule(L.LightningModule):
         self.vae.eval()
         if self.feature_extractor is not None:
             self.feature_extractor.eval()
-        if not self.settings.train_text_encoder:
-            self.text_encoder.eval()
+        for module in self.tuning.frozen_modules(self):
+            module.eval()
         return self
 
     def frozen_prefixes(self) -> tuple[str, ...]:
@@ -112,12 +116,20 @@ class SpurgenModule(L.LightningModule):
         checkpoint["spurgen_state"] = {
             "batches_seen": self.batches_seen,
             "skipped_nonfinite": self.skipped_nonfinite,
+            "extractor_passes": self.extractor_passes(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("spurgen_state", {})
         self.batches_seen = int(state.get("batches_seen", 0))
         self.skipped_nonfinite = int(state.get("skipped_nonfinite", 0))
+        if self.objective.sfsl is not None and "extractor_passes" in state:
+            self.objective.sfsl.passes.restore(state["extractor_passes"])
+
+    def extractor_passes(self) -> dict[str, int]:
+        """Images through f so far in this run, forward and backward (cost accounting; zeros without f)."""
+        sfsl = self.objective.sfsl
+        return sfsl.passes.as_dict() if sfsl is not None else {"forward": 0, "backward": 0}
 
     def on_fit_start(self) -> None:
         """m is computed once per run, here, on the training device (a resumed run or each DDP rank computes
@@ -222,14 +234,11 @@ class SpurgenModule(L.LightningModule):
         memory (lower peak; on a CPU, fewer page faults: experiments/bench.py, section b)."""
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         optimizer.zero_grad(set_to_none=True)
+        self.tuning.after_optimizer_step(self)  # textual inversion: the other embeddings restored
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """The optimiser partial called with the trained parameter groups (fused off under mixed precision)."""
-        cfg = self.settings
-        groups = [{"params": [p for p in self.unet.parameters() if p.requires_grad], "lr": cfg.lr_unet}]
-        if cfg.train_text_encoder:
-            te = [p for p in self.text_encoder.parameters() if p.requires_grad]
-            groups.append({"params": te, "lr": cfg.lr_text_encoder})
+        """The optimiser partial called with the tuning's parameter groups (fused off under mixed precision)."""
+        groups = self.tuning.param_groups(self)
         # Lightning's mixed precision (16-mixed, bf16-mixed) refuses gradient clipping with a fused optimiser
         mixed = self._trainer is not None and "mixed" in str(self.trainer.precision)
         return self.optimizer_factory(groups, fused=False if mixed else None)

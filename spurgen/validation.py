@@ -104,6 +104,34 @@ def check_training(cfg: DictConfig) -> None:
 MODEL_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "noise_scheduler", "sample_scheduler")
 
 
+def check_method(cfg: DictConfig) -> None:
+    """The method group (conf/method): its objective, its guidance, and the settings each needs."""
+    method = cfg.method
+    if float(cfg.lambda_sfsl) > 0 and not method.sfsl_loss:
+        hint = "method=sfsl_guidance" if method.guidance is not None else "method=sfsl"
+        raise ConfigError(
+            "lambda_sfsl",
+            f"method={method.name} has no L_SFSL in its fine-tuning: lambda_sfsl must be 0, got "
+            f"{cfg.lambda_sfsl} ({hint} trains with it)",
+        )
+    tuning = method.tuning
+    if tuning is not None and str(tuning.get("_target_", "")).endswith("TextualInversion"):
+        if int(cfg.train.lora_rank) > 0:
+            raise ConfigError("train.lora_rank", f"method={method.name} trains one embedding: LoRA must be 0")
+    guidance = method.guidance
+    if guidance is None:
+        return
+    _nonneg(cfg, "method.guidance.strength")
+    _positive(cfg, "method.guidance.last_k")
+    _choice("method.guidance.schedule", guidance.schedule, ("constant", "linear"))
+    if str(cfg.loss.sfsl.reference) in ("paired", "ReferenceTarget.paired"):
+        raise ConfigError(
+            "loss.sfsl.reference", "paired needs a training image per sample: guidance uses mean or nearest"
+        )
+    if cfg.generate.dtype == "float16":
+        raise ConfigError("generate.dtype", "SFSL guidance decodes with gradients: float32 or bfloat16")
+
+
 def check_model_path(cfg: DictConfig) -> None:
     """A part read from model.path (model/<part>=pretrained) needs it set: model=local leaves it unset on
     purpose, and without this check a run would need the user to notice which weights it loaded."""
@@ -277,6 +305,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     problems.attempt(check_target, cfg)
     problems.attempt(check_training, cfg)
     problems.attempt(check_model_path, cfg)
+    problems.attempt(check_method, cfg)
     for key in NONNEGATIVE:
         problems.attempt(_nonneg, cfg, key)
     for key in POSITIVE:

@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parents[1] / "spurgen"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "seeds", "files", "imagenet", "prompts", "build", "sweep", "torch_threads"),
     ("config", "distributed", "loggers"),
-    ("data", "models", "losses", "eval", "optim", "pipeline"),
+    ("data", "models", "losses", "methods", "eval", "optim", "pipeline"),
     ("module", "callbacks", "checkpointing", "identity", "validation"),
     ("stages", "report", "dashboards", "review"),
     ("cli", "run", "__init__", "__main__"),

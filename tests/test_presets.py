@@ -205,3 +205,46 @@ def test_extractor_identity_hashes_its_weights_file(madry_file):
     ident = build(cfg.feature_extractor).identity()
     assert ident["weights_sha256"] == hashlib.sha256(madry_file.read_bytes()).hexdigest()
     assert ident["arch"] == "torchvision:resnet50" and ident["layer"] == "pool" and not ident["is_random"]
+
+
+METHODS = sorted(p.stem for p in (Path(CONF_DIR) / "method").glob("*.yaml"))
+# method -> (lambda_sfsl, lambda_prior, what fine-tuning trains (None: none), L_SFSL allowed, guidance settings)
+METHOD_PRESETS = {
+    "dreambooth": (0.0, 1.0, "FullTuning", False, None),
+    "sfsl": (0.1, 1.0, "FullTuning", True, None),
+    "guidance": (0.0, 1.0, None, False, {"strength": 1.0, "last_k": 10, "schedule": "constant"}),
+    "sfsl_guidance": (0.1, 1.0, "FullTuning", True, {"strength": 1.0, "last_k": 10, "schedule": "constant"}),
+    "textual_inversion": (0.0, 0.0, "TextualInversion", True, None),
+}
+
+
+def test_every_method_has_a_preset_test():
+    assert sorted(METHOD_PRESETS) == METHODS
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_builds_what_it_says(name):
+    """Each method's loss weights, whether and what it fine-tunes, and its guidance, from the built objects;
+    the rest of the run is the default's (experiment=tiny here)."""
+    lam, prior, tuning, sfsl_loss, guidance = METHOD_PRESETS[name]
+    cfg = validate(load(*TINY, f"method={name}"))
+    method = build(cfg.method)
+    assert method.name == name and cfg.loss.lambda_sfsl == cfg.lambda_sfsl == lam
+    assert cfg.loss.lambda_prior == prior and method.sfsl_loss is sfsl_loss
+    assert (type(method.tuning).__name__ if method.fine_tunes else None) == tuning
+    assert (method.guidance.describe() if method.guidance else None) == guidance
+    default = load(*TINY)
+    if guidance and not method.fine_tunes:  # nothing learnt the identifier: the class prompt
+        assert cfg.data.instance_prompt == cfg.data.class_prompt
+    elif tuning == "TextualInversion":  # a new token, trained alone; the prompt's shape is the default's
+        assert (
+            method.tuning.token == cfg.data.identifier == "<spurgen-v>"
+            and method.tuning.initializer == "flower"
+        )
+        assert cfg.data.instance_prompt == default.data.instance_prompt.replace("sks", "<spurgen-v>")
+    else:
+        assert cfg.data.instance_prompt == default.data.instance_prompt
+    same = ("model", "train", "trainer", "module", "generate", "feature_extractor", "eval")
+    assert [k for k in same if cfg[k] != default[k]] == []
+    assert cfg.callbacks.samples.prompt == cfg.data.instance_prompt  # validation samples: the method's prompt
+    assert cfg.loss.sfsl == default.loss.sfsl  # guidance and the training term share one L_SFSL node

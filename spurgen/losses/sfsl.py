@@ -95,6 +95,33 @@ def decode_to_unit(
     return (x.float() + 1) / 2
 
 
+@dataclass
+class ExtractorPasses:
+    """Images through the extractor f, forward and backward: the cost accounting of a run (run.json, `cost`).
+    An image counts once per forward call of f and once when a gradient flows back through f's output."""
+
+    forward: int = 0
+    backward: int = 0
+
+    def count(self, phi: torch.Tensor) -> torch.Tensor:
+        """phi (N, D), f's output: N forward passes now, N backward passes if and when its gradient is taken."""
+        n = int(phi.shape[0])
+        self.forward += n
+        if phi.requires_grad:
+            phi.register_hook(partial(self._backward, n))
+        return phi
+
+    def _backward(self, n: int, grad: torch.Tensor) -> None:
+        self.backward += n
+
+    def as_dict(self) -> dict[str, int]:
+        return {"forward": self.forward, "backward": self.backward}
+
+    def restore(self, counts: dict) -> None:
+        """A resumed run continues its counts from the checkpoint."""
+        self.forward, self.backward = int(counts.get("forward", 0)), int(counts.get("backward", 0))
+
+
 @dataclass(frozen=True)
 class _Decoder:
     """The frozen VAE D and the schedule's prediction type, bound once by the module. A plain attribute, not a
@@ -166,6 +193,7 @@ class SpuriousFeatureSimilarityLoss(nn.Module):
         self.decoder_checkpointing = bool(decoder_checkpointing)
         self.decode_at_extractor_size = bool(decode_at_extractor_size)
         self.mean_free = bool(mean_free)
+        self.passes = ExtractorPasses()  # images through f (cost accounting)
         self._decoder: _Decoder | None = None
         self.register_buffer("alphas_cumprod", torch.empty(0), persistent=False)  # (T,)
         self.register_buffer("reference_images", torch.empty(0), persistent=False)  # (R, 3, H, W)
@@ -210,7 +238,7 @@ class SpuriousFeatureSimilarityLoss(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """phi(x) = f(x) with autocast disabled, in float32 (references and decoded images alike).  (N, D)"""
         with torch.autocast(x.device.type, enabled=False):
-            return self.extractor.features(x.float()).float()
+            return self.passes.count(self.extractor.features(x.float()).float())
 
     def reference_points(self) -> torch.Tensor:
         """The references as the distance sees them: phi / ||phi|| for cosine, raw phi for mse.  (R, D)"""
@@ -279,8 +307,26 @@ class SpuriousFeatureSimilarityLoss(nn.Module):
             mean = out.mean(dim=(2, 3), keepdim=True)  # integrates over its steps: docs/mini_world.md)
             out = out - mean + mean.detach()
         z0_hat = predict_z0(z_t[keep], out, ab, self._decoder.prediction_type)
+        pairs = None if pair_index is None else pair_index[keep.to(pair_index.device)]
+        return self.value_at(z0_hat, pairs)
+
+    @property
+    def prediction_type(self) -> str:
+        if self._decoder is None:
+            raise RuntimeError(
+                "the SFSL is not bound to a VAE and schedule (sfsl.bind(vae, noise_scheduler))"
+            )
+        return self._decoder.prediction_type
+
+    def value_at(self, z0_hat: torch.Tensor, pair_index: torch.Tensor | None = None) -> torch.Tensor:
+        """L_SFSL of z0_hat (N, 4, h, w), averaged over N: x0_hat = D(z0_hat / s) in [0, 1], phi, the distance to
+        the reference target. The training step and the sampler's guidance (spurgen/methods/guidance.py) both
+        take this path."""
+        if self._decoder is None:
+            raise RuntimeError(
+                "the SFSL is not bound to a VAE and schedule (sfsl.bind(vae, noise_scheduler))"
+            )
         size = int(self.extractor.input_size) if self.decode_at_extractor_size else self.decode_size
         x0_hat = decode_to_unit(self._decoder.vae, z0_hat, size, self.decoder_checkpointing)
         phi = self.features(x0_hat)
-        pairs = None if pair_index is None else pair_index[keep.to(pair_index.device)]
-        return self.distance_to_reference(phi, pairs)
+        return self.distance_to_reference(phi, pair_index)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ SETTING_KEYS = (
     "guidance",
     "resolution",
     "model",
+    "sfsl_guidance",  # the guidance's settings (method.guidance), or None: the plain sampler
 )
 
 
@@ -86,6 +88,8 @@ class Generator:
     sampler: str
     resolution: int
     marks: dict = field(default_factory=dict)  # SDParts.marks of the model that made the images
+    guidance: Any = None  # a bound spurgen.methods.GuidedSampling, or None: the plain sampler
+    sampling_seconds: float = 0.0  # wall time inside the sampler (the per-image cost, without loading)
 
     def record(self, image: PlannedImage, plan: GenerationPlan, gen: DictConfig) -> dict:
         """The manifest record of one planned image (without its `black` flag)."""
@@ -98,7 +102,12 @@ class Generator:
             "resolution": self.resolution,
             "model": self.model_id,
             "baseline": plan.baseline,
+            "sfsl_guidance": self.guidance.guidance.describe() if self.guidance else None,
         }
+
+    def sampling(self):
+        """The guidance wrapped around the sampler while it samples (nothing for the plain sampler)."""
+        return self.guidance.attached(self.pipe.scheduler) if self.guidance else nullcontext()
 
 
 def is_black(im) -> bool:
@@ -106,20 +115,24 @@ def is_black(im) -> bool:
     return int(np.asarray(im).max()) <= 3
 
 
-def generate(
+def generate(  # noqa: PLR0913 - the stage's inputs; the run passes all, `spurgen generate` the first five
     gen: DictConfig,
     pipeline_dir: str | Path | None,
     out_dir: str | Path,
     target: DictConfig | None = None,
     model_cfg: DictConfig | None = None,
     baseline: bool | None = None,
+    guidance: Any = None,
 ) -> dict:
     """Generate gen.num_images images into out_dir (PNG + manifest.jsonl + generate.json); returns the summary.
-    `baseline` overrides gen.baseline (the run generates both)."""
+    `baseline` overrides gen.baseline (the run generates both). `guidance`: a spurgen.methods.GuidedSampling
+    (its SFSL's references set) that steers the sampler, or None."""
     t0 = time.time()
     baseline = bool(gen.baseline) if baseline is None else baseline
     plan = plan_generation(gen, pipeline_dir, Path(out_dir), target, baseline)
-    generator = load_generator(plan, gen, model_cfg)
+    generator = load_generator(plan, gen, model_cfg, guided=guidance is not None)
+    if guidance is not None:
+        generator.guidance = guidance.bind(generator.pipe)
     records, made = make_images(plan, generator, gen)
     black = sum(bool(r.get("black")) for r in records)
     if black:
@@ -189,8 +202,11 @@ def _target_index(target: DictConfig | None) -> int | None:
     return target.get("index")
 
 
-def load_generator(plan: GenerationPlan, gen: DictConfig, model_cfg: DictConfig | None) -> Generator:
-    """The pipeline (fine-tuned, or the base model for the baseline) with generate.sampler / device / dtype."""
+def load_generator(
+    plan: GenerationPlan, gen: DictConfig, model_cfg: DictConfig | None, guided: bool = False
+) -> Generator:
+    """The pipeline (fine-tuned, or the base model for the baseline) with generate.sampler / device / dtype
+    (guided: float32 for generate.dtype=auto, since the guidance decodes with gradients)."""
     pipe, model_id, tiny, marks = load_generation_pipeline(plan.baseline, plan.pipeline_dir, model_cfg)
     tiny = plan.meta.get("model_is_tiny_random") if tiny is None else tiny
     marks = plan.meta.get("model_marks") or {} if marks is None else marks
@@ -204,18 +220,18 @@ def load_generator(plan: GenerationPlan, gen: DictConfig, model_cfg: DictConfig 
         gen.resolution or plan.meta.get("resolution") or pipe.unet.config.sample_size * pipe.vae_scale_factor
     )
     check_resolution(resolution, resolution_multiple(pipe.vae, pipe.unet), "generate.resolution")
-    device, dtype = _pick_device(gen)
+    device, dtype = _pick_device(gen, guided)
     pipe.to(device)
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     return Generator(pipe, model_id, tiny, type(pipe.scheduler).__name__, resolution, dict(marks))
 
 
-def _pick_device(gen: DictConfig) -> tuple[torch.device, torch.dtype]:
+def _pick_device(gen: DictConfig, guided: bool = False) -> tuple[torch.device, torch.dtype]:
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if gen.device == "auto" else gen.device)
     if gen.dtype == "auto":
-        return device, torch.float16 if device.type == "cuda" else torch.float32
+        return device, torch.float16 if device.type == "cuda" and not guided else torch.float32
     return device, getattr(torch, gen.dtype)
 
 
@@ -285,7 +301,12 @@ def make_images(plan: GenerationPlan, generator: Generator, gen: DictConfig) -> 
     )
     for start in range(0, len(todo), bs):
         batch = todo[start : start + bs]
-        images = sample(generator.pipe, [p["prompt"] for p in batch], [p["seed"] for p in batch], settings)
+        started = time.perf_counter()
+        with generator.sampling():
+            images = sample(
+                generator.pipe, [p["prompt"] for p in batch], [p["seed"] for p in batch], settings
+            )
+        generator.sampling_seconds += time.perf_counter() - started
         for p, im in zip(batch, images, strict=True):
             done[p["file"]] = {**p, "black": is_black(im)}
             save_png_atomic(im, out / p["file"], {k: p[k] for k in ("prompt", "seed", "steps", "guidance")})
@@ -326,16 +347,82 @@ def describe(plan: GenerationPlan, generator: Generator, gen: DictConfig, black:
         "steps": int(gen.num_inference_steps),
         "guidance": float(gen.guidance_scale),
         "resolution": generator.resolution,
+        "sfsl_guidance": generator.guidance.guidance.describe() if generator.guidance else None,
+        "sampling_seconds": round(generator.sampling_seconds, 2),
+        "extractor_passes": generator.guidance.sfsl.passes.as_dict() if generator.guidance else None,
     }
 
 
+def build_guidance(cfg: DictConfig, pipeline_dir: Path):
+    """The method's sampler guidance (`method.guidance`), or None: a fresh L_SFSL from training's nodes (the
+    extractor, `loss.sfsl`) with the references the run trained on (pipeline/spurgen.json), through the training
+    transform at the run's resolution, exactly as the train stage prepares them."""
+    if cfg.method.guidance is None:
+        return None
+    from spurgen.build import build
+    from spurgen.data.dataset import load_training_images
+    from spurgen.methods import GuidedSampling
+    from spurgen.validation import check_extractor_pairing, resolve_references
+
+    meta = read_spurgen_json(pipeline_dir) or {}
+    resolution = meta.get("resolution") or cfg.data.resolution
+    if not resolution:
+        raise SpurgenError(
+            f"{pipeline_dir} has no spurgen.json resolution: set data.resolution for the guidance"
+        )
+    references = [Path(p) for p in meta.get("references") or resolve_references(cfg)]
+    extractor = build(cfg.feature_extractor)
+    check_extractor_pairing(cfg, extractor.name, extractor.is_random)
+    sfsl = build(cfg.loss.sfsl, extractor=extractor)
+    sfsl.set_reference_images(load_training_images(references, int(resolution), cfg.data.center_crop))
+    return GuidedSampling(build(cfg.method.guidance), sfsl)
+
+
+def generation_cost(summary: dict, guided) -> dict:
+    """run.json's cost.generation: this call's images, wall time (all of it, and inside the sampler), and
+    images through the extractor (forward: the references once, for m, then each image at each guided step;
+    backward: each image at each guided step); per image: the sampler's time and the passes less the
+    references'."""
+    made = int(summary["generated_now"])
+    passes = summary.get("extractor_passes") or {"forward": 0, "backward": 0}
+    refs = int(guided.sfsl.reference_images.shape[0]) if guided is not None else 0
+    return {
+        "images": made,
+        "seconds": summary["seconds"],
+        "sampling_seconds": summary["sampling_seconds"],
+        "extractor_forward": int(passes["forward"]),
+        "extractor_backward": int(passes["backward"]),
+        "reference_forward": refs,
+        "per_image": {
+            "seconds": summary["sampling_seconds"] / made,
+            "extractor_forward": (int(passes["forward"]) - refs) / made,
+            "extractor_backward": int(passes["backward"]) / made,
+        },
+    }
+
+
+def record_cost(run_dir: Path, summary: dict, guided) -> None:
+    """Add cost.generation to run.json (written by training); a rerun that made no image keeps the last."""
+    path = run_dir / "run.json"
+    if not path.is_file() or int(summary["generated_now"]) == 0:
+        return
+    meta = json.loads(path.read_text())
+    meta["cost"] = {**meta.get("cost", {}), "generation": generation_cost(summary, guided)}
+    write_json(path, meta)
+
+
 def run_stage(cfg: DictConfig, run_dir: Path) -> dict:
-    """The run's second stage: run_dir/pipeline -> run_dir/generated; with generate.baseline=true also the
-    base model's images with the class prompt -> run_dir/baseline (the row every gain is measured against),
-    drawn with the same seeds (paired)."""
+    """The run's second stage: run_dir/pipeline -> run_dir/generated, guided when the method says so; with
+    generate.baseline=true also the base model's images with the class prompt -> run_dir/baseline (the row
+    every gain is measured against, never guided), drawn with the same seeds (paired). run.json gets the
+    generated images' cost."""
     run_dir = Path(run_dir)
     pipeline = run_dir / "pipeline"
-    summary = generate(cfg.generate, pipeline, run_dir / "generated", cfg.target, cfg.model, False)
+    guided = build_guidance(cfg, pipeline)
+    summary = generate(
+        cfg.generate, pipeline, run_dir / "generated", cfg.target, cfg.model, False, guidance=guided
+    )
+    record_cost(run_dir, summary, guided)
     if cfg.generate.baseline:
         baseline = generate(cfg.generate, pipeline, run_dir / "baseline", cfg.target, cfg.model, True)
         summary["baseline_summary"] = baseline

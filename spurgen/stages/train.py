@@ -33,13 +33,13 @@ from spurgen.data.dataset import (
 from spurgen.data.prior import PriorSampling, ensure_class_images, training_placement, weights_fingerprint
 from spurgen.distributed import RankBatchSampler, module_rank_world
 from spurgen.errors import Problems
-from spurgen.files import output_folder, write_atomic
+from spurgen.files import output_folder, write_atomic, write_json
 from spurgen.identity import identities, training_key
 from spurgen.loggers import RunLabels, finish, scrub_secrets
 from spurgen.models.lora import add_lora, merge_lora
 from spurgen.models.parts import SDParts
 from spurgen.module import SpurgenModule
-from spurgen.pipeline import save_pipeline
+from spurgen.pipeline import make_pipeline, save_pipeline
 from spurgen.prompts import negative_prompt
 from spurgen.validation import (
     TRAINING_KEY_FILE,
@@ -94,6 +94,7 @@ def banner(text: str) -> str:
 def run_metadata(cfg: DictConfig, parts: SDParts | None, **extra) -> dict:
     return {
         "method_version": METHOD_VERSION,
+        "method": cfg.method.name,  # conf/method: how the images are made (in the identity too)
         "identity": identities(cfg),  # spurgen/identity.py: which runs are seeds of one experiment
         "class_file": cfg.target.get("file"),
         "model": parts.model_id if parts else None,
@@ -213,9 +214,12 @@ def build_objective(cfg: DictConfig, extractor, ref_images: torch.Tensor):
     return build(loss, sfsl=sfsl)
 
 
-def build_module(cfg: DictConfig, parts: SDParts, extractor, ref_images: torch.Tensor) -> SpurgenModule:
-    """The LightningModule from `cfg.module` (settings and optimiser partial), handed the parts and the
-    objective; memory options and LoRA are applied to the parts first."""
+def build_module(
+    cfg: DictConfig, parts: SDParts, extractor, ref_images: torch.Tensor, tuning=None
+) -> SpurgenModule:
+    """The LightningModule from `cfg.module` (settings and optimiser partial), handed the parts, the objective
+    and the method's tuning (what the optimiser trains); memory options and LoRA are applied to the parts
+    first."""
     if cfg.train.gradient_checkpointing:
         parts.unet.enable_gradient_checkpointing()
         parts.text_encoder.gradient_checkpointing_enable()
@@ -229,7 +233,7 @@ def build_module(cfg: DictConfig, parts: SDParts, extractor, ref_images: torch.T
         )
     # a partial: Hydra would read the SDParts dataclass passed as a keyword as config, not pass it through
     make_module = build(cfg.module, _partial_=True)
-    return make_module(parts, build_objective(cfg, extractor, ref_images))
+    return make_module(parts, build_objective(cfg, extractor, ref_images), tuning=tuning)
 
 
 def build_loader(cfg: DictConfig, dataset: DreamBoothDataset, module: SpurgenModule) -> DataLoader:
@@ -289,14 +293,30 @@ def resolved_config(cfg: DictConfig, parts: SDParts, extractor: dict) -> dict:
     return resolved
 
 
-def fit(trainer: L.Trainer, module: SpurgenModule, loader: DataLoader, plan: TrainPlan) -> None:
+def fit(trainer: L.Trainer, module: SpurgenModule, loader: DataLoader, plan: TrainPlan) -> float:
+    """trainer.fit, then last.ckpt; returns fit's wall time in seconds."""
     if module.parts.is_tiny_random and trainer.logger is not None:
         trainer.logger.log_metrics({"meta/model_is_tiny_random": 1.0}, step=0)
+    started = time.perf_counter()
     try:
         trainer.fit(module, loader, ckpt_path=str(plan.resume_from) if plan.resume_from else None)
         trainer.save_checkpoint(str(plan.run_dir / "checkpoints" / "last.ckpt"), weights_only=False)
     finally:
         finish(trainer.logger)
+    return round(time.perf_counter() - started, 2)
+
+
+def fine_tuning_cost(plan: TrainPlan, steps: int, fit_seconds: float, passes: dict[str, int]) -> dict:
+    """run.json's cost.fine_tuning: the stage's wall time (loading, prior images, fit, saving), fit's alone,
+    the optimiser steps, and the images through the extractor f (forward: the references once, for m, and the
+    gated instance samples of each SFSL step; backward: those samples)."""
+    return {
+        "seconds": round(time.time() - plan.started, 2),
+        "fit_seconds": fit_seconds,
+        "steps": int(steps),
+        "extractor_forward": int(passes["forward"]),
+        "extractor_backward": int(passes["backward"]),
+    }
 
 
 def save_outputs(
@@ -325,30 +345,64 @@ def save_outputs(
     return meta
 
 
+def save_untrained(cfg: DictConfig, plan: TrainPlan, parts: SDParts, resolution: int) -> dict:
+    """A method without fine-tuning (method=guidance): pipeline/ is the base model as built, with the spurgen.json
+    and run.json a trained run writes (0 steps, no losses, no extractor passes), so generate and evaluate read
+    the run folder as they read any other."""
+    identity = extractor_identity(cfg, None)
+    meta = run_metadata(
+        cfg, parts, resolution=resolution, prediction_type=parts.prediction_type, extractor=identity
+    )
+    meta.update(
+        steps=0,
+        final_losses={},
+        references=[str(p) for p in plan.references],
+        instance_prompt=cfg.data.instance_prompt,
+        class_prompt=cfg.data.class_prompt,
+        identifier=None,  # no token was learnt
+        concept=cfg.target.concept,
+        negative_prompt=negative_prompt(cfg.target),
+        train_seconds=round(time.time() - plan.started, 2),
+    )
+    meta["cost"] = {"fine_tuning": fine_tuning_cost(plan, 0, 0.0, {"forward": 0, "backward": 0})}
+    pipe = make_pipeline(parts.unet, parts.text_encoder, parts.tokenizer, parts.vae, parts.sample_scheduler)
+    save_pipeline(pipe, plan.run_dir / "pipeline", meta)
+    write_json(plan.run_dir / "run.json", meta)
+    log.info("method=%s does not fine-tune: pipeline/ is the base model", cfg.method.name)
+    return meta
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Returns the run metadata (also written to run_dir/run.json)."""
     plan = plan_training(cfg, run_dir)
+    method = build(cfg.method)  # spurgen/methods: what fine-tuning trains, if anything
     extractor = build_extractor(cfg)
     parts: SDParts = build(cfg.model)
     announce(parts)
     resolution = check_resolution(
         int(cfg.data.resolution or parts.resolution), parts.resolution_multiple, "data.resolution"
     )
+    if not method.fine_tunes:
+        return save_untrained(cfg, plan, parts, resolution)
     check_t_max(cfg, int(parts.noise_scheduler.config.num_train_timesteps))
     log.info("references (%d): %s", len(plan.references), ", ".join(p.name for p in plan.references))
     ref_images = load_training_images(
         plan.references, resolution, cfg.data.center_crop
     )  # (R, 3, H, W) in [0, 1]
+    method.tuning.prepare(parts)  # textual inversion adds its token before the prompts are tokenised
     dataset = build_dataset(cfg, parts, ref_images, resolution)
-    module = build_module(cfg, parts, extractor, ref_images)
+    module = build_module(cfg, parts, extractor, ref_images, method.tuning)
     identity = extractor_identity(cfg, extractor)
     module.run_config = resolved_config(cfg, parts, identity)
     trainer = build_trainer(cfg, plan.run_dir, module.run_config)
     record_training_key(cfg, plan.run_dir)
-    fit(trainer, module, build_loader(cfg, dataset, module), plan)
+    fit_seconds = fit(trainer, module, build_loader(cfg, dataset, module), plan)
     meta = run_metadata(
         cfg, parts, resolution=resolution, prediction_type=parts.prediction_type, extractor=identity
     )
+    meta["cost"] = {
+        "fine_tuning": fine_tuning_cost(plan, trainer.global_step, fit_seconds, module.extractor_passes())
+    }
     meta = save_outputs(cfg, plan, trainer, module, meta)
     if trainer.is_global_zero:
         announce(parts)
