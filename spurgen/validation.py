@@ -352,10 +352,27 @@ def check_extractor_file(cfg: DictConfig) -> None:
     ):
         return
     name = cfg.feature_extractor.get("name") or cfg.feature_extractor.get("_target_")
+    if made_by := cfg.feature_extractor.get("made_by"):  # a file spurgen makes: say the command
+        raise SpurgenError(
+            f"feature_extractor.weights: {weights} not found for {name!r}; make it with `{made_by}`"
+        )
     raise SpurgenError(
         f"feature_extractor.weights: {weights} not found for the SFSL extractor {name!r}; put the file there or "
         "set feature_extractor.weights=/path/to/file (lambda_sfsl=0 trains without an extractor)"
     )
+
+
+def check_classifier_files(cfg: DictConfig) -> None:
+    """With the evaluate stage, an evaluation classifier whose weights file spurgen makes (it names `made_by`)
+    must have it before any job trains."""
+    if "evaluate" not in (cfg.get("stages") or []):
+        return
+    for key, node in (OmegaConf.select(cfg, "eval.classifiers") or {}).items():
+        weights, made_by = node.get("weights"), node.get("made_by")
+        if made_by and isinstance(weights, str) and not Path(weights).expanduser().is_file():
+            raise SpurgenError(
+                f"eval.classifiers.{key}.weights: {weights} not found; make it with `{made_by}`"
+            )
 
 
 def check_inputs(cfg: DictConfig, problems: Problems | None = None) -> list[Path] | None:
@@ -368,6 +385,7 @@ def check_inputs(cfg: DictConfig, problems: Problems | None = None) -> list[Path
     references = problems.attempt(resolve_references, cfg)
     problems.attempt(check_source, cfg.model.get("path"))  # a local SD folder exists and is complete
     problems.attempt(check_extractor_file, cfg)
+    problems.attempt(check_classifier_files, cfg)
     problems.attempt(check_launch, cfg.trainer)  # DDP inside a basic/joblib sweep cannot work
     if own:
         problems.raise_any()
