@@ -249,6 +249,7 @@ def test_command_writes_a_file_matching_its_manifest_that_replays(tmp_path):
     assert manifest["files"] == {robust_lite.WEIGHTS: sha256_file(path)}
     assert manifest["size_bytes"] == path.stat().st_size < 25e6
     assert manifest["command"].startswith(robust_lite.PROG) and manifest["threads"] == 1
+    assert manifest["replay_command"].endswith("--steps 2 --minutes 100000")
     assert manifest["torch"] == torch.__version__ and manifest["config"]["seed"] == 0
     assert [r["step"] for r in manifest["curve"]] == [1, 2]
     assert robust_lite.replay(manifest, 2) == manifest["first_losses"][:2]

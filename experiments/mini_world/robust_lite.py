@@ -209,6 +209,8 @@ def _main(argv: list[str] | None) -> int:
     manifest = {
         "about": "spurgen's robust mini extractor (docs/mini_world.md, 'Robust extractor'); recreate with the command",
         "command": command,
+        # the same weights again, bit for bit at one thread, wherever a minute buys a different number of steps
+        "replay_command": f"{command} --steps {record['steps']} --minutes 100000",
         "config": asdict(cfg),
         "data": {"train_photos": list(cfg.photos), "heldout_photos": list(robust_gate.HELDOUT_PHOTOS),
                  "crop_size": corpus.SIZE, "crop_scales": list(corpus.SCALES), "sampler": "corpus.sample_crops([seed, step])"},
