@@ -205,6 +205,7 @@ def test_a_run_without_fine_tuning_saves_the_base_model_and_costs_no_extractor_p
     )
     assert meta["cost"]["fine_tuning"]["extractor_forward"] == 0 and not (run / "checkpoints").exists()
     assert meta["cost"]["generation"]["extractor_backward"] == 0  # strength 0: f sees the references only
+    assert meta["extractor"]["name"] == "tiny_cnn" and meta["extractor"]["used"]  # the extractor that guided
     base = build(load(*TINY).model)
     from diffusers import UNet2DConditionModel
 
@@ -278,3 +279,41 @@ def test_mini_methods_sweeps_every_method_on_the_shipped_pairs_over_three_seeds(
     assert len(strengths) == len(guidance)  # each guidance arm its own strength
     cfg = load("experiment=mini_methods", "method=sfsl", "class=nematode")
     assert cfg.trainer.max_steps == load().trainer.max_steps and cfg.generate.num_images == 32
+
+
+def test_the_report_puts_each_method_s_rates_beside_the_cost_of_n_images(tmp_path):
+    """cost(N) = fine-tuning + N · per-image generation, the mean over the seeds with a cost record (a run
+    without one counts as missing, not free), beside the extractor's rate and the held-out classifiers' mean."""
+    from spurgen.report.collect import Run, Sweep
+    from spurgen.report.cost import cost_lines, cost_rows
+
+    table = ("3", (111, "nematode", -1), "abc")
+
+    def run(seed: int, cost: dict | None) -> Run:
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        (folder / "run.json").write_text(json.dumps({"cost": cost} if cost else {}))
+        ids = {"images": "abc", "baseline": "b", "reference": "r"}
+        config = {"method.name": "guidance"}
+        return Run(
+            folder, "nematode", table[1], 0.0, seed, "3", False, "abc", ids, config, {"images": {}}, {}
+        )
+
+    def cost(tune_s: float, per_s: float, tune_f: int, per_f: float) -> dict:
+        per = {"seconds": per_s, "extractor_forward": per_f, "extractor_backward": per_f}
+        tune = {"seconds": tune_s, "extractor_forward": tune_f, "extractor_backward": 0}
+        return {"fine_tuning": tune, "generation": {"images": 32, "per_image": per}}
+
+    sweep = Sweep(tmp_path, runs=[run(0, cost(1.0, 0.5, 0, 10)), run(1, cost(3.0, 1.5, 0, 10)), run(2, None)])
+    stats = {f"spurious_rate/lite{i}": {"mean": m} for i, m in enumerate((0.9, 0.3, 0.5))}
+    row = {"row": "images", "table": table, "lambda_sfsl": 0.0, "class_name": "nematode", "seeds": [0, 1, 2]}
+    rows = [{**row, "extractor": {"name": "lite0"}, "stats": stats}, {**row, "row": "baseline"}]
+    (entry,) = cost_rows(sweep, rows)
+    assert entry["method"] == "guidance" and (entry["seeds"], entry["seeds_with_cost"]) == (3, 2)
+    assert entry["rate_extractor"] == 0.9 and entry["rate_held_out"] == pytest.approx(0.4)
+    assert entry["seconds_32"] == pytest.approx(2.0 + 32 * 1.0)
+    assert entry["seconds_1000"] == pytest.approx(2.0 + 1000 * 1.0)  # the extrapolation
+    assert entry["passes_32"] == 32 * 20 and entry["passes_1000"] == 1000 * 20
+    text = "\n".join(cost_lines(sweep, rows))
+    assert "## Rate against cost" in text and "1,000 (extrapolated)" in text
+    assert "| nematode | guidance | 0 | 3 (2) | 0.90 | 0.40 |" in text

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from spurgen.report.aggregate import DISTRIBUTION_METRICS, table_differences
 from spurgen.report.collect import Sweep
+from spurgen.report.cost import cost_lines
 from spurgen.report.effects import RULE, table_effects
 from spurgen.report.titles import table_id, table_title
 
@@ -176,6 +177,7 @@ def markdown(sweep: Sweep, rows: list[dict], figures: dict[str, Path], out_dir: 
                     f"![similarity, KID and diversity vs lambda_sfsl]({measures.relative_to(out_dir)})",
                     "",
                 ]
+    lines += cost_lines(sweep, rows)  # each method's rates against the cost of N images (run.json `cost`)
     lines += ["## Missing or failed runs", ""]
     lines += [f"- `{where}`: {why}" for where, why in sweep.problems] or ["None."]
     if sweep.conflicts:

@@ -402,12 +402,16 @@ def generation_cost(summary: dict, guided) -> dict:
 
 
 def record_cost(run_dir: Path, summary: dict, guided) -> None:
-    """Add cost.generation to run.json (written by training); a rerun that made no image keeps the last."""
+    """Add cost.generation to run.json (written by training); a rerun that made no image keeps the last. A
+    guided run without the SFSL in training records the extractor that guided (run.json's `extractor`, which
+    metrics.json and the report read)."""
     path = run_dir / "run.json"
     if not path.is_file() or int(summary["generated_now"]) == 0:
         return
     meta = json.loads(path.read_text())
     meta["cost"] = {**meta.get("cost", {}), "generation": generation_cost(summary, guided)}
+    if guided is not None and not (meta.get("extractor") or {}).get("used"):
+        meta["extractor"] = {**guided.sfsl.extractor.identity(), "used": True}
     write_json(path, meta)
 
 

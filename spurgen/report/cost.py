@@ -1,0 +1,118 @@
+"""Each method's rates against the cost of making N images (issue 28): per table and lambda_sfsl, the mean over
+seeds of run.json's `cost` (spurgen/stages/train.py, spurgen/stages/generate.py) beside the spurious rate of
+the classifier that is the run's feature extractor and the mean rate of the held-out classifiers.
+
+    cost(N) = fine-tuning + N · per-image generation         (wall seconds; images through the extractor f)
+
+N = 32 is what a default run makes; N = 1,000 extrapolates the measured per-image cost and is labelled so.
+Runs without a cost record (made before it existed) count as missing, never as free.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+from spurgen.report.collect import Run, Sweep
+
+SIZES = (32, 1000)  # N images; the second is extrapolated
+
+
+def _cost(run: Run) -> dict | None:
+    path = run.folder / "run.json"
+    if not path.is_file():
+        return None
+    cost = json.loads(path.read_text()).get("cost") or {}
+    tune, gen = cost.get("fine_tuning"), cost.get("generation")
+    if not tune or not gen or not gen.get("images"):
+        return None
+    per = gen["per_image"]
+    return {
+        "tune_seconds": float(tune["seconds"]),
+        "tune_passes": int(tune["extractor_forward"]) + int(tune["extractor_backward"]),
+        "image_seconds": float(per["seconds"]),
+        "image_passes": float(per["extractor_forward"]) + float(per["extractor_backward"]),
+    }
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def cost_rows(sweep: Sweep, rows: list[dict]) -> list[dict]:
+    """One row per (table, lambda_sfsl) of generated images: the method, the mean cost over the seeds that have
+    one, cost(N) for each N in SIZES, and the training extractor's and the held-out classifiers' mean rates."""
+    runs: dict[tuple, dict[int, Run]] = defaultdict(dict)
+    for r in sorted(sweep.runs, key=lambda r: str(r.folder)):
+        if "images" in r.results:
+            runs[(r.table, r.lambda_sfsl)].setdefault(r.seed, r)  # a seed counts once
+    out = []
+    for row in (r for r in rows if r["row"] == "images"):
+        seeds = runs.get((row["table"], row["lambda_sfsl"]), {})
+        costs = [c for c in (_cost(r) for r in seeds.values()) if c is not None]
+        first = next(iter(seeds.values()), None)
+        f_name = (first.config.get("feature_extractor.name") if first else None) or (
+            row["extractor"] or {}
+        ).get("name")
+        rates = {
+            k.split("/", 1)[1]: v["mean"] for k, v in row["stats"].items() if k.startswith("spurious_rate/")
+        }
+        held = [v for c, v in rates.items() if c != f_name and v is not None]
+        mean = {
+            k: _mean([c[k] for c in costs])
+            for k in ("tune_seconds", "tune_passes", "image_seconds", "image_passes")
+        }
+        entry = {
+            "table": row["table"],
+            "class_name": row["class_name"],
+            "method": (first.config.get("method.name") if first else None) or "sfsl",
+            "lambda_sfsl": row["lambda_sfsl"],
+            "seeds_with_cost": len(costs),
+            "seeds": len(row["seeds"]),
+            "extractor": f_name,
+            "rate_extractor": rates.get(f_name),
+            "rate_held_out": _mean(held),
+            **mean,
+        }
+        for n in SIZES:
+            ok = costs and mean["image_seconds"] is not None
+            entry[f"seconds_{n}"] = mean["tune_seconds"] + n * mean["image_seconds"] if ok else None
+            entry[f"passes_{n}"] = mean["tune_passes"] + n * mean["image_passes"] if ok else None
+        out.append(entry)
+    return out
+
+
+def _num(x: float | None, digits: int = 0) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def cost_lines(sweep: Sweep, rows: list[dict]) -> list[str]:
+    """report.md's section: rates against the cost of N = 32 and N = 1,000 images, per method and class."""
+    entries = cost_rows(sweep, rows)
+    if not entries:
+        return []
+    head = [
+        "class", "method", "lambda_sfsl", "seeds (with cost)", "rate: extractor", "rate: held out",
+        "fine-tuning s", "s per image", "s for 32", "s for 1,000 (extrapolated)", "f passes for 32",
+        "f passes for 1,000 (extrapolated)",
+    ]  # fmt: skip
+    lines = [
+        "## Rate against cost",
+        "",
+        "cost(N) = fine-tuning + N × the measured per-image generation (wall seconds on the machine each run "
+        "used; images through the feature extractor f, forward + backward), mean over the seeds with a cost "
+        "record. Rate: extractor is the spurious rate of the classifier the method trains or guides with; held "
+        "out is the mean over the others.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for e in sorted(entries, key=lambda e: (e["class_name"], e["method"], e["lambda_sfsl"] or 0)):
+        cells = [
+            e["class_name"], e["method"], f"{e['lambda_sfsl']:g}", f"{e['seeds']} ({e['seeds_with_cost']})",
+            _num(e["rate_extractor"], 2), _num(e["rate_held_out"], 2), _num(e["tune_seconds"], 1),
+            _num(e["image_seconds"], 3), _num(e["seconds_32"], 1), _num(e["seconds_1000"], 1),
+            _num(e["passes_32"]), _num(e["passes_1000"]),
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
