@@ -14,17 +14,18 @@ references), the same class images (drawn once by that pipeline), prompts, resol
 class images), learning rate for the UNet and the text encoder (both trained), AdamW settings, gradient clipping,
 prior weight, seed, float32 on the CPU, no checkpoints or samples during training, and the same torch thread count.
 Each side keeps its own defaults elsewhere: spurgen encodes its training images with the frozen VAE once
-(train.cache_latents=true, its default), the script encodes them every step; spurgen logs to CSV every 10 steps,
+(train.cache_latents=true, its default), the script encodes them every step; spurgen logs to CSV every 5 steps,
 the script to TensorBoard every step.
 
-Per-step cost: each side runs as a separate process for N and for 2N steps, and its per-step cost is
-(time(2N) - time(N)) / N. The difference removes everything paid once per process (imports, loading, class-image
-checks, the final save, spurgen's final sample grid), and it is measured the same way for both from outside,
-without relying on either tool's own progress readout. Wall time and CPU time (user + system of the
-process, from getrusage) are both recorded: on a shared machine the CPU time is the steadier of the two. The four runs of a repeat are interleaved (spurgen N,
-script N, spurgen 2N, script 2N, the order of the two tools swapped every repeat), so that a load change on a
-shared machine falls on both sides; the ratio of each repeat is spurgen / script, and the reported ratio is the
-median over repeats. The issue's limit is 1.05.
+Per-step cost: each side runs as its own process under experiments/step_stamps.py, which stamps the wall clock and
+the process's CPU time each time an optimiser step returns (a global torch hook, the same for both). One step's
+cost is the time between consecutive stamps: everything one iteration of the loop does (data, text encoder, UNet,
+backward, optimiser, logging, the framework's own work), and nothing paid once per process (imports, loading, the
+final save). Each run takes N steps; the first --warmup intervals are dropped and the median of the rest is the
+run's per-step cost, in wall time (what a user waits for) and in CPU time (all the process's threads; other work
+on a shared machine inflates it less). The runs alternate (spurgen, script, then script, spurgen, ...), so that a
+load change on a shared machine falls on both sides; the ratio of each repeat is spurgen / script, and the
+reported ratio is the median over repeats. The issue's limit is 1.05.
 """
 
 from __future__ import annotations
@@ -233,50 +234,69 @@ def git_blob_sha1(path: Path) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 - git's object id
 
 
-def measure(script: Path, work: Path, steps: int, repeats: int, threads: int, s: Settings) -> dict:
-    """Per-step seconds of each side, (t(2N) - t(N)) / N per repeat, runs interleaved; see the module doc."""
+def stamped(cmd: list[str], stamps: Path) -> list[str]:
+    """cmd (python + program + arguments) run under experiments/step_stamps.py, writing `stamps`."""
+    return [cmd[0], "-m", "experiments.step_stamps", str(stamps), *cmd[1:]]
+
+
+def per_step(stamps: dict[str, list[float]], warmup: int) -> dict[str, float]:
+    """Median seconds between consecutive optimiser steps after the first `warmup` intervals, wall and CPU."""
+    out = {}
+    for clock, t in stamps.items():
+        gaps = [b - a for a, b in zip(t, t[1:], strict=False)][warmup:]
+        if not gaps:
+            raise SystemExit(f"[peer_ratio] {len(t)} optimiser steps stamped: too few for --warmup {warmup}")
+        out[clock] = statistics.median(gaps)
+    return out
+
+
+def measure(script: Path, work: Path, args: argparse.Namespace, s: Settings) -> dict:
+    """Per-step seconds of each side, each repeat one run per side, alternating; see the module doc."""
     model_dir = save_tiny_pipeline(work / "tiny_pipeline")
     refs, cls = write_images(model_dir, work, s)
-    env = child_env(threads)
+    env = child_env(args.threads)
 
-    def command(side: str, n: int, out: Path) -> list[str]:
+    def command(side: str, out: Path) -> list[str]:
         if side == "spurgen":
-            return spurgen_command(model_dir, refs, cls, out, n, s)
-        return dreambooth_command(script, model_dir, refs, cls, out, n, s)
+            return [*spurgen_command(model_dir, refs, cls, out, args.steps, s), *args.spurgen_override]
+        return dreambooth_command(script, model_dir, refs, cls, out, args.steps, s)
 
     sides = ("spurgen", "train_dreambooth.py")
-    runs: dict[str, dict[str, dict[int, list[float]]]] = {
-        clock: {side: {steps: [], 2 * steps: []} for side in sides} for clock in ("wall", "cpu")
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    for r in range(args.repeats):
+        for side in sides if r % 2 == 0 else sides[::-1]:
+            out, stamps = (
+                work / f"out_{side.split('.')[0]}_{r}",
+                work / f"stamps_{side.split('.')[0]}_{r}.json",
+            )
+            wall, cpu = timed(stamped(command(side, out), stamps), env, work)
+            shutil.rmtree(out, ignore_errors=True)
+            step = per_step(json.loads(stamps.read_text()), args.warmup)
+            runs[side].append({"step_wall_s": step["wall"], "step_cpu_s": step["cpu"], "process_wall_s": wall,
+                               "process_cpu_s": cpu})  # fmt: skip
+            print(f"[peer_ratio] repeat {r + 1}/{args.repeats}: {side}: {1000 * step['wall']:.0f} ms/step wall, "
+                  f"{1000 * step['cpu']:.0f} ms/step CPU; the process {wall:.1f} s wall", flush=True)  # fmt: skip
+    result = {clock: summary([x[f"step_{clock}_s"] for x in runs[sides[0]]],
+                             [x[f"step_{clock}_s"] for x in runs[sides[1]]]) for clock in ("wall", "cpu")}  # fmt: skip
+    result["processes_s"] = {
+        side: [{k: round(v, 2) for k, v in x.items() if k.startswith("process")} for x in v]
+        for side, v in runs.items()
     }
-    for r in range(repeats):
-        order = sides if r % 2 == 0 else sides[::-1]
-        for n in (steps, 2 * steps):
-            for side in order:
-                out = work / f"out_{side.split('.')[0]}_{r}_{n}"
-                wall, cpu = timed(command(side, n, out), env, work)
-                shutil.rmtree(out, ignore_errors=True)
-                runs["wall"][side][n].append(wall)
-                runs["cpu"][side][n].append(cpu)
-                print(f"[peer_ratio] repeat {r + 1}/{repeats}: {side}, {n} steps: {wall:.2f} s wall, "
-                      f"{cpu:.2f} s CPU", flush=True)  # fmt: skip
-    return {clock: per_step_summary(times, steps) for clock, times in runs.items()}
+    return result
 
 
-def per_step_summary(times: dict[str, dict[int, list[float]]], steps: int) -> dict:
-    """Per-step ms of each side per repeat ((t(2N) - t(N)) / N), their medians, the ratio of each repeat
-    (spurgen / script) and the median ratio."""
-    per_step = {
-        side: [(b - a) / steps for a, b in zip(t[steps], t[2 * steps], strict=True)]
-        for side, t in times.items()
-    }
-    sp, db = per_step["spurgen"], per_step["train_dreambooth.py"]
+def summary(sp: list[float], db: list[float]) -> dict:
+    """Per-step ms of each side per repeat, their medians, each repeat's ratio (spurgen / script), the median."""
     ratios = [a / b for a, b in zip(sp, db, strict=True)]
     return {
-        "runs_s": {
-            side: {str(n): [round(x, 3) for x in v] for n, v in t.items()} for side, t in times.items()
+        "per_step_ms": {
+            "spurgen": [round(1000 * x, 1) for x in sp],
+            "train_dreambooth.py": [round(1000 * x, 1) for x in db],
         },
-        "per_step_ms": {side: [round(1000 * x, 1) for x in v] for side, v in per_step.items()},
-        "median_per_step_ms": {side: round(1000 * statistics.median(v), 1) for side, v in per_step.items()},
+        "median_per_step_ms": {
+            "spurgen": round(1000 * statistics.median(sp), 1),
+            "train_dreambooth.py": round(1000 * statistics.median(db), 1),
+        },  # fmt: skip
         "ratios": [round(x, 3) for x in ratios],
         "ratio": round(statistics.median(ratios), 3),
         "ratio_of_medians": round(statistics.median(sp) / statistics.median(db), 3),
@@ -293,8 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dreambooth-script", type=Path, required=True,
                     help="diffusers' examples/dreambooth/train_dreambooth.py (see the module doc for how to get it)")  # fmt: skip
-    ap.add_argument("--steps", type=int, default=20, help="N: each side runs N and 2N steps (default 20)")
+    ap.add_argument("--steps", type=int, default=50, help="steps of each run (default 50)")
+    ap.add_argument("--warmup", type=int, default=5, help="step intervals dropped at the start of each run")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--spurgen-override", action="append", default=[], metavar="KEY=VALUE",
+                    help="an extra spurgen override (repeatable), e.g. train.cache_latents=false")  # fmt: skip
     ap.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads of both sides (default 2)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
     ap.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
@@ -309,11 +332,13 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     started = time.time()
-    result = measure(script, work, args.steps, args.repeats, args.threads, s)
+    result = measure(script, work, args, s)
     result.update(
         steps=args.steps,
+        warmup=args.warmup,
         repeats=args.repeats,
         threads=args.threads,
+        spurgen_overrides=args.spurgen_override,
         limit=LIMIT,
         holds=result["wall"]["ratio"] <= LIMIT,
         machine={
@@ -345,9 +370,10 @@ def report(result: dict, args: str) -> str:
         f"`python -m experiments.peer_ratio {args}`; {mc['cpu']}, {mc['logical_cpus']} logical CPUs, "
         f"{result['threads']} threads for each side; load average {mc['load_average_1min_before_after'][0]} "
         f"before, {mc['load_average_1min_before_after'][1]} after; {result['minutes']} min.",
-        f"Per-step cost = (t(2N) - t(N)) / N with N = {result['steps']}, each side a fresh process per run, "
-        "runs interleaved; ratio = spurgen / train_dreambooth.py per repeat. Wall: what a user waits for; CPU: the "
-        "process's user + system time, which other work on a shared machine inflates less.",
+        f"Per-step cost = the median time between consecutive optimiser steps (experiments/step_stamps.py) over "
+        f"{result['steps']} steps, the first {result['warmup']} intervals dropped; one process per side per repeat, "
+        "alternating; ratio = spurgen / train_dreambooth.py per repeat. Wall: what a user waits for; CPU: the "
+        "process's CPU time over its threads, which other work on a shared machine inflates less.",
         f"Script git blob {result['script']['git_blob']}; "
         + ", ".join(f"{k} {v}" for k, v in result["versions"].items())
         + ".",

@@ -100,3 +100,34 @@ def test_both_command_lines_carry_the_same_settings(tmp_path):
     assert int(db["seed"]) == cfg.seed == s.seed
     assert int(db["checkpointing_steps"]) > 2 * steps and cfg.train.checkpoint_every_n_steps == 0
     assert cfg.train.sample_every_n_steps == 0 and list(cfg.stages) == ["train"]
+
+
+def test_step_stamps_times_each_optimiser_step(tmp_path):
+    """experiments/step_stamps.py runs a program as __main__ and stamps every optimiser step it takes; the
+    per-step cost is the median gap after the warm-up intervals."""
+    import subprocess
+    import sys
+
+    from experiments.peer_ratio import child_env, per_step, stamped
+
+    from .conftest import REPO
+
+    program = tmp_path / "train.py"
+    program.write_text(
+        "import sys, torch\n"
+        "assert __name__ == '__main__' and sys.argv[1:] == ['--steps', '4']\n"
+        "w = torch.nn.Parameter(torch.zeros(3))\n"
+        "opt = torch.optim.AdamW([w], lr=0.1)\n"
+        "for _ in range(4):\n"
+        "    w.sum().backward(); opt.step(); opt.zero_grad()\n"
+    )
+    out = tmp_path / "stamps.json"
+    cmd = stamped([sys.executable, str(program), "--steps", "4"], out)
+    done = subprocess.run(cmd, env=child_env(1), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stamps = json.loads(out.read_text())
+    assert len(stamps["wall"]) == len(stamps["cpu"]) == 4
+    assert stamps["wall"] == sorted(stamps["wall"])
+    assert per_step({"wall": [0.0, 1.0, 3.0, 4.0, 6.0]}, warmup=1) == {"wall": 2.0}
+    with pytest.raises(SystemExit):
+        per_step({"wall": [0.0, 1.0]}, warmup=1)
