@@ -317,3 +317,11 @@ def test_the_report_puts_each_method_s_rates_beside_the_cost_of_n_images(tmp_pat
     text = "\n".join(cost_lines(sweep, rows))
     assert "## Rate against cost" in text and "1,000 (extrapolated)" in text
     assert "| nematode | guidance | 0 | 3 (2) | 0.90 | 0.40 |" in text
+
+
+def test_a_method_other_than_the_default_names_itself_in_the_logger_labels():
+    from spurgen.stages.train import run_labels
+
+    default, guided = (run_labels(validate(load(*TINY, f"method={m}"))) for m in ("sfsl", "guidance"))
+    assert default.name == "hummingbird-lambda0.1-seed0" and not any("method" in t for t in default.tags)
+    assert guided.name == "hummingbird-guidance-lambda0-seed0" and "method:guidance" in guided.tags

@@ -260,12 +260,20 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
 
 
 def run_labels(cfg: DictConfig) -> RunLabels:
+    """W&B name, group and tags from the config; a method other than the default sfsl names itself in both."""
     cls = cfg.target.name.replace(" ", "_")
     lam = float(cfg.loss.lambda_sfsl)
+    method = cfg.method.name
+    other = [] if method == "sfsl" else [method]
     return RunLabels(
-        name=f"{cls}-lambda{lam:g}-seed{cfg.seed}",
+        name="-".join([cls, *other, f"lambda{lam:g}", f"seed{cfg.seed}"]),
         group=cls,
-        tags=[f"class:{cfg.target.index}", f"lambda_sfsl:{lam:g}", f"seed:{cfg.seed}"],
+        tags=[
+            f"class:{cfg.target.index}",
+            *(f"method:{m}" for m in other),
+            f"lambda_sfsl:{lam:g}",
+            f"seed:{cfg.seed}",
+        ],
     )
 
 
