@@ -285,7 +285,7 @@ def test_the_report_puts_each_method_s_rates_beside_the_cost_of_n_images(tmp_pat
     """cost(N) = fine-tuning + N · per-image generation, the mean over the seeds with a cost record (a run
     without one counts as missing, not free), beside the extractor's rate and the held-out classifiers' mean."""
     from spurgen.report.collect import Run, Sweep
-    from spurgen.report.cost import cost_lines, cost_rows
+    from spurgen.report.cost import cost_figures, cost_lines, cost_rows
 
     table = ("3", (111, "nematode", -1), "abc")
 
@@ -314,9 +314,12 @@ def test_the_report_puts_each_method_s_rates_beside_the_cost_of_n_images(tmp_pat
     assert entry["seconds_32"] == pytest.approx(2.0 + 32 * 1.0)
     assert entry["seconds_1000"] == pytest.approx(2.0 + 1000 * 1.0)  # the extrapolation
     assert entry["passes_32"] == 32 * 20 and entry["passes_1000"] == 1000 * 20
-    text = "\n".join(cost_lines(sweep, rows))
+    figures = cost_figures(sweep, rows, tmp_path / "out")
+    assert list(figures) == ["cost:nematode"] and figures["cost:nematode"].is_file()
+    text = "\n".join(cost_lines(sweep, rows, figures, tmp_path / "out"))
     assert "## Rate against cost" in text and "1,000 (extrapolated)" in text
     assert "| nematode | guidance | 0 | 3 (2) | 0.90 | 0.40 |" in text
+    assert "(figures/cost_nematode.png)" in text
 
 
 def test_a_method_other_than_the_default_names_itself_in_the_logger_labels():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import Path
 
 from spurgen.report.collect import Run, Sweep
 
@@ -86,8 +87,64 @@ def _num(x: float | None, digits: int = 0) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
-def cost_lines(sweep: Sweep, rows: list[dict]) -> list[str]:
-    """report.md's section: rates against the cost of N = 32 and N = 1,000 images, per method and class."""
+def _label(e: dict) -> str:
+    return (
+        e["method"]
+        if e["method"] not in ("sfsl", "textual_inversion")
+        else f"{e['method']} λ={e['lambda_sfsl']:g}"
+    )
+
+
+def cost_figures(sweep: Sweep, rows: list[dict], out: Path) -> dict[str, Path]:
+    """Per class, `figures/cost_<class>.png`: the extractor's rate against the seconds for 32 and for 1,000 images
+    (extrapolated), and the held-out rate against the extractor's, one point per method (and lambda_sfsl). A
+    point far below the diagonal fools the extractor more than the held-out classifiers: the adversarial gap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    plain = FuncFormatter(lambda x, _: f"{x:g}")  # 40, 50, 100, 200: no 4x10^1
+
+    entries = [e for e in cost_rows(sweep, rows) if e["rate_extractor"] is not None]
+    figures: dict[str, Path] = {}
+    for cls in sorted({e["class_name"] for e in entries}):
+        mine = [e for e in entries if e["class_name"] == cls]
+        color = {_label(e): f"C{k % 10}" for k, e in enumerate(mine)}  # one colour per point, in every panel
+        fig, axes = plt.subplots(1, 3, figsize=(12.6, 4.2))
+        for ax, n in zip(axes[:2], SIZES, strict=True):
+            for e in (m for m in mine if m[f"seconds_{n}"] is not None):
+                ax.scatter(e[f"seconds_{n}"], e["rate_extractor"], color=color[_label(e)])
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_locator(LogLocator(subs=(2, 5)))
+            ax.xaxis.set_major_formatter(plain)
+            ax.xaxis.set_minor_formatter(plain)
+            extrapolated = " (extrapolated)" if n != SIZES[0] else ""
+            ax.set(xlabel=f"seconds for {n:,} images{extrapolated}", ylabel="spurious rate: extractor",
+                   ylim=(-0.05, 1.05))  # fmt: skip
+        for e in (m for m in mine if m["rate_held_out"] is not None):
+            axes[2].scatter(e["rate_extractor"], e["rate_held_out"], color=color[_label(e)])
+        axes[2].plot([0, 1], [0, 1], ls=":", color="grey")
+        axes[2].set(xlabel="spurious rate: extractor", ylabel="spurious rate: held out (mean)", xlim=(-0.05, 1.05),
+                    ylim=(-0.05, 1.05))  # fmt: skip
+        handles = [plt.Line2D([], [], marker="o", ls="", color=c) for c in color.values()]
+        fig.legend(handles, list(color), loc="lower center", ncol=min(len(color), 7), fontsize=8)
+        fig.suptitle(f"{sweep.root.name}: {cls}, rate against cost (mean over seeds)", fontsize=9)
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
+        path = out / "figures" / f"cost_{cls.replace(' ', '_')}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        figures[f"cost:{cls}"] = path
+    return figures
+
+
+def cost_lines(
+    sweep: Sweep, rows: list[dict], figures: dict[str, Path] | None = None, out_dir: Path | None = None
+) -> list[str]:
+    """report.md's section: rates against the cost of N = 32 and N = 1,000 images, per method and class, and
+    each class's cost figure (cost_figures) when drawn."""
     entries = cost_rows(sweep, rows)
     if not entries:
         return []
@@ -115,4 +172,11 @@ def cost_lines(sweep: Sweep, rows: list[dict]) -> list[str]:
             _num(e["passes_32"]), _num(e["passes_1000"]),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    return [*lines, ""]
+    lines.append("")
+    for key, path in sorted((figures or {}).items()):
+        if key.startswith("cost:") and out_dir is not None:
+            lines += [
+                f"![rate against cost, held-out against extractor rate]({path.relative_to(out_dir)})",
+                "",
+            ]
+    return lines

@@ -177,7 +177,7 @@ def markdown(sweep: Sweep, rows: list[dict], figures: dict[str, Path], out_dir: 
                     f"![similarity, KID and diversity vs lambda_sfsl]({measures.relative_to(out_dir)})",
                     "",
                 ]
-    lines += cost_lines(sweep, rows)  # each method's rates against the cost of N images (run.json `cost`)
+    lines += cost_lines(sweep, rows, figures, out_dir)  # rates against the cost of N images (run.json `cost`)
     lines += ["## Missing or failed runs", ""]
     lines += [f"- `{where}`: {why}" for where, why in sweep.problems] or ["None."]
     if sweep.conflicts:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from spurgen.report.aggregate import aggregate
 from spurgen.report.collect import collect
+from spurgen.report.cost import cost_figures
 from spurgen.report.csv_rows import CSV_FIELDS, EFFECT_FIELDS, csv_lines, effect_lines
 from spurgen.report.effects import effects
 from spurgen.report.figures import figures as draw_figures
@@ -25,7 +26,7 @@ def write_report(
     sweep = collect(root)
     out = output_folder(out_dir or sweep.root, "--out")  # one line, before any figure is drawn
     rows = aggregate(sweep)
-    figures = draw_figures(sweep, rows, out)
+    figures = {**draw_figures(sweep, rows, out), **cost_figures(sweep, rows, out)}
     lines, shown = csv_lines(rows), effect_lines(effects(rows))
     for name, fields, content in (("report.csv", CSV_FIELDS, lines), ("effects.csv", EFFECT_FIELDS, shown)):
         with open(out / name, "w", newline="") as f:
