@@ -31,7 +31,8 @@ def _block(rate: float, sim: float = 0.5, n: int = 10, **extra: float) -> dict:
 
 def _fake_run(root: Path, lam: float, seed: int, rate: float, **opts) -> None:
     """A run folder `lambda_sfsl=<lam>,seed=<seed>`; opts: version ("1"), metrics (True | False | "broken"),
-    baseline (False), sim (0.5: the images' similarity), extra ({}: the images' kid / diversity)."""
+    baseline (False), sim (0.5: the images' similarity), extra ({}: the images' kid / diversity), memorisation
+    ({}: metrics.json's memorisation block)."""
     version, metrics, baseline = (
         opts.get("version", "1"),
         opts.get("metrics", True),
@@ -58,6 +59,7 @@ def _fake_run(root: Path, lam: float, seed: int, rate: float, **opts) -> None:
                     "target": {"index": 105, "name": "koala"},
                     "results": results,
                     "sets": {},
+                    "memorisation": opts.get("memorisation", {}),
                 }
             )
         )
@@ -576,3 +578,30 @@ def test_planned_jobs_follow_hydras_basic_sweeper():
     assert planned_jobs(["class=koala", "--cfg", "job"]) is None  # Hydra flags: left to Hydra
     assert planned_jobs(["class=no_such_class,koala"]) is not None  # composition fails per job, not here
     assert planned_jobs(["experiment=no_such_experiment"]) is None  # Hydra reports it itself
+
+
+def test_report_shows_each_rows_nearest_reference_psnr(tmp_path):
+    """The memorisation check's PSNR per row: the seeds' mean and std of each run's median and largest value;
+    a run without the numbers adds nothing."""
+    from spurgen.report import aggregate, collect
+    from spurgen.report.markdown import _memorisation_lines
+
+    def memo(median, largest):
+        return {"images": {"psnr_db": {"median": median, "max": largest}},
+                "reference": {"psnr_db": {"median": 28.0, "max": 30.0}}}  # fmt: skip
+
+    root = tmp_path / "sweep"
+    _fake_run(root, 0, 0, 0.2, memorisation=memo(18.0, 21.0))
+    _fake_run(root, 0, 1, 0.4, memorisation=memo(20.0, 25.0))
+    _fake_run(root, 1, 0, 0.6)  # an older run: no memorisation block
+    rows = aggregate(collect(root))
+    lam0 = next(r for r in rows if r["row"] == "images" and r["lambda_sfsl"] == 0)
+    assert lam0["stats"]["memorisation_psnr_median"]["mean"] == pytest.approx(19.0)
+    assert lam0["stats"]["memorisation_psnr_max"]["mean"] == pytest.approx(23.0)
+    assert lam0["stats"]["memorisation_psnr_max"]["std"] == pytest.approx(2**0.5 * 2)
+    lam1 = next(r for r in rows if r["row"] == "images" and r["lambda_sfsl"] == 1)
+    assert "memorisation_psnr_median" not in lam1["stats"]
+    lines = _memorisation_lines([r for r in rows if r["row"] in ("reference", "images")])
+    assert "| lambda_sfsl=0 | 19.000 ± 1.414 (n=2) | 23.000 ± 2.828 (n=2) |" in lines
+    assert "| reference | 28.000 ± 0.000 (n=2) | 30.000 ± 0.000 (n=2) |" in lines
+    assert any(line.startswith("| lambda_sfsl=1 | – | – |") for line in lines)

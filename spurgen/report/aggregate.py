@@ -42,6 +42,16 @@ def _numbers(block: dict) -> dict[str, float]:
     return out
 
 
+def _memorisation(memo: dict | None) -> dict[str, float]:
+    """The memorisation check's nearest-reference PSNR of one image set (spurgen/eval/memorisation.py):
+    `memorisation_psnr_median` and `memorisation_psnr_max` in dB; none for a set without the numbers (a
+    single reference, an older run)."""
+    psnr = (memo or {}).get("psnr_db")
+    if not psnr:
+        return {}
+    return {"memorisation_psnr_median": psnr["median"], "memorisation_psnr_max": psnr["max"]}
+
+
 def _same(a: dict[str, float], b: dict[str, float]) -> bool:
     def close(x, y) -> bool:
         if x is None or y is None:
@@ -69,7 +79,7 @@ def _groups(sweep: Sweep) -> dict[tuple, dict[int, tuple[Run, dict[str, float]]]
                 continue
             lam = r.lambda_sfsl if set_name == "images" else None
             key = (r.method_version, r.class_key, set_name, r.row_identity[set_name], lam)
-            nums = _numbers(r.results[set_name])
+            nums = _numbers(r.results[set_name]) | _memorisation(r.memorisation.get(set_name))
             if r.seed not in groups[key]:
                 groups[key][r.seed] = (r, nums)
                 continue

@@ -33,6 +33,9 @@ class Run:
     extractor: dict | None = None  # metrics.json "extractor": what trained the SFSL (run.json's record)
     marks: dict = field(default_factory=dict)  # metrics.json "model_marks": what the model preset declares
     weights: str | None = None  # metrics.json "model_weights": the base weights by content (None: older runs)
+    memorisation: dict = field(
+        default_factory=dict
+    )  # metrics.json "memorisation": set -> nearest-reference numbers
 
     @property
     def table(self) -> tuple:
@@ -92,6 +95,7 @@ def _read_run(folder: Path) -> Run:
             metrics.get("extractor"),
             metrics.get("model_marks") or {},
             metrics.get("model_weights"),
+            metrics.get("memorisation") or {},
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"unreadable eval/metrics.json or config ({type(exc).__name__}: {exc})") from None

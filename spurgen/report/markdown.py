@@ -69,7 +69,7 @@ def _table_lines(trows: list[dict], differences: list[str]) -> list[str]:
             f"{sum(sims) / len(sims):.3f}" if sims else "–",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return lines + _distribution_lines(trows) + _effect_lines(trows)
+    return lines + _distribution_lines(trows) + _memorisation_lines(trows) + _effect_lines(trows)
 
 
 DISTRIBUTION_NAMES = {"similarity": "similarity", "kid": "KID", "diversity": "diversity"}
@@ -86,6 +86,19 @@ def _distribution_lines(trows: list[dict]) -> list[str]:
     lines = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in trows:
         lines.append("| " + " | ".join([_row_label(r), *[_fmt(r["stats"].get(m)) for m in keys]]) + " |")
+    return lines
+
+
+def _memorisation_lines(trows: list[dict]) -> list[str]:
+    """Each row's nearest-reference PSNR (dB; median and largest over its images, mean ± seed std): a generated
+    set far closer to the references than the references are to each other suggests copying."""
+    keys = ("memorisation_psnr_median", "memorisation_psnr_max")
+    if not any(k in r["stats"] for r in trows for k in keys):
+        return []
+    lines = ["", "Memorisation: PSNR (dB) of each image to its nearest reference (the reference row: to its nearest "
+             "other reference, the yardstick).", "", "| row | median PSNR | largest PSNR |", "|---|---|---|"]  # fmt: skip
+    for r in trows:
+        lines.append("| " + " | ".join([_row_label(r), *[_fmt(r["stats"].get(k)) for k in keys]]) + " |")
     return lines
 
 
