@@ -328,3 +328,26 @@ def test_a_method_other_than_the_default_names_itself_in_the_logger_labels():
     default, guided = (run_labels(validate(load(*TINY, f"method={m}"))) for m in ("sfsl", "guidance"))
     assert default.name == "hummingbird-lambda0.1-seed0" and not any("method" in t for t in default.tags)
     assert guided.name == "hummingbird-guidance-lambda0-seed0" and "method:guidance" in guided.tags
+
+
+def test_a_checkpoint_carries_the_extractor_pass_counts(tiny_parts_factory, tiny_extractor):
+    """A resumed run continues its cost counts from the checkpoint (spurgen_state), not from zero."""
+    from spurgen.losses import SpurgenObjective, SpuriousFeatureSimilarityLoss
+    from spurgen.module import SpurgenModule
+
+    from .helpers import module_settings, optimizer_factory
+
+    def module() -> SpurgenModule:
+        sfsl = SpuriousFeatureSimilarityLoss(tiny_extractor)
+        return SpurgenModule(
+            tiny_parts_factory(), SpurgenObjective(sfsl=sfsl), optimizer_factory(), module_settings()
+        )
+
+    first = module()
+    first.objective.sfsl.passes.forward, first.objective.sfsl.passes.backward = 7, 4
+    checkpoint = {"state_dict": first.state_dict()}
+    first.on_save_checkpoint(checkpoint)
+    second = module()
+    assert second.extractor_passes() == {"forward": 0, "backward": 0}
+    second.on_load_checkpoint(checkpoint)
+    assert second.extractor_passes() == {"forward": 7, "backward": 4}
