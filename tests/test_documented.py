@@ -9,7 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from spurgen.config import CONF_DIR, register_configs, register_resolvers
-from spurgen.eval.documented import documented_lines, figures_path, find_entry, seed_table
+from spurgen.eval.documented import documented_lines as lines_for
+from spurgen.eval.documented import figures_path, find_entry, seed_table
 from spurgen.identity import class_key, run_identity
 
 from .helpers import TINY
@@ -64,6 +65,12 @@ def test_a_run_sees_the_figures_of_its_own_setting_only(tmp_path):
     header, entry = find_entry(str(cfg.method_version), class_key(cfg)[1], run_identity(cfg), 0.1, path)
     assert header["machine"] == "test box" and entry["seeds"] == [0, 1, 2]
     assert "-" in seed_table(header, entry, {"results": {}}).splitlines()[2]  # a run with no images row
+
+
+def documented_lines(cfg, result, path):
+    """As spurgen/cli/run.py calls it: the composed config's setting."""
+    setting = (str(cfg.method_version), class_key(cfg)[1], run_identity(cfg), float(cfg.lambda_sfsl))
+    return lines_for(*setting, result, path)
 
 
 def shipped_entries():

@@ -70,8 +70,12 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict:
     if "evaluate" in result:
         from spurgen.eval.documented import documented_lines
         from spurgen.eval.outputs import summary_table
+        from spurgen.identity import class_key, run_identity
 
-        documented = documented_lines(cfg, result["evaluate"])  # this setting's figures over several seeds
+        setting = (str(cfg.method_version), class_key(cfg)[1], run_identity(cfg), float(cfg.lambda_sfsl))
+        documented = documented_lines(
+            *setting, result["evaluate"]
+        )  # this setting's figures over several seeds
         extra = f"\n\n{documented}" if documented else ""
         print(f"\n{summary_table(result['evaluate'])}{extra}\nall outputs: {run_dir}", flush=True)
     return result

@@ -82,11 +82,15 @@ def seed_table(header: dict[str, Any], entry: dict[str, Any], result: dict) -> s
     ])  # fmt: skip
 
 
-def documented_lines(cfg, result: dict, path: Path | None = None) -> str | None:
-    """The table for a run's composed config and its evaluation result, or None when no figures cover it."""
-    from spurgen.identity import class_key, run_identity
-
-    found = find_entry(
-        str(cfg.method_version), class_key(cfg)[1], run_identity(cfg), float(cfg.lambda_sfsl), path
-    )
+def documented_lines(
+    method_version: str,
+    class_file: str | None,
+    identity: str,
+    lambda_sfsl: float,
+    result: dict,
+    path: Path | None = None,
+) -> str | None:
+    """The table for a run's setting (its identities come from spurgen/identity.py) and its evaluation
+    result, or None when no figures cover the setting."""
+    found = find_entry(method_version, class_file, identity, lambda_sfsl, path)
     return None if found is None else seed_table(*found, result)
