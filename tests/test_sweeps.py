@@ -605,3 +605,21 @@ def test_report_shows_each_rows_nearest_reference_psnr(tmp_path):
     assert "| lambda_sfsl=0 | 19.000 ± 1.414 (n=2) | 23.000 ± 2.828 (n=2) |" in lines
     assert "| reference | 28.000 ± 0.000 (n=2) | 30.000 ± 0.000 (n=2) |" in lines
     assert any(line.startswith("| lambda_sfsl=1 | – | – |") for line in lines)
+
+
+def test_figure_names_tell_tables_apart_by_class_file_and_identity():
+    """Two pairs of one class (nematode from the moon and from the retina) get a figure each, named by their
+    class files; two settings of one pair add the identity; a lone table keeps the short name."""
+    from spurgen.report.figures import _stem
+
+    moon, retina = (
+        ("3", (111, "nematode", -1), "aaaaaaaa1111"),
+        ("3", (111, "nematode_retina", -1), "aaaaaaaa1111"),
+    )
+    other = ("3", (111, "nematode", -1), "bbbbbbbb2222")
+    koala = ("3", (105, "koala", -1), "aaaaaaaa1111")
+    tables = [moon, retina, other, koala]
+    assert [_stem(t, tables) for t in tables] == [
+        "111_nematode_aaaaaaaa_v3", "111_nematode_retina_v3", "111_nematode_bbbbbbbb_v3", "105_v3"
+    ]  # fmt: skip
+    assert _stem(moon, [moon, other]) == "111_aaaaaaaa_v3" and _stem(moon, [moon]) == "111_v3"

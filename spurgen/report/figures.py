@@ -34,6 +34,22 @@ def _grid_rows(table_runs: list[Run], all_runs: list[Run]) -> list[tuple[str, li
     return out
 
 
+def _stem(table: tuple, tables: list[tuple]) -> str:
+    """A table's figure name: its class index, then, only where another table of its method version shares
+    the index, its class file and component (two pairs of one class) and its identity (two settings)."""
+    version, key, identity = table
+    index, file, component = key
+    same_index = [t for t in tables if t[0] == version and t[1][0] == index]
+    if len(same_index) == 1:
+        return f"{index}_v{version}"
+    name = f"{index}"
+    if len({t[1] for t in same_index}) > 1:
+        name += (f"_{file}" if file else "") + (f"_c{component}" if component >= 0 else "")
+    if sum(1 for t in same_index if t[1] == key) > 1:
+        name += f"_{identity[:8]}"
+    return f"{name}_v{version}"
+
+
 def figures(sweep: Sweep, rows: list[dict], out: Path) -> dict[str, Path]:
     """The rate-vs-lambda figure of each method version; per table its image grid and its similarity, KID and
     diversity against lambda_sfsl."""
@@ -52,9 +68,7 @@ def figures(sweep: Sweep, rows: list[dict], out: Path) -> dict[str, Path]:
         if fig:
             figures[f"rate:{version}"] = fig
     for table, truns in sorted(tables.items()):
-        version, (index, _, _), identity = table
-        alone = sum(1 for t in tables if t[0] == version and t[1][0] == index) == 1
-        stem = f"{index}_v{version}" if alone else f"{index}_{identity[:8]}_v{version}"
+        stem = _stem(table, list(tables))
         name = f"images_{stem}.png"
         title = f"{table_title(truns[0].class_name, table)}: reference, baseline, generated"
         grid = class_grid(_grid_rows(truns, sweep.runs), out / "figures" / name, title)
