@@ -27,6 +27,8 @@ def test_default_run_beats_the_baseline_on_held_out_similarity_and_is_marked(tra
     run = trained_run()  # no overrides: the default run
     out = (run / "stdout.txt").read_text()
     assert out.count("MINI WORLD") == 2 and "(trained the SFSL)" in out  # banner; the end-of-run table
+    # the default setting's documented figures over seeds 0-2 (spurgen/assets/mini/seed_figures.json), below it
+    assert "documented figures for this setting" in out and "over seeds 0, 1, 2" in out
 
     expected = {"model_is_mini": True, "mini_corpus": {"train_photos": len(corpus.photos("train")),
                                                        "captions": 10, "crop_size": corpus.SIZE}}  # fmt: skip
