@@ -623,3 +623,39 @@ def test_figure_names_tell_tables_apart_by_class_file_and_identity():
         "111_nematode_aaaaaaaa_v3", "111_nematode_retina_v3", "111_nematode_bbbbbbbb_v3", "105_v3"
     ]  # fmt: skip
     assert _stem(moon, [moon, other]) == "111_aaaaaaaa_v3" and _stem(moon, [moon]) == "111_v3"
+
+
+def test_pooled_similarity_interval_by_hand():
+    """Two seeds' images with cosines [0.1, 0.3] and [0.5, 0.7, 0.9]: each run stores its mean, std and count;
+    pooled, the five images have mean 0.5 and variance 0.1, so the interval is 0.5 ± 1.96 sqrt(0.1 / 5)."""
+    import statistics
+
+    from spurgen.report.aggregate import _pooled_similarity
+    from spurgen.report.collect import Run
+
+    def run(values):
+        sim = {"value": statistics.fmean(values), "std": statistics.stdev(values), "n": len(values)}
+        per = {"a": {"spurious_rate": {"value": 0.0}, "similarity": sim}}
+        return Run(
+            Path("x"),
+            "koala",
+            (105, "", -1),
+            0.1,
+            0,
+            "3",
+            False,
+            "id",
+            {},
+            {},
+            {"images": {"per_classifier": per}},
+            {},
+        )
+
+    pooled = _pooled_similarity("images", {0: (run([0.1, 0.3]), {}), 1: (run([0.5, 0.7, 0.9]), {})})["a"]
+    half = 1.959964 * (0.1 / 5) ** 0.5
+    assert pooled["n"] == 5 and pooled["mean"] == pytest.approx(0.5)
+    assert pooled["ci"] == pytest.approx([0.5 - half, 0.5 + half])
+    # a run without the images' spread (an older metrics.json) gives no interval
+    old = run([0.1, 0.3])
+    old.results["images"]["per_classifier"]["a"]["similarity"].pop("std")
+    assert _pooled_similarity("images", {0: (old, {})}) == {}

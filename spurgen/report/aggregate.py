@@ -123,6 +123,7 @@ def _row(table: tuple, run: Run, set_name: str, lam: float | None, per_seed: dic
         "extractor": run.extractor if set_name == "images" else None,
         "stats": {m: _stats([nums.get(m) for _, nums in per_seed.values()]) for m in metrics},
         "pooled": _pooled(set_name, per_seed),
+        "pooled_similarity": _pooled_similarity(set_name, per_seed),
     }
 
 
@@ -145,6 +146,30 @@ def _pooled(set_name: str, per_seed: dict) -> dict[str, dict]:
         for c, (k, n) in counts.items()
         if n
     }
+
+
+def _pooled_similarity(set_name: str, per_seed: dict) -> dict[str, dict]:
+    """Per classifier: the similarity cos(phi(x), m) of all seeds' images pooled, the mean over every image with
+    its 95% normal interval mean ± 1.96 sqrt(v / N), v the variance of all N images' cosines, made from each
+    run's mean, std and count: v = (sum (n_i - 1) s_i² + sum n_i (m_i - m)²) / (N - 1). Like the rates' Wilson
+    interval, it is the interval of the images; the seed-to-seed std is the spread of the training runs."""
+    parts: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
+    for run, _ in per_seed.values():
+        for c, nums in run.results[set_name]["per_classifier"].items():
+            sim = nums.get("similarity") or {}
+            if sim.get("std") is not None and sim.get("n"):
+                parts[c].append((float(sim["value"]), float(sim["std"]), int(sim["n"])))
+    out = {}
+    for c, runs in parts.items():
+        total = sum(n for _, _, n in runs)
+        if total < 2:
+            continue
+        mean = sum(m * n for m, _, n in runs) / total
+        within = sum((n - 1) * sd**2 for _, sd, n in runs)
+        between = sum(n * (m - mean) ** 2 for m, _, n in runs)
+        half = 1.959964 * math.sqrt((within + between) / (total - 1) / total)
+        out[c] = {"mean": mean, "ci": [mean - half, mean + half], "n": total}
+    return out
 
 
 def aggregate(sweep: Sweep) -> list[dict]:

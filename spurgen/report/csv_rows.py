@@ -56,10 +56,10 @@ EFFECT_FIELDS = [
     "difference",
     "spread",
     "verdict",
-    "pooled_rate_0",
+    "pooled_value_0",
     "pooled_ci_low_0",
     "pooled_ci_high_0",
-    "pooled_rate",
+    "pooled_value",
     "pooled_ci_low",
     "pooled_ci_high",
 ]
@@ -67,12 +67,13 @@ EFFECT_FIELDS = [
 
 def effect_lines(found: list[dict]) -> list[dict]:
     """effects.csv: one line per table, lambda_sfsl > 0, classifier and metric (spurgen/report/effects.py), the
-    pooled 95% Wilson intervals of the spurious rate in columns of their own (empty for the similarity)."""
+    pooled 95% intervals in columns of their own (the spurious rate's Wilson interval, the similarity's normal
+    interval of the mean over all seeds' images)."""
     out = []
     for e in found:
         line = {k: e[k] for k in EFFECT_FIELDS if k in e and not k.startswith("pooled")}
         for suffix, pooled in (("_0", e["pooled_0"]), ("", e["pooled"])):
-            line[f"pooled_rate{suffix}"] = pooled["rate"] if pooled else ""
+            line[f"pooled_value{suffix}"] = pooled.get("rate", pooled.get("mean")) if pooled else ""
             line[f"pooled_ci_low{suffix}"] = pooled["ci"][0] if pooled else ""
             line[f"pooled_ci_high{suffix}"] = pooled["ci"][1] if pooled else ""
         out.append(line)

@@ -26,8 +26,15 @@ RULE = (
     "An effect counts as **shown** when the lambda_sfsl > 0 row's mean exceeds the lambda_sfsl = 0 row's mean "
     "(same table) by more than the pooled seed spread sqrt((s0² + s1²) / 2), s0 and s1 being the two rows' "
     "seed-to-seed standard deviations; **not shown** otherwise (a fall included); **n/a (one seed)** where a "
-    "row has one seed. Rates come with the pooled 95% Wilson interval of each row (all seeds' images)."
+    "row has one seed. Rates come with the pooled 95% Wilson interval of each row (all seeds' images), similarities with the "
+    "pooled 95% normal interval of the mean over all seeds' images."
 )
+
+
+POOLED = {
+    "spurious_rate": "pooled",
+    "similarity": "pooled_similarity",
+}  # the row key of each metric's pooled interval
 
 
 def pooled_spread(s0: float | None, s1: float | None) -> float | None:
@@ -70,8 +77,8 @@ def _effect(base: dict | None, r: dict, classifier: str, metric: str) -> dict:
         "mean": stats["mean"] if stats else None,
         "n_seeds": stats["n"] if stats else 0,
         **judge(base_stats, stats),
-        "pooled_0": (base or {}).get("pooled", {}).get(classifier) if metric == "spurious_rate" else None,
-        "pooled": r.get("pooled", {}).get(classifier) if metric == "spurious_rate" else None,
+        "pooled_0": (base or {}).get(POOLED[metric], {}).get(classifier),
+        "pooled": r.get(POOLED[metric], {}).get(classifier),
     }
     if base is None:
         out["verdict"] = NO_BASE

@@ -103,7 +103,8 @@ def _memorisation_lines(trows: list[dict]) -> list[str]:
 
 
 def _wilson(p: dict | None) -> str:
-    return "–" if not p else f"{p['rate']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]"
+    """A pooled value with its 95% interval: a rate (Wilson) or a similarity (normal, the mean's)."""
+    return "–" if not p else f"{p.get('rate', p.get('mean')):.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]"
 
 
 def _difference(e: dict) -> str:
@@ -120,7 +121,7 @@ def _effect_lines(trows: list[dict]) -> list[str]:
     if not found:
         return []
     head = ["lambda_sfsl", "classifier", "rate pooled 95% Wilson: λ=0 → λ", "rate diff / spread", "rate effect",
-            "similarity diff / spread", "similarity effect"]  # fmt: skip
+            "similarity pooled 95%: λ=0 → λ", "similarity diff / spread", "similarity effect"]  # fmt: skip
     lines = ["", "Effect of lambda_sfsl against lambda_sfsl = 0 (diff: mean difference; spread: pooled seed "
              "spread):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
     pairs = {(e["lambda_sfsl"], e["classifier"]): {} for e in found}
@@ -129,7 +130,8 @@ def _effect_lines(trows: list[dict]) -> list[str]:
     for (lam, c), by in pairs.items():
         rate, sim = by["spurious_rate"], by["similarity"]
         cells = [f"{lam:g}", c, f"{_wilson(rate['pooled_0'])} → {_wilson(rate['pooled'])}", _difference(rate),
-                 rate["verdict"], _difference(sim), sim["verdict"]]  # fmt: skip
+                 rate["verdict"], f"{_wilson(sim['pooled_0'])} → {_wilson(sim['pooled'])}", _difference(sim),
+                 sim["verdict"]]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
