@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-CSV_FIELDS = [
+TABLE_FIELDS = [
     "method_version",
     "class_index",
     "class_name",
     "class_file",
     "component",
     "identity",
+]  # a table's key
+CSV_FIELDS = [
+    *TABLE_FIELDS,
     "row",
     "row_identity",
     "lambda_sfsl",
@@ -40,12 +43,7 @@ def csv_lines(rows: list[dict]) -> list[dict]:
 
 
 EFFECT_FIELDS = [
-    "method_version",
-    "class_index",
-    "class_name",
-    "class_file",
-    "component",
-    "identity",
+    *TABLE_FIELDS,
     "lambda_sfsl",
     "classifier",
     "metric",
