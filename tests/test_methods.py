@@ -294,7 +294,7 @@ def test_the_report_puts_each_method_s_rates_beside_the_cost_of_n_images(tmp_pat
         folder.mkdir()
         (folder / "run.json").write_text(json.dumps({"cost": cost} if cost else {}))
         ids = {"images": "abc", "baseline": "b", "reference": "r"}
-        config = {"method.name": "guidance"}
+        config = {"method.name": "guidance", "method.guidance.strength": 3.0}
         return Run(
             folder, "nematode", table[1], 0.0, seed, "3", False, "abc", ids, config, {"images": {}}, {}
         )
@@ -318,7 +318,7 @@ def test_the_report_puts_each_method_s_rates_beside_the_cost_of_n_images(tmp_pat
     assert list(figures) == ["cost:nematode"] and figures["cost:nematode"].is_file()
     text = "\n".join(cost_lines(sweep, rows, figures, tmp_path / "out"))
     assert "## Rate against cost" in text and "1,000 (extrapolated)" in text
-    assert "| nematode | guidance | 0 | 3 (2) | 0.90 | 0.40 |" in text
+    assert "| nematode | guidance s=3 | 0 | 3 (2) | 0.90 | 0.40 |" in text  # the strength tells arms apart
     assert "(figures/cost_nematode.png)" in text
 
 
@@ -351,3 +351,30 @@ def test_a_checkpoint_carries_the_extractor_pass_counts(tiny_parts_factory, tiny
     assert second.extractor_passes() == {"forward": 0, "backward": 0}
     second.on_load_checkpoint(checkpoint)
     assert second.extractor_passes() == {"forward": 7, "backward": 4}
+
+
+def test_cost_rows_name_the_pair_and_read_every_method_under_the_sweeps_extractor(tmp_path):
+    """Two pairs of one class (nematode, nematode_retina) are two rows; a method that never ran the extractor
+    (textual inversion) is still read under the sweep's extractor, not left blank."""
+    from spurgen.report.collect import Run, Sweep
+    from spurgen.report.cost import cost_rows
+
+    def run(file: str, method: str) -> Run:
+        folder = tmp_path / f"{file}-{method}"
+        folder.mkdir()
+        table = ("3", (111, file, -1), method)
+        ids = {"images": method, "baseline": "b", "reference": "r"}
+        return Run(folder, "nematode", table[1], 0.1, 0, "3", False, method, ids, {"method.name": method},
+                   {"images": {}}, {})  # fmt: skip
+
+    runs = [run("nematode", "sfsl"), run("nematode_retina", "sfsl"), run("nematode", "textual_inversion")]
+    stats = {f"spurious_rate/lite{i}": {"mean": m} for i, m in enumerate((0.6, 0.2, 0.4))}
+    rows = [
+        {"row": "images", "table": r.table, "lambda_sfsl": 0.1, "class_name": "nematode", "class_file": r.class_key[1],
+         "seeds": [0], "stats": stats, "extractor": {"name": "lite0"} if r.identity == "sfsl" else None}
+        for r in runs
+    ]  # fmt: skip
+    entries = cost_rows(Sweep(tmp_path, runs=runs), rows)
+    assert [e["class_name"] for e in entries] == ["nematode", "nematode_retina", "nematode"]
+    assert all(e["extractor"] == "lite0" and e["rate_extractor"] == 0.6 for e in entries)
+    assert entries[2]["rate_held_out"] == pytest.approx(0.3)

@@ -47,14 +47,19 @@ def cost_rows(sweep: Sweep, rows: list[dict]) -> list[dict]:
     for r in sorted(sweep.runs, key=lambda r: str(r.folder)):
         if "images" in r.results:
             runs[(r.table, r.lambda_sfsl)].setdefault(r.seed, r)  # a seed counts once
+    known = [(r["extractor"] or {}).get("name") for r in rows if r["row"] == "images" and r.get("extractor")]
+    default_f = max(set(known) - {None}, key=known.count, default=None)  # the sweep's extractor, by majority
     out = []
     for row in (r for r in rows if r["row"] == "images"):
         seeds = runs.get((row["table"], row["lambda_sfsl"]), {})
         costs = [c for c in (_cost(r) for r in seeds.values()) if c is not None]
         first = next(iter(seeds.values()), None)
-        f_name = (first.config.get("feature_extractor.name") if first else None) or (
-            row["extractor"] or {}
-        ).get("name")
+        # a method that never ran f (dreambooth, textual inversion) is still read under the sweep's extractor
+        f_name = (
+            (first.config.get("feature_extractor.name") if first else None)
+            or (row["extractor"] or {}).get("name")
+            or default_f
+        )
         rates = {
             k.split("/", 1)[1]: v["mean"] for k, v in row["stats"].items() if k.startswith("spurious_rate/")
         }
@@ -65,8 +70,9 @@ def cost_rows(sweep: Sweep, rows: list[dict]) -> list[dict]:
         }
         entry = {
             "table": row["table"],
-            "class_name": row["class_name"],
+            "class_name": row.get("class_file") or row["class_name"],  # the pair: two pairs may share a class
             "method": (first.config.get("method.name") if first else None) or "sfsl",
+            "strength": first.config.get("method.guidance.strength") if first else None,
             "lambda_sfsl": row["lambda_sfsl"],
             "seeds_with_cost": len(costs),
             "seeds": len(row["seeds"]),
@@ -88,11 +94,13 @@ def _num(x: float | None, digits: int = 0) -> str:
 
 
 def _label(e: dict) -> str:
-    return (
-        e["method"]
-        if e["method"] not in ("sfsl", "textual_inversion")
-        else f"{e['method']} λ={e['lambda_sfsl']:g}"
-    )
+    """`sfsl λ=0.1`, `guidance s=10`, `sfsl_guidance λ=0.1 s=3`: what tells two points of one class apart."""
+    label = e["method"]
+    if e["method"] in ("sfsl", "textual_inversion", "sfsl_guidance"):
+        label += f" λ={e['lambda_sfsl']:g}"
+    if e.get("strength") is not None:
+        label += f" s={e['strength']:g}"
+    return label
 
 
 def cost_figures(sweep: Sweep, rows: list[dict], out: Path) -> dict[str, Path]:
@@ -149,7 +157,7 @@ def cost_lines(
     if not entries:
         return []
     head = [
-        "class", "method", "lambda_sfsl", "seeds (with cost)", "rate: extractor", "rate: held out",
+        "class file", "method", "lambda_sfsl", "seeds (with cost)", "rate: extractor", "rate: held out",
         "fine-tuning s", "s per image", "s for 32", "s for 1,000 (extrapolated)", "f passes for 32",
         "f passes for 1,000 (extrapolated)",
     ]  # fmt: skip
@@ -164,9 +172,11 @@ def cost_lines(
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
-    for e in sorted(entries, key=lambda e: (e["class_name"], e["method"], e["lambda_sfsl"] or 0)):
+    for e in sorted(
+        entries, key=lambda e: (e["class_name"], e["method"], e["lambda_sfsl"] or 0, e["strength"] or 0)
+    ):
         cells = [
-            e["class_name"], e["method"], f"{e['lambda_sfsl']:g}", f"{e['seeds']} ({e['seeds_with_cost']})",
+            e["class_name"], _label(e), f"{e['lambda_sfsl']:g}", f"{e['seeds']} ({e['seeds_with_cost']})",
             _num(e["rate_extractor"], 2), _num(e["rate_held_out"], 2), _num(e["tune_seconds"], 1),
             _num(e["image_seconds"], 3), _num(e["seconds_32"], 1), _num(e["seconds_1000"], 1),
             _num(e["passes_32"]), _num(e["passes_1000"]),
