@@ -73,9 +73,7 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict:
         from spurgen.identity import class_key, run_identity
 
         setting = (str(cfg.method_version), class_key(cfg)[1], run_identity(cfg), float(cfg.lambda_sfsl))
-        documented = documented_lines(
-            *setting, result["evaluate"]
-        )  # this setting's figures over several seeds
+        documented = documented_lines(*setting, result["evaluate"])  # its figures over several seeds
         extra = f"\n\n{documented}" if documented else ""
         print(f"\n{summary_table(result['evaluate'])}{extra}\nall outputs: {run_dir}", flush=True)
     return result
