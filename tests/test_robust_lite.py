@@ -262,23 +262,29 @@ def test_shipped_file_matches_its_manifest_and_replays():
 
     manifest = json.loads((robust_lite.OUT / robust_lite.MANIFEST).read_text())
     assert manifest["files"][robust_lite.WEIGHTS] == sha256_file(SHIPPED)
+    assert manifest["size_bytes"] == SHIPPED.stat().st_size <= 25e6
     assert manifest["robustness"]["gate"]["passed"]  # only a file that passed the gate ships
-    assert robust_lite.replay(manifest, 2) == manifest["first_losses"][:2]
+    # on the run's thread count; bit for bit on the machine that made it, to float rounding on another CPU
+    assert robust_lite.replay(manifest, 2) == pytest.approx(manifest["first_losses"][:2], rel=1e-5)
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="no robust Lite0 ships yet (make mini-robust)")
 def test_shipped_gate_numbers_replay_on_the_first_chunk():
-    """The manifest's per-image PGD hits at the gate's eps replay on the first CHUNK held-out crops."""
+    """The manifest's per-image clean and PGD hits at the gate's eps replay on the first CHUNK held-out crops
+    (at most one image of the chunk may flip on another CPU, where an attack ends on a decision boundary)."""
     from spurgen.models.lite import load_efficientnet_lite, load_robust_lite
     from spurgen.torch_threads import torch_threads
 
-    rob = json.loads((robust_lite.OUT / robust_lite.MANIFEST).read_text())["robustness"]
+    manifest = json.loads((robust_lite.OUT / robust_lite.MANIFEST).read_text())
+    rob = manifest["robustness"]
     eps, n = rob["gate"]["eps"], robust_gate.CHUNK
     x = robust_gate.heldout_crops(rob["views_per_photo"])[0][:n]
-    with torch_threads(1):
+    with torch_threads(manifest["threads"]):
         standard = load_efficientnet_lite(0)
+        models = {"robust": load_robust_lite(str(SHIPPED)), "standard": standard}
         labels = robust_gate.top1(standard, x)
-        hits = robust_gate.attacked_agreement(
-            load_robust_lite(str(SHIPPED)), x, labels, eps, rob["pgd_steps"]
-        )
-    assert hits.tolist() == rob["models"]["robust"]["hits"][f"pgd_{eps:g}"][:n]
+        for name, model in models.items():
+            recorded = rob["models"][name]["hits"]
+            assert (robust_gate.top1(model, x) == labels).tolist() == recorded["clean"][:n]
+            hits = robust_gate.attacked_agreement(model, x, labels, eps, rob["pgd_steps"]).tolist()
+            assert sum(a != b for a, b in zip(hits, recorded[f"pgd_{eps:g}"][:n], strict=True)) <= 1, name

@@ -659,3 +659,50 @@ def test_pooled_similarity_interval_by_hand():
     old = run([0.1, 0.3])
     old.results["images"]["per_classifier"]["a"]["similarity"].pop("std")
     assert _pooled_similarity("images", {0: (old, {})}) == {}
+
+
+def test_adversarial_gap_is_the_training_extractors_rate_minus_each_held_out_rate(tmp_path):
+    """Two arms (extractor a, extractor b) x lambda_sfsl {0, 1} x seeds {0, 1}: every generated row of an arm
+    has `adversarial_gap/<other>` = rate under its own extractor minus rate under the other, mean and spread over
+    the per-seed gaps; the lambda_sfsl = 0 row (extractor not used) is read under the arm's extractor."""
+    from spurgen.report import aggregate, collect, write_report
+
+    root, rates = tmp_path / "arms", {}
+    for ext, lam, seed in __import__("itertools").product("ab", (0, 1), (0, 1)):
+        # a's rate rises with lambda; b's rate is what the images show to the other classifier
+        ra, rb = 0.2 + 0.5 * lam + 0.1 * seed, 0.1 + 0.05 * lam + 0.2 * seed
+        rates[(ext, lam, seed)] = (ra, rb)
+        run = root / f"feature_extractor={ext},lambda_sfsl={lam},seed={seed}"
+        (run / ".hydra").mkdir(parents=True)
+        cfg = {"target": {"name": "koala", "index": 105}, "feature_extractor": {"name": ext},
+               "lambda_sfsl": lam, "seed": seed}  # fmt: skip
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+        block = _block(0.0)
+        for c, r in (("a", ra), ("b", rb)):
+            block["per_classifier"][c] = {"spurious_rate": {"value": r, "n": 10, "count": round(10 * r)}}
+        metrics = {"method_version": "1", "target": {"index": 105, "name": "koala"},
+                   "results": {"images": block, "reference": _block(0.9, 1.0)},
+                   "extractor": {"name": ext, "arch": "X", "layer": "pool", "used": lam > 0}}  # fmt: skip
+        (run / "eval").mkdir()
+        (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    rows = [r for r in aggregate(collect(root)) if r["row"] == "images"]
+    assert len(rows) == 4
+    for r in rows:
+        ext = r["trained_extractor"]
+        other = "b" if ext == "a" else "a"
+        gaps = [
+            (a - b) if ext == "a" else (b - a) for a, b in (rates[(ext, r["lambda_sfsl"], s)] for s in (0, 1))
+        ]
+        gap = r["stats"][f"adversarial_gap/{other}"]
+        assert gap["mean"] == pytest.approx(sum(gaps) / 2) and gap["n"] == 2
+        assert gap["std"] == pytest.approx(abs(gaps[0] - gaps[1]) / math.sqrt(2))
+        assert f"adversarial_gap/{ext}" not in r["stats"]  # no gap against itself
+    write_report(root)
+    md = (root / "report.md").read_text()
+    assert "| row | gap a − b |" in md and "| row | gap b − a |" in md
+    # arm a at lambda 1: gaps 0.7 - 0.15 = 0.55 and 0.8 - 0.35 = 0.45 -> 0.500 ± 0.071; arm b: the negatives
+    assert (
+        "| lambda_sfsl=1 | 0.500 ± 0.071 (n=2) |" in md and "| lambda_sfsl=1 | -0.500 ± 0.071 (n=2) |" in md
+    )
+    csv_metrics = {r["metric"] for r in __import__("csv").DictReader(open(root / "report.csv"))}
+    assert {"adversarial_gap/a", "adversarial_gap/b"} <= csv_metrics

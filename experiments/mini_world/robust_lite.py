@@ -156,10 +156,10 @@ def save(student: torch.nn.Module, path: Path, cfg: RobustConfig, steps: int) ->
 
 
 def replay(manifest: dict, n: int = FIRST) -> list[float]:
-    """The first `n` losses of the run a manifest records, recomputed (one thread, as the run)."""
+    """The first `n` losses of the run a manifest records, recomputed on the run's thread count."""
     cfg = RobustConfig(**{**manifest["config"], "photos": tuple(manifest["config"]["photos"]), "steps": n})
     cfg.minutes = float("inf")
-    with torch_threads(1):
+    with torch_threads(manifest.get("threads", 1)):
         return train(cfg)[1]["first_losses"][:n]
 
 
@@ -176,13 +176,16 @@ def parse_args(argv: list[str] | None) -> tuple[RobustConfig, argparse.Namespace
     )
     p.add_argument("--gate-pgd-steps", type=int, default=10)
     p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (the losses replay at this count only)"
+    )
+    p.add_argument(
         "--figure", type=Path, default=None, help="the input-gradient figure, robust beside standard"
     )
     args = p.parse_args(argv)
     cfg = RobustConfig(**{k: getattr(args, k) for k in RobustConfig.__dataclass_fields__ if k != "photos"})
-    if min(cfg.steps, cfg.batch, cfg.log_every) < 1 or cfg.pgd_steps < 0 or not cfg.minutes > 0:
+    if min(cfg.steps, cfg.batch, cfg.log_every, args.threads) < 1 or cfg.pgd_steps < 0 or not cfg.minutes > 0:
         p.error(
-            "--steps, --batch, --log-every must be at least 1, --pgd-steps at least 0, --minutes positive"
+            "--steps, --batch, --log-every, --threads must be at least 1, --pgd-steps at least 0, --minutes positive"
         )
     if not (cfg.eps >= 0 and cfg.lr > 0 and cfg.beta >= 0):
         p.error("--eps and --beta must be at least 0 and --lr positive")
@@ -190,13 +193,14 @@ def parse_args(argv: list[str] | None) -> tuple[RobustConfig, argparse.Namespace
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point on one thread (the manifest's losses replay only at the thread count they were made with)."""
-    with torch_threads(1):
-        return _main(argv)
-
-
-def _main(argv: list[str] | None) -> int:
+    """Entry point on --threads threads (the manifest's losses replay only at the thread count they were made
+    with)."""
     cfg, args = parse_args(argv)
+    with torch_threads(args.threads):
+        return _main(cfg, args, argv)
+
+
+def _main(cfg: RobustConfig, args: argparse.Namespace, argv: list[str] | None) -> int:
     command = f"{PROG} " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     try:

@@ -105,8 +105,32 @@ def _rel(sweep: Sweep, r: Run) -> str:
         return str(r.folder)
 
 
-def _row(table: tuple, run: Run, set_name: str, lam: float | None, per_seed: dict) -> dict:
+def _gaps(nums: dict[str, float], trained: str | None) -> dict[str, float]:
+    """The adversarial gap of one run (METHOD.md's transfer question): the training extractor's spurious rate
+    minus each held-out classifier's, `adversarial_gap/<held-out>`; none when the extractor is not among the
+    evaluated classifiers."""
+    own = nums.get(f"spurious_rate/{trained}") if trained else None
+    if own is None:
+        return {}
+    return {
+        f"adversarial_gap/{m.split('/', 1)[1]}": own - v
+        for m, v in nums.items()
+        if m.startswith("spurious_rate/") and m != f"spurious_rate/{trained}" and v is not None
+    }
+
+
+def trained_extractor(runs: list[Run]) -> str | None:
+    """The classifier name of the extractor that trained the SFSL in a table's runs (those with
+    lambda_sfsl > 0 record it as used); a table's lambda_sfsl = 0 runs are read under the same name."""
+    return next((r.extractor["name"] for r in runs if r.extractor and r.extractor.get("used")), None)
+
+
+def _row(
+    table: tuple, run: Run, set_name: str, lam: float | None, per_seed: dict, trained: str | None = None
+) -> dict:
     version, class_key, identity = table
+    if set_name == "images" and trained:  # per seed, so the gap's spread is the seeds' spread
+        per_seed = {s: (r, nums | _gaps(nums, trained)) for s, (r, nums) in per_seed.items()}
     metrics = sorted({m for _, nums in per_seed.values() for m in nums})
     return {
         "method_version": version,
@@ -121,6 +145,7 @@ def _row(table: tuple, run: Run, set_name: str, lam: float | None, per_seed: dic
         "lambda_sfsl": lam,
         "seeds": sorted(per_seed),
         "extractor": run.extractor if set_name == "images" else None,
+        "trained_extractor": trained if set_name == "images" else None,
         "stats": {m: _stats([nums.get(m) for _, nums in per_seed.values()]) for m in metrics},
         "pooled": _pooled(set_name, per_seed),
         "pooled_similarity": _pooled_similarity(set_name, per_seed),
@@ -182,7 +207,7 @@ def aggregate(sweep: Sweep) -> list[dict]:
         tables[r.table].append(r)
     rows = []
     for table in sorted(tables):
-        first = tables[table][0]
+        first, trained = tables[table][0], trained_extractor(tables[table])
         version, class_key, _ = table
         for set_name in ("reference", "baseline"):
             per_seed = groups.get((version, class_key, set_name, first.row_identity[set_name], None))
@@ -192,7 +217,7 @@ def aggregate(sweep: Sweep) -> list[dict]:
             per_seed = groups.get((version, class_key, "images", first.identity, lam))
             if per_seed:
                 of_lam = next(r for r in tables[table] if r.lambda_sfsl == lam)
-                rows.append(_row(table, of_lam, "images", lam, per_seed))
+                rows.append(_row(table, of_lam, "images", lam, per_seed, trained))
     return rows
 
 

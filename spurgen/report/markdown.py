@@ -69,7 +69,26 @@ def _table_lines(trows: list[dict], differences: list[str]) -> list[str]:
             f"{sum(sims) / len(sims):.3f}" if sims else "–",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _gap_lines(trows)
     return lines + _distribution_lines(trows) + _memorisation_lines(trows) + _effect_lines(trows)
+
+
+def _gap_lines(trows: list[dict]) -> list[str]:
+    """Each generated row's adversarial gap (spurgen/report/aggregate.py): the spurious rate under the classifier
+    that is the table's training extractor minus the rate under each held-out classifier (mean ± seed std of
+    the per-seed gaps). A gap that grows with lambda_sfsl is the extractor being fooled, not the feature drawn."""
+    keys = sorted({m for r in trows for m in r["stats"] if m.startswith("adversarial_gap/")})
+    trained = next((r["trained_extractor"] for r in trows if r.get("trained_extractor")), None)
+    if not keys or not trained:
+        return []
+    head = ["row", *[f"gap {trained} − {m.split('/', 1)[1]}" for m in keys]]
+    lines = ["", f"Adversarial gap: spurious rate under the training extractor `{trained}` minus the rate under "
+             "each held-out classifier, per seed (mean ± seed std).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    for r in trows:
+        if r["row"] == "images":
+            lines.append("| " + " | ".join([_row_label(r), *[_fmt(r["stats"].get(m)) for m in keys]]) + " |")
+    return lines
 
 
 DISTRIBUTION_NAMES = {"similarity": "similarity", "kid": "KID", "diversity": "diversity"}
