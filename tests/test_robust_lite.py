@@ -257,6 +257,29 @@ def test_command_writes_a_file_matching_its_manifest_that_replays(tmp_path):
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="no robust Lite0 ships yet (make mini-robust)")
+def test_preset_composes_to_the_shipped_robust_extractor_with_its_identity():
+    """feature_extractor=efficientnet_lite0_robust builds the shipped file's model: its sha256 is the manifest's,
+    its robustness the manifest's norm, eps and steps; it is not the standard Lite0."""
+    from hydra.utils import instantiate
+
+    from spurgen.models.lite import load_efficientnet_lite
+
+    manifest = json.loads((robust_lite.OUT / robust_lite.MANIFEST).read_text())
+    cfg = load("experiment=mini_robust", "feature_extractor=efficientnet_lite0_robust", "lambda_sfsl=0.1")
+    robust = instantiate(cfg.feature_extractor)
+    ident = robust.identity()
+    assert ident["name"] == "efficientnet_lite0_robust" and ident["weights"] == str(SHIPPED)
+    assert ident["weights_sha256"] == manifest["files"][robust_lite.WEIGHTS]
+    assert ident["robustness"]["norm"] == manifest["config"]["norm"]
+    assert float(ident["robustness"]["eps"]) == manifest["config"]["eps"]
+    assert int(ident["robustness"]["steps"]) == manifest["steps"]
+    x = robust_gate.heldout_crops(1)[0][:2]
+    with torch.no_grad():
+        assert not torch.allclose(robust.features(x), load_efficientnet_lite(0).features(x))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="no robust Lite0 ships yet (make mini-robust)")
 def test_shipped_file_matches_its_manifest_and_replays():
     from spurgen.files import sha256_file
 
@@ -268,6 +291,7 @@ def test_shipped_file_matches_its_manifest_and_replays():
     assert robust_lite.replay(manifest, 2) == pytest.approx(manifest["first_losses"][:2], rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="no robust Lite0 ships yet (make mini-robust)")
 def test_shipped_gate_numbers_replay_on_the_first_chunk():
     """The manifest's per-image clean and PGD hits at the gate's eps replay on the first CHUNK held-out crops

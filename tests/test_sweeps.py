@@ -661,13 +661,10 @@ def test_pooled_similarity_interval_by_hand():
     assert _pooled_similarity("images", {0: (old, {})}) == {}
 
 
-def test_adversarial_gap_is_the_training_extractors_rate_minus_each_held_out_rate(tmp_path):
-    """Two arms (extractor a, extractor b) x lambda_sfsl {0, 1} x seeds {0, 1}: every generated row of an arm
-    has `adversarial_gap/<other>` = rate under its own extractor minus rate under the other, mean and spread over
-    the per-seed gaps; the lambda_sfsl = 0 row (extractor not used) is read under the arm's extractor."""
-    from spurgen.report import aggregate, collect, write_report
-
-    root, rates = tmp_path / "arms", {}
+def _arms_sweep(root: Path) -> dict:
+    """Two arms (extractor a, extractor b) x lambda_sfsl {0, 1} x seeds {0, 1}, every image set rated by a and b
+    (10 images); returns {(arm, lambda, seed): (rate under a, rate under b)}."""
+    rates = {}
     for ext, lam, seed in __import__("itertools").product("ab", (0, 1), (0, 1)):
         # a's rate rises with lambda; b's rate is what the images show to the other classifier
         ra, rb = 0.2 + 0.5 * lam + 0.1 * seed, 0.1 + 0.05 * lam + 0.2 * seed
@@ -679,12 +676,26 @@ def test_adversarial_gap_is_the_training_extractors_rate_minus_each_held_out_rat
         (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
         block = _block(0.0)
         for c, r in (("a", ra), ("b", rb)):
-            block["per_classifier"][c] = {"spurious_rate": {"value": r, "n": 10, "count": round(10 * r)}}
+            block["per_classifier"][c] = {"spurious_rate": {"value": r, "n": 10, "count": round(10 * r)},
+                                          "kid": {"value": 0.01 + seed}}  # fmt: skip
         metrics = {"method_version": "1", "target": {"index": 105, "name": "koala"},
                    "results": {"images": block, "reference": _block(0.9, 1.0)},
                    "extractor": {"name": ext, "arch": "X", "layer": "pool", "used": lam > 0}}  # fmt: skip
         (run / "eval").mkdir()
         (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    return rates
+
+
+def test_adversarial_gap_is_the_training_extractors_rate_minus_each_held_out_rate(tmp_path):
+    """Every generated row of an arm has `adversarial_gap/<other>` = rate under its own extractor minus rate
+    under the other, mean and spread over the per-seed gaps; the lambda_sfsl = 0 row (extractor not used) is
+    read under the arm's extractor."""
+    from spurgen.report import aggregate, collect
+    from spurgen.report.csv_rows import csv_lines
+    from spurgen.report.markdown import markdown
+
+    root = tmp_path / "arms"
+    rates = _arms_sweep(root)
     rows = [r for r in aggregate(collect(root)) if r["row"] == "images"]
     assert len(rows) == 4
     for r in rows:
@@ -697,12 +708,33 @@ def test_adversarial_gap_is_the_training_extractors_rate_minus_each_held_out_rat
         assert gap["mean"] == pytest.approx(sum(gaps) / 2) and gap["n"] == 2
         assert gap["std"] == pytest.approx(abs(gaps[0] - gaps[1]) / math.sqrt(2))
         assert f"adversarial_gap/{ext}" not in r["stats"]  # no gap against itself
-    write_report(root)
-    md = (root / "report.md").read_text()
+    sweep = collect(root)
+    md = markdown(sweep, aggregate(sweep), {}, root)  # report.md without its figures
     assert "| row | gap a − b |" in md and "| row | gap b − a |" in md
     # arm a at lambda 1: gaps 0.7 - 0.15 = 0.55 and 0.8 - 0.35 = 0.45 -> 0.500 ± 0.071; arm b: the negatives
     assert (
         "| lambda_sfsl=1 | 0.500 ± 0.071 (n=2) |" in md and "| lambda_sfsl=1 | -0.500 ± 0.071 (n=2) |" in md
     )
-    csv_metrics = {r["metric"] for r in __import__("csv").DictReader(open(root / "report.csv"))}
-    assert {"adversarial_gap/a", "adversarial_gap/b"} <= csv_metrics
+    assert {"adversarial_gap/a", "adversarial_gap/b"} <= {line["metric"] for line in csv_lines(rows)}
+
+
+def test_extractor_arms_table_puts_each_arms_rates_side_by_side(tmp_path, capsys):
+    """experiments/extractor_arms.py: one line per (lambda, arm), pooled rates with Wilson intervals, the
+    training extractor's in bold; bad input is one line and exit 2."""
+    from experiments import extractor_arms
+    from spurgen.eval.metrics import wilson_interval
+
+    root = tmp_path / "arms"
+    _arms_sweep(root)
+    assert extractor_arms.main([str(root), "--out", str(tmp_path / "arms.md")]) == 0
+    text = (tmp_path / "arms.md").read_text()
+    assert text == capsys.readouterr().out
+    lines = [line for line in text.splitlines() if line.startswith("| koala |")]
+    assert [line.split(" | ")[1:3] for line in lines] == [["0", "a"], ["0", "b"], ["1", "a"], ["1", "b"]]
+    # arm a at lambda 1: a rates 0.7 and 0.8 of 10 -> 15 of 20, b rates 0.15 and 0.35 -> 2 + 4 = 6 of 20
+    lo, hi = wilson_interval(15, 20)
+    assert f"**0.75 [{lo:.2f}, {hi:.2f}]**" in lines[2] and "| 0.30 [" in lines[2]
+    rows, classifiers, held = extractor_arms.arm_rows(root)
+    assert classifiers == ["a", "b"] and held == []  # both classifiers trained an arm: no common held-out
+    assert extractor_arms.main([str(tmp_path / "absent")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
