@@ -55,7 +55,7 @@ mini-weights:  ## recreate the mini world's shipped weights (spurgen/assets/mini
 
 # One thread: 45 minutes of training, then the gate (about 8 minutes on a loaded machine), under an hour.
 # The gate's verdict is in spurgen/assets/mini/robust/manifest.json: commit the weights only if it passed.
-mini-robust:  ## the robust mini extractor, adversarially fine-tuned Lite0 (spurgen/assets/mini/robust; under an hour)
+mini-robust:  ## the robust mini extractor, adversarially fine-tuned Lite0 (spurgen/assets/mini/robust; 48 min on 1 thread)
 	$(PY) -m experiments.mini_world.robust_lite --minutes 45 --out spurgen/assets/mini/robust --figure docs/mini_robust_gradients.png
 
 mini-references:  ## re-pick the mini world's reference crops (spurgen/assets/mini/references)
