@@ -512,11 +512,11 @@ def test_tiny_multirun_joblib_then_report(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [["spurgen.run"], ["spurgen", "run"]])
-def test_ddp_two_cpu_ranks_gloo(tmp_path, command):
-    """trainer=ddp with 2 CPU ranks (gloo): Lightning re-runs the command for rank 1 (`python -m spurgen.run`,
-    also when started as `python -m spurgen run`); rank 0 alone saves the pipeline and runs generate/evaluate;
-    both ranks train."""
+def test_ddp_two_cpu_ranks_gloo(tmp_path):
+    """trainer=ddp with 2 CPU ranks (gloo), started as `python -m spurgen run`: Lightning re-runs the command for
+    rank 1 as `python -m spurgen.run` (so this also covers a run started that way); rank 0 alone saves the
+    pipeline and runs generate/evaluate; both ranks train."""
+    command = ["spurgen", "run"]
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     cmd = [
