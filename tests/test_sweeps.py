@@ -671,7 +671,8 @@ def _arms_sweep(root: Path) -> dict:
         rates[(ext, lam, seed)] = (ra, rb)
         run = root / f"feature_extractor={ext},lambda_sfsl={lam},seed={seed}"
         (run / ".hydra").mkdir(parents=True)
-        cfg = {"target": {"name": "koala", "index": 105}, "feature_extractor": {"name": ext},
+        # arm a's preset leaves the name to the loader (as feature_extractor=efficientnet_lite does)
+        cfg = {"target": {"name": "koala", "index": 105}, "feature_extractor": {"name": ext if ext == "b" else None},
                "lambda_sfsl": lam, "seed": seed}  # fmt: skip
         (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
         block = _block(0.0)
@@ -680,7 +681,9 @@ def _arms_sweep(root: Path) -> dict:
                                           "kid": {"value": 0.01 + seed}}  # fmt: skip
         metrics = {"method_version": "1", "target": {"index": 105, "name": "koala"},
                    "results": {"images": block, "reference": _block(0.9, 1.0)},
-                   "extractor": {"name": ext, "arch": "X", "layer": "pool", "used": lam > 0}}  # fmt: skip
+                   "extractor": {"name": ext, "arch": "X", "layer": "pool", "used": True}}  # fmt: skip
+        if lam == 0:  # no extractor built: the record spurgen/stages/train.py writes
+            metrics["extractor"] = {"name": cfg["feature_extractor"]["name"], "used": False}
         (run / "eval").mkdir()
         (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
     return rates
@@ -716,6 +719,12 @@ def test_adversarial_gap_is_the_training_extractors_rate_minus_each_held_out_rat
         "| lambda_sfsl=1 | 0.500 ± 0.071 (n=2) |" in md and "| lambda_sfsl=1 | -0.500 ± 0.071 (n=2) |" in md
     )
     assert {"adversarial_gap/a", "adversarial_gap/b"} <= {line["metric"] for line in csv_lines(rows)}
+    # the cost table reads each arm's rows, lambda_sfsl = 0 included, under that arm's extractor
+    from spurgen.report.cost import cost_rows
+
+    assert {(e["extractor"], e["lambda_sfsl"]) for e in cost_rows(sweep, aggregate(sweep))} == {
+        (a, lam) for a in "ab" for lam in (0, 1)
+    }
 
 
 def test_extractor_arms_table_puts_each_arms_rates_side_by_side(tmp_path, capsys):

@@ -54,9 +54,11 @@ def cost_rows(sweep: Sweep, rows: list[dict]) -> list[dict]:
         seeds = runs.get((row["table"], row["lambda_sfsl"]), {})
         costs = [c for c in (_cost(r) for r in seeds.values()) if c is not None]
         first = next(iter(seeds.values()), None)
-        # a method that never ran f (dreambooth, textual inversion) is still read under the sweep's extractor
+        # the table's training extractor (aggregate.trained_extractor: its lambda_sfsl = 0 rows too); a method
+        # that never ran f (dreambooth, textual inversion) is still read under the sweep's extractor
         f_name = (
-            (first.config.get("feature_extractor.name") if first else None)
+            row.get("trained_extractor")
+            or (first.config.get("feature_extractor.name") if first else None)
             or (row["extractor"] or {}).get("name")
             or default_f
         )
